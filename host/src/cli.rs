@@ -1,0 +1,147 @@
+//! Command-line flags. Each flag's documentation lives here, once, and is what
+//! `--help` prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+const ABOUT: &str = "Serve an ML model from N sandboxed WebAssembly instances";
+
+const LONG_ABOUT: &str = "\
+Serve an ML model from N sandboxed WebAssembly instances.
+
+wasm-host compiles a model component once, starts --instances isolated instances of it, each with its \
+own memory cap, and serves HTTP. Every request goes to a free instance (or waits its turn in a bounded \
+queue); every inference response names the instance that served it in the x-instance-id header, as a \
+gunicorn response could name its worker's PID. A model that traps, loops or runs out of memory fails \
+its own request; its instance is replaced and nothing else is affected.";
+
+const AFTER_HELP: &str = "\
+Endpoints:
+  POST /predict                    {\"inputs\": [[...]]} in, outputs, prediction and instance out
+  POST /v2/models/{name}/infer     Open Inference Protocol (KServe v2 / Triton) inference
+  GET  /v2/models/{name}[/ready]   model metadata and readiness
+  GET  /v2, /v2/health/live, /v2/health/ready
+  GET  /health                     instances total / busy / replaced, queue depth
+
+Examples:
+  wasm-host target/wasm32-wasip2/release/guest_model.wasm
+  wasm-host --instances 8 --bind 0.0.0.0:8000 --memory-limit 64MiB --timeout 2s model.wasm
+  RUST_LOG=debug wasm-host model.wasm
+
+Exit codes: 0 after a clean shutdown, 2 bad flags, 3 the model cannot be loaded, 4 the address cannot \
+be bound.";
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wasm-host", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The model: a WebAssembly component exporting wasm-host:model/model (wit/model.wit).
+    #[arg(value_name = "MODEL.wasm", env = "WASM_HOST_MODEL")]
+    pub model: PathBuf,
+
+    /// Instances serving in parallel, like gunicorn's --workers [default: the cores this process may use]
+    #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub instances: Option<u32>,
+
+    /// Address to listen on; use 0.0.0.0:PORT to serve beyond this machine.
+    #[arg(short = 'b', long, env = "WASM_HOST_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+
+    /// Memory cap per instance (e.g. 64MiB, 1GiB); a request that needs more gets a 507.
+    #[arg(long, env = "WASM_HOST_MEMORY_LIMIT", default_value = "256MiB", value_parser = parse_size)]
+    pub memory_limit: u64,
+
+    /// Deadline per request (e.g. 500ms, 30s); past it the request gets a 504 and its instance is replaced.
+    #[arg(short = 't', long, env = "WASM_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Most requests that may wait for a free instance; past it, 503 with Retry-After.
+    #[arg(long, env = "WASM_HOST_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Longest a request may wait for a free instance before it gets a 503.
+    #[arg(long, env = "WASM_HOST_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+
+    /// Largest request body accepted; larger ones get a 413.
+    #[arg(long, env = "WASM_HOST_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
+    pub max_body: u64,
+
+    /// How long TERM or INT waits for in-flight requests before exiting.
+    #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub graceful_timeout: Duration,
+}
+
+impl Cli {
+    pub fn instances(&self) -> u32 {
+        self.instances.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        })
+    }
+}
+
+/// Parses "256MiB", "1GiB", "512KB", "64M" or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. 64MiB, 1GiB or 1048576"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {text:?}; use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses "500ms", "30s", "2m" or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 30s or 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        _ => return Err(format!("unknown duration unit in {text:?}; use ms, s or m")),
+    };
+    if seconds <= 0.0 {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_as_written_in_the_help() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

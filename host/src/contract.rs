@@ -1,0 +1,74 @@
+//! The host side of the WIT contract in `wit/`, generated at compile time.
+//!
+//! `wit/model.wit` is the single source of truth: if the contract changes, the
+//! host stops compiling until it agrees, and so do the guests.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "predictor",
+    // Guests may sleep or wait on WASI clocks: calls into them are async so a
+    // waiting guest never holds a runtime thread.
+    exports: { default: async },
+});
+
+pub use exports::wasm_host::model::model::Error as ModelError;
+pub use wasm_host::model::types::{Datatype, Metadata, Tensor, TensorSpec};
+
+impl Datatype {
+    /// Every datatype, for parsing names.
+    pub const ALL: [Datatype; 13] = [
+        Datatype::Bool,
+        Datatype::Uint8,
+        Datatype::Uint16,
+        Datatype::Uint32,
+        Datatype::Uint64,
+        Datatype::Int8,
+        Datatype::Int16,
+        Datatype::Int32,
+        Datatype::Int64,
+        Datatype::Fp16,
+        Datatype::Fp32,
+        Datatype::Fp64,
+        Datatype::Bytes,
+    ];
+
+    /// The name the Open Inference Protocol uses ("FP32", "INT64", ...).
+    pub fn oip_name(self) -> &'static str {
+        match self {
+            Datatype::Bool => "BOOL",
+            Datatype::Uint8 => "UINT8",
+            Datatype::Uint16 => "UINT16",
+            Datatype::Uint32 => "UINT32",
+            Datatype::Uint64 => "UINT64",
+            Datatype::Int8 => "INT8",
+            Datatype::Int16 => "INT16",
+            Datatype::Int32 => "INT32",
+            Datatype::Int64 => "INT64",
+            Datatype::Fp16 => "FP16",
+            Datatype::Fp32 => "FP32",
+            Datatype::Fp64 => "FP64",
+            Datatype::Bytes => "BYTES",
+        }
+    }
+
+    pub fn from_oip_name(name: &str) -> Option<Datatype> {
+        Self::ALL.into_iter().find(|d| d.oip_name() == name)
+    }
+
+    /// Bytes per element; `None` for variable-length `BYTES`.
+    pub fn element_size(self) -> Option<usize> {
+        Some(match self {
+            Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => 1,
+            Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 => 2,
+            Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => 4,
+            Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => 8,
+            Datatype::Bytes => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Datatype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.oip_name())
+    }
+}

@@ -1,0 +1,169 @@
+//! One instance of a model: its own store, memory and WASI context, and the
+//! only place a guest is called.
+//!
+//! Guest calls run as async calls on the tokio runtime rather than on a thread
+//! per instance: the HTTP task that owns a request calls the guest itself, so
+//! there is no hand-off between threads per request, and a guest that sleeps
+//! on a WASI clock waits as a suspended future. Compute-bound guests yield to
+//! the runtime on every epoch tick, which keeps the accept loop and `/health`
+//! responsive with every instance busy.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::contract::{ModelError, Predictor, PredictorPre, Tensor};
+use crate::sandbox::GuestState;
+
+/// Names one incarnation of an instance, like a worker's PID: a replacement
+/// gets a new id.
+pub type InstanceId = u64;
+
+/// Why a call did not produce outputs.
+#[derive(Debug)]
+pub enum Fault {
+    /// The model rejected its input (`invalid-input`); the instance is fine.
+    InvalidInput(String),
+    /// The model reported an error of its own (`internal`); the instance is fine.
+    Failed(String),
+    /// The guest trapped (panic, `unreachable`, stack overflow, ...).
+    Trap(String),
+    /// The call ran past its deadline.
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the cap.
+    MemoryCap(usize),
+}
+
+impl Fault {
+    /// After a trap, a timeout or a failed grow the store is poisoned (and a
+    /// Rust guest's heap may be inconsistent): the instance must be replaced.
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, Fault::InvalidInput(_) | Fault::Failed(_))
+    }
+}
+
+pub struct Instance {
+    pub id: InstanceId,
+    store: Store<GuestState>,
+    bindings: Predictor,
+    /// Requests served, for `--max-requests` recycling.
+    pub served: u64,
+}
+
+/// A store with the sandbox, the memory cap and the deadline check installed.
+pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
+    let mut store = Store::new(engine, GuestState::new(memory_limit));
+    store.limiter(|state| &mut state.memory);
+    store.epoch_deadline_callback(|store| {
+        if Instant::now() >= store.data().deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+    store
+}
+
+impl Instance {
+    pub async fn new(
+        engine: &Engine,
+        pre: &PredictorPre<GuestState>,
+        id: InstanceId,
+        memory_limit: usize,
+    ) -> wasmtime::Result<Instance> {
+        let mut store = new_store(engine, memory_limit);
+        store.data_mut().deadline = Instant::now() + Duration::from_secs(10);
+        let bindings = pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            id,
+            store,
+            bindings,
+            served: 0,
+        })
+    }
+
+    /// Linear memory the instance holds, in bytes.
+    pub fn memory_in_use(&self) -> usize {
+        self.store.data().memory.in_use()
+    }
+
+    /// Calls the guest's `predict`. The deadline is enforced twice: by the epoch
+    /// callback while the guest computes, and by a timer while it waits in a
+    /// host call (a WASI sleep), where no epoch check runs.
+    pub async fn predict(
+        &mut self,
+        inputs: &[Tensor],
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>, Fault> {
+        self.served += 1;
+        let deadline = Instant::now() + timeout;
+        self.store.data_mut().deadline = deadline;
+        self.store.set_epoch_deadline(1);
+        let call = self
+            .bindings
+            .wasm_host_model_model()
+            .call_predict(&mut self.store, inputs);
+        let result = tokio::time::timeout_at(deadline.into(), call).await;
+        let stderr = self.log_guest_output();
+        match result {
+            Err(_elapsed) => Err(Fault::Timeout(timeout)),
+            Ok(Ok(Ok(outputs))) => Ok(outputs),
+            Ok(Ok(Err(ModelError::InvalidInput(why)))) => Err(Fault::InvalidInput(why)),
+            Ok(Ok(Err(ModelError::Internal(why)))) => Err(Fault::Failed(why)),
+            Ok(Err(err)) => Err(self.classify(err, timeout, stderr)),
+        }
+    }
+
+    fn classify(&self, err: wasmtime::Error, timeout: Duration, stderr: Option<String>) -> Fault {
+        let memory = &self.store.data().memory;
+        if memory.hit {
+            return Fault::MemoryCap(memory.limit);
+        }
+        let cause = match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => return Fault::Timeout(timeout),
+            Some(trap) => trap.to_string(),
+            None => crate::model::root_cause(&err),
+        };
+        Fault::Trap(match stderr.as_deref().and_then(panic_message) {
+            Some(message) => format!("{cause} ({message})"),
+            None => cause,
+        })
+    }
+
+    /// Moves what the guest printed during the call into the host log, tagged
+    /// with its id, and returns its stderr for a trap message.
+    fn log_guest_output(&self) -> Option<String> {
+        let data = self.store.data();
+        let mut stderr = None;
+        for (stream, output) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
+            let Some((text, dropped)) = output.take() else {
+                continue;
+            };
+            for line in text.lines() {
+                tracing::info!(target: "guest", instance = self.id, stream, "{line}");
+            }
+            if dropped > 0 {
+                tracing::warn!(target: "guest", instance = self.id, stream,
+                    "dropped {dropped} bytes of guest output past the per-call limit");
+            }
+            if stream == "stderr" {
+                stderr = Some(text);
+            }
+        }
+        stderr
+    }
+}
+
+/// A Rust guest that panics prints "panicked at FILE:LINE:COL:" and the
+/// message before it traps with `unreachable`; the message is worth more to a
+/// user than the trap.
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("panicked at ")?;
+    let message: Vec<&str> = stderr[start..]
+        .lines()
+        .take_while(|line| !line.starts_with("note: "))
+        .map(str::trim)
+        .collect();
+    Some(message.join(" ").chars().take(500).collect())
+}

@@ -1,0 +1,664 @@
+//! The wire formats: JSON in, tensors out, and back.
+//!
+//! Two request forms are understood: the Open Inference Protocol's infer
+//! request (`/v2/models/{name}/infer`) and the simple form of `/predict`
+//! (`{"inputs": [[...]]}` or `{"inputs": {"x": [[...]]}}`). Both are decoded
+//! into the contract's tensors and checked against the model's metadata here,
+//! so a request with the wrong name, datatype or shape is a 400 that names the
+//! mistake, and the model never sees it.
+
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value;
+
+use crate::contract::{Datatype, Metadata, Tensor, TensorSpec};
+use crate::error::ApiError;
+
+/// A decoded, validated inference request.
+#[derive(Debug)]
+pub struct Inference {
+    /// Echoed back in the OIP response.
+    pub id: Option<String>,
+    /// In the order of `metadata.inputs`.
+    pub inputs: Vec<Tensor>,
+    /// Output names the client asked for; `None` means all of them.
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<InferInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestedOutput>>,
+}
+
+#[derive(Deserialize)]
+struct InferInput {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    data: Value,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct PredictRequest {
+    inputs: Value,
+}
+
+/// Decodes an Open Inference Protocol infer request.
+pub fn decode_infer(body: &[u8], metadata: &Metadata) -> Result<Inference, ApiError> {
+    let request: InferRequest = parse_json(body, "inference request")?;
+    let mut given = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = Datatype::from_oip_name(&input.datatype).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "input {:?} has unknown datatype {:?}; use one of {}",
+                input.name,
+                input.datatype,
+                Datatype::ALL.map(Datatype::oip_name).join(", ")
+            ))
+        })?;
+        let data = encode_elements(&input.data, datatype, &input.name)?;
+        given.push(Tensor {
+            name: input.name,
+            datatype,
+            shape: input.shape,
+            data: data.bytes,
+        });
+        let tensor = given.last().unwrap();
+        let expected: u64 = tensor.shape.iter().product();
+        if data.count as u64 != expected {
+            return Err(ApiError::bad_request(format!(
+                "input {:?} has shape {:?} ({expected} elements) but its data holds {}",
+                tensor.name, tensor.shape, data.count
+            )));
+        }
+    }
+    let outputs = match request.outputs {
+        Some(outputs) => Some(check_requested_outputs(outputs, metadata)?),
+        None => None,
+    };
+    Ok(Inference {
+        id: request.id,
+        inputs: order_and_check(given, metadata)?,
+        outputs,
+    })
+}
+
+/// Decodes the simple `/predict` form. A bare array feeds the model's only
+/// input; an object maps input names to nested arrays. Shapes are read from
+/// the nesting, and one example without its batch dimension (`[64 floats]`
+/// for a `[-1, 64]` input) is taken as a batch of one.
+pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, ApiError> {
+    let request: PredictRequest = parse_json(body, "predict request")?;
+    let named: Vec<(String, &Value)> = match &request.inputs {
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        value @ Value::Array(_) => match metadata.inputs.as_slice() {
+            [only] => vec![(only.name.clone(), value)],
+            specs => {
+                return Err(ApiError::bad_request(format!(
+                    "model {} takes {} inputs ({}): send {{\"inputs\": {{\"name\": [...], ...}}}}",
+                    metadata.name,
+                    specs.len(),
+                    describe_specs(specs)
+                )));
+            }
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "\"inputs\" must be an array (for a single-input model) or an object of named arrays",
+            ));
+        }
+    };
+    let mut given = Vec::with_capacity(named.len());
+    for (name, value) in named {
+        let Some(spec) = metadata.inputs.iter().find(|s| s.name == name) else {
+            return Err(unknown_input(&name, metadata));
+        };
+        let mut shape = nested_shape(value, &name)?;
+        if shape.len() + 1 == spec.shape.len() && matches!(spec.shape.first(), Some(-1 | 1)) {
+            shape.insert(0, 1);
+        }
+        let data = encode_elements(value, spec.datatype, &name)?;
+        given.push(Tensor {
+            name,
+            datatype: spec.datatype,
+            shape,
+            data: data.bytes,
+        });
+    }
+    Ok(Inference {
+        id: None,
+        inputs: order_and_check(given, metadata)?,
+        outputs: None,
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        let kind = if err.is_syntax() || err.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid"
+        };
+        ApiError::bad_request(format!("{kind} {what}: {err}"))
+    })
+}
+
+fn check_requested_outputs(
+    requested: Vec<RequestedOutput>,
+    metadata: &Metadata,
+) -> Result<Vec<String>, ApiError> {
+    requested
+        .into_iter()
+        .map(|output| {
+            if metadata.outputs.iter().any(|s| s.name == output.name) {
+                Ok(output.name)
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "model {} has no output {:?}; its outputs are {}",
+                    metadata.name,
+                    output.name,
+                    describe_specs(&metadata.outputs)
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Puts the inputs in the order the model declared them and checks each
+/// against its spec: every declared input present once, nothing else.
+fn order_and_check(mut given: Vec<Tensor>, metadata: &Metadata) -> Result<Vec<Tensor>, ApiError> {
+    if let Some(extra) = given
+        .iter()
+        .find(|t| !metadata.inputs.iter().any(|s| s.name == t.name))
+    {
+        return Err(unknown_input(&extra.name, metadata));
+    }
+    let mut ordered = Vec::with_capacity(metadata.inputs.len());
+    for spec in &metadata.inputs {
+        let mut matching = given.iter().filter(|t| t.name == spec.name);
+        let (Some(_), None) = (matching.next(), matching.next()) else {
+            let count = given.iter().filter(|t| t.name == spec.name).count();
+            return Err(ApiError::bad_request(if count == 0 {
+                format!(
+                    "input {:?} is missing; model {} expects {}",
+                    spec.name,
+                    metadata.name,
+                    describe_specs(&metadata.inputs)
+                )
+            } else {
+                format!("input {:?} is given {count} times", spec.name)
+            }));
+        };
+        let index = given.iter().position(|t| t.name == spec.name).unwrap();
+        let tensor = given.swap_remove(index);
+        check_spec(&tensor, spec, &metadata.name)?;
+        ordered.push(tensor);
+    }
+    Ok(ordered)
+}
+
+fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), ApiError> {
+    if tensor.datatype != spec.datatype {
+        return Err(ApiError::bad_request(format!(
+            "input {:?} has datatype {} but model {model} expects {}",
+            tensor.name, tensor.datatype, spec.datatype
+        )));
+    }
+    let fits = tensor.shape.len() == spec.shape.len()
+        && tensor
+            .shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(&got, &want)| want == -1 || got as i64 == want);
+    if !fits {
+        return Err(ApiError::bad_request(format!(
+            "input {:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
+            tensor.name, tensor.shape, spec.shape
+        )));
+    }
+    Ok(())
+}
+
+fn unknown_input(name: &str, metadata: &Metadata) -> ApiError {
+    ApiError::bad_request(format!(
+        "model {} has no input {name:?}; its inputs are {}",
+        metadata.name,
+        describe_specs(&metadata.inputs)
+    ))
+}
+
+fn describe_specs(specs: &[TensorSpec]) -> String {
+    let described: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} ({} {:?})", s.name, s.datatype, s.shape))
+        .collect();
+    described.join(", ")
+}
+
+/// The shape of a rectangular nest of JSON arrays.
+fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, ApiError> {
+    let mut shape = Vec::new();
+    let mut level = value;
+    while let Value::Array(items) = level {
+        shape.push(items.len() as u64);
+        match items.first() {
+            Some(first) => level = first,
+            None => break,
+        }
+    }
+    // Every sibling must have the same shape as the first one.
+    fn check(value: &Value, shape: &[u64]) -> bool {
+        match (value, shape.split_first()) {
+            (Value::Array(items), Some((&len, rest))) => {
+                items.len() as u64 == len && items.iter().all(|item| check(item, rest))
+            }
+            (Value::Array(_), None) => false,
+            (_, Some(_)) => false,
+            (_, None) => true,
+        }
+    }
+    if !check(value, &shape) {
+        return Err(ApiError::bad_request(format!(
+            "input {name:?} is ragged: every row must have the same length"
+        )));
+    }
+    Ok(shape)
+}
+
+struct Encoded {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+/// Flattens a (possibly nested) JSON array into little-endian elements.
+fn encode_elements(data: &Value, datatype: Datatype, name: &str) -> Result<Encoded, ApiError> {
+    let mut out = Encoded {
+        bytes: Vec::with_capacity(64 * datatype.element_size().unwrap_or(8)),
+        count: 0,
+    };
+    encode_into(data, datatype, name, &mut out)?;
+    Ok(out)
+}
+
+fn encode_into(
+    value: &Value,
+    datatype: Datatype,
+    name: &str,
+    out: &mut Encoded,
+) -> Result<(), ApiError> {
+    if let Value::Array(items) = value {
+        for item in items {
+            encode_into(item, datatype, name, out)?;
+        }
+        return Ok(());
+    }
+    let index = out.count;
+    let wrong = || {
+        ApiError::bad_request(format!(
+            "element {index} of input {name:?} is {value}, which is not a valid {datatype}"
+        ))
+    };
+    let b = &mut out.bytes;
+    macro_rules! int {
+        ($t:ty) => {{
+            let v = match value {
+                Value::Number(n) => n
+                    .as_i64()
+                    .and_then(|v| <$t>::try_from(v).ok())
+                    .or_else(|| n.as_u64().and_then(|v| <$t>::try_from(v).ok())),
+                _ => None,
+            };
+            b.extend_from_slice(&v.ok_or_else(wrong)?.to_le_bytes());
+        }};
+    }
+    match datatype {
+        Datatype::Bool => match value {
+            Value::Bool(v) => b.push(*v as u8),
+            _ => return Err(wrong()),
+        },
+        Datatype::Uint8 => int!(u8),
+        Datatype::Uint16 => int!(u16),
+        Datatype::Uint32 => int!(u32),
+        Datatype::Uint64 => int!(u64),
+        Datatype::Int8 => int!(i8),
+        Datatype::Int16 => int!(i16),
+        Datatype::Int32 => int!(i32),
+        Datatype::Int64 => int!(i64),
+        Datatype::Fp16 => {
+            let v = value.as_f64().ok_or_else(wrong)?;
+            b.extend_from_slice(&f32_to_f16(v as f32).to_le_bytes());
+        }
+        Datatype::Fp32 => {
+            let v = value.as_f64().ok_or_else(wrong)?;
+            b.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        Datatype::Fp64 => {
+            let v = value.as_f64().ok_or_else(wrong)?;
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        Datatype::Bytes => {
+            let v = value.as_str().ok_or_else(wrong)?;
+            let len = u32::try_from(v.len()).map_err(|_| wrong())?;
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+    }
+    out.count += 1;
+    Ok(())
+}
+
+/// Checks that a tensor the model returned holds as many elements as its shape
+/// says, so that encoding it cannot read past its data.
+pub fn check_output(tensor: &Tensor) -> Result<(), String> {
+    let count: u64 = tensor.shape.iter().product();
+    let ok = match tensor.datatype.element_size() {
+        Some(size) => tensor.data.len() as u64 == count * size as u64,
+        None => bytes_elements(&tensor.data).count() as u64 == count
+            && bytes_elements(&tensor.data).all(|e| e.is_some()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the model returned output {:?} with shape {:?} and {} bytes of {} data, which do not agree",
+            tensor.name,
+            tensor.shape,
+            tensor.data.len(),
+            tensor.datatype
+        ))
+    }
+}
+
+/// Splits `BYTES` data (u32 length, then bytes, per element); `None` marks a
+/// truncated element.
+fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = data.split_first_chunk::<4>() else {
+            data = &[];
+            return Some(None);
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            data = &[];
+            return Some(None);
+        }
+        let (element, rest) = rest.split_at(len);
+        data = rest;
+        Some(Some(element))
+    })
+}
+
+/// Serializes a tensor's elements as JSON: flat (OIP) or nested by shape
+/// (`/predict`). Floats are written from their own precision, so an FP32
+/// round-trips exactly without float64 noise digits.
+pub struct Elements<'a> {
+    pub tensor: &'a Tensor,
+    pub nested: bool,
+}
+
+impl Serialize for Elements<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.tensor;
+        let shape: &[u64] = if self.nested { &t.shape } else { &[] };
+        let size = t.datatype.element_size();
+        if let Some(size) = size {
+            Chunk {
+                datatype: t.datatype,
+                shape,
+                data: &t.data,
+                size,
+            }
+            .serialize(serializer)
+        } else {
+            // BYTES is rare and variable-length: flat only.
+            let mut seq = serializer.serialize_seq(None)?;
+            for element in bytes_elements(&t.data).flatten() {
+                seq.serialize_element(&String::from_utf8_lossy(element))?;
+            }
+            seq.end()
+        }
+    }
+}
+
+struct Chunk<'a> {
+    datatype: Datatype,
+    shape: &'a [u64],
+    data: &'a [u8],
+    size: usize,
+}
+
+impl Serialize for Chunk<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Nested: one level per dimension past the first.
+        if let Some((&rows, inner)) = self.shape.split_first()
+            && !inner.is_empty()
+        {
+            let mut seq = serializer.serialize_seq(Some(rows as usize))?;
+            let row_bytes = if rows == 0 {
+                0
+            } else {
+                self.data.len() / rows as usize
+            };
+            for row in 0..rows as usize {
+                seq.serialize_element(&Chunk {
+                    shape: inner,
+                    data: &self.data[row * row_bytes..(row + 1) * row_bytes],
+                    ..*self
+                })?;
+            }
+            return seq.end();
+        }
+        let mut seq = serializer.serialize_seq(Some(self.data.len() / self.size))?;
+        for e in self.data.chunks_exact(self.size) {
+            match self.datatype {
+                Datatype::Bool => seq.serialize_element(&(e[0] != 0))?,
+                Datatype::Uint8 => seq.serialize_element(&e[0])?,
+                Datatype::Int8 => seq.serialize_element(&(e[0] as i8))?,
+                Datatype::Uint16 => seq.serialize_element(&u16::from_le_bytes([e[0], e[1]]))?,
+                Datatype::Int16 => seq.serialize_element(&i16::from_le_bytes([e[0], e[1]]))?,
+                Datatype::Fp16 => {
+                    seq.serialize_element(&f16_to_f32(u16::from_le_bytes([e[0], e[1]])))?
+                }
+                Datatype::Uint32 => seq.serialize_element(&u32::from_le_bytes(arr(e)))?,
+                Datatype::Int32 => seq.serialize_element(&i32::from_le_bytes(arr(e)))?,
+                Datatype::Fp32 => seq.serialize_element(&f32::from_le_bytes(arr(e)))?,
+                Datatype::Uint64 => seq.serialize_element(&u64::from_le_bytes(arr(e)))?,
+                Datatype::Int64 => seq.serialize_element(&i64::from_le_bytes(arr(e)))?,
+                Datatype::Fp64 => seq.serialize_element(&f64::from_le_bytes(arr(e)))?,
+                Datatype::Bytes => unreachable!("BYTES has no fixed element size"),
+            }
+        }
+        seq.end()
+    }
+}
+
+fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.try_into().expect("chunk of the element size")
+}
+
+/// One output of an OIP infer response.
+struct OipOutput<'a>(&'a Tensor);
+
+impl Serialize for OipOutput<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("name", &t.name)?;
+        map.serialize_entry("datatype", t.datatype.oip_name())?;
+        map.serialize_entry("shape", &t.shape)?;
+        map.serialize_entry(
+            "data",
+            &Elements {
+                tensor: t,
+                nested: false,
+            },
+        )?;
+        map.end()
+    }
+}
+
+/// The OIP infer response body, with only the outputs the client asked for.
+pub fn encode_infer_response(
+    metadata: &Metadata,
+    inference: &Inference,
+    outputs: &[Tensor],
+) -> Vec<u8> {
+    let wanted = |t: &&Tensor| match &inference.outputs {
+        Some(names) => names.contains(&t.name),
+        None => true,
+    };
+    let outputs: Vec<OipOutput> = outputs.iter().filter(wanted).map(OipOutput).collect();
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        model_name: &'a str,
+        model_version: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        outputs: Vec<OipOutput<'a>>,
+    }
+    serde_json::to_vec(&Response {
+        model_name: &metadata.name,
+        model_version: &metadata.version,
+        id: inference.id.as_deref(),
+        outputs,
+    })
+    .expect("serializing to memory cannot fail")
+}
+
+/// The `/predict` response: outputs by name, nested by shape; `prediction`
+/// when the model has a `label` output (a scalar for one example, else a list);
+/// and the id of the instance that served it.
+pub fn encode_predict_response(metadata: &Metadata, outputs: &[Tensor], instance: u64) -> Vec<u8> {
+    struct Outputs<'a>(&'a [Tensor]);
+    impl Serialize for Outputs<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for t in self.0 {
+                let nested = Elements {
+                    tensor: t,
+                    nested: true,
+                };
+                map.serialize_entry(&t.name, &nested)?;
+            }
+            map.end()
+        }
+    }
+    struct Prediction<'a>(&'a Tensor);
+    impl Serialize for Prediction<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let flat = Elements {
+                tensor: self.0,
+                nested: false,
+            };
+            match serde_json::to_value(flat).map_err(serde::ser::Error::custom)? {
+                Value::Array(mut one) if one.len() == 1 => one.pop().unwrap().serialize(serializer),
+                many => many.serialize(serializer),
+            }
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        model: &'a str,
+        instance: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prediction: Option<Prediction<'a>>,
+        outputs: Outputs<'a>,
+    }
+    serde_json::to_vec(&Response {
+        model: &metadata.name,
+        instance,
+        prediction: outputs.iter().find(|t| t.name == "label").map(Prediction),
+        outputs: Outputs(outputs),
+    })
+    .expect("serializing to memory cannot fail")
+}
+
+/// Model metadata in the OIP form of `GET /v2/models/{name}`.
+pub fn model_metadata(metadata: &Metadata) -> Value {
+    let specs = |specs: &[TensorSpec]| -> Value {
+        specs
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "datatype": s.datatype.oip_name(),
+                    "shape": s.shape,
+                })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "name": metadata.name,
+        "versions": [metadata.version],
+        "platform": "wasm-host",
+        "inputs": specs(&metadata.inputs),
+        "outputs": specs(&metadata.outputs),
+    })
+}
+
+/// Rounds to nearest-even; overflow becomes infinity, as numpy does.
+fn f32_to_f16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mantissa = bits & 0x7f_ffff;
+    if exp == 0xff {
+        let nan = if mantissa != 0 { 0x200 } else { 0 };
+        return sign | 0x7c00 | nan;
+    }
+    let exp16 = exp - 127 + 15;
+    if exp16 >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if exp16 <= 0 {
+        if exp16 < -10 {
+            return sign;
+        }
+        let m = mantissa | 0x80_0000;
+        let shift = (14 - exp16) as u32;
+        let half = 1 << (shift - 1);
+        let rounded = m + half - 1 + ((m >> shift) & 1);
+        return sign | (rounded >> shift) as u16;
+    }
+    let rounded = mantissa + 0xfff + ((mantissa >> 13) & 1);
+    if rounded & 0x80_0000 != 0 {
+        // The mantissa carried into the exponent.
+        let exp16 = exp16 + 1;
+        if exp16 >= 0x1f {
+            return sign | 0x7c00;
+        }
+        return sign | ((exp16 as u16) << 10);
+    }
+    sign | ((exp16 as u16) << 10) | (rounded >> 13) as u16
+}
+
+fn f16_to_f32(half: u16) -> f32 {
+    let sign = ((half & 0x8000) as u32) << 16;
+    let exp = ((half >> 10) & 0x1f) as u32;
+    let mantissa = (half & 0x3ff) as u32;
+    let bits = match (exp, mantissa) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: m × 2^-24.
+            let magnitude = m as f32 * 2f32.powi(-24);
+            return if sign == 0 { magnitude } else { -magnitude };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+

@@ -1,0 +1,382 @@
+//! HTTP: accept connections, route requests, and turn every outcome into a
+//! response. A request's whole path is `handle` → `infer`: decode and check
+//! the body (protocol), take an instance (pool), call the guest (instance),
+//! encode the outputs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::pool::Pool;
+use crate::protocol;
+
+/// Request limits the server applies before a request reaches the pool.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub graceful_timeout: Duration,
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    pub pool: Arc<Pool>,
+    pub config: ServerConfig,
+    /// Cleared when shutdown starts, so load balancers stop sending traffic.
+    accepting: AtomicBool,
+}
+
+impl App {
+    pub fn new(pool: Arc<Pool>, config: ServerConfig) -> Arc<App> {
+        Arc::new(App {
+            pool,
+            config,
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    fn ready(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+            && self.pool.status().total >= self.pool_size_wanted()
+    }
+
+    fn pool_size_wanted(&self) -> usize {
+        self.pool.configured_instances()
+    }
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish for up to `graceful_timeout`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .keep_alive(true)
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |request| {
+                    let app = Arc::clone(&app);
+                    async move { Ok::<_, Infallible>(handle(&app, request).await) }
+                }),
+            );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("connection ended with an error: {err}");
+            }
+        });
+    }
+
+    app.accepting.store(false, Ordering::SeqCst);
+    drop(listener);
+    tracing::info!(
+        "shutting down: waiting up to {:?} for in-flight requests",
+        app.config.graceful_timeout
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all requests finished; bye"),
+        () = tokio::time::sleep(app.config.graceful_timeout) => {
+            tracing::warn!("graceful timeout passed with requests still in flight; exiting anyway")
+        }
+    }
+    Ok(())
+}
+
+/// The routes, by path. A known path with the wrong method is a 405, an
+/// unknown path a 404.
+enum Route<'a> {
+    Health,
+    Predict,
+    Server,
+    Live,
+    Ready,
+    ModelMetadata(&'a str),
+    ModelReady(&'a str),
+    Infer(&'a str),
+}
+
+impl Route<'_> {
+    fn parse(path: &str) -> Option<Route<'_>> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // `/v2/models/{m}/versions/{v}/...` addresses the same (only) version.
+        let segments: Vec<&str> = match segments.as_slice() {
+            ["v2", "models", m, "versions", _, rest @ ..] => {
+                [&["v2", "models", m][..], rest].concat()
+            }
+            _ => segments,
+        };
+        Some(match segments.as_slice() {
+            ["health"] => Route::Health,
+            ["predict"] => Route::Predict,
+            ["v2"] => Route::Server,
+            ["v2", "health", "live"] => Route::Live,
+            ["v2", "health", "ready"] => Route::Ready,
+            ["v2", "models", m] => Route::ModelMetadata(m),
+            ["v2", "models", m, "ready"] => Route::ModelReady(m),
+            ["v2", "models", m, "infer"] => Route::Infer(m),
+            _ => return None,
+        })
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Predict | Route::Infer(_) => Method::POST,
+            _ => Method::GET,
+        }
+    }
+}
+
+async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let result = match Route::parse(&path) {
+        None => Err(ApiError::not_found(format!(
+            "no route {path}; see GET /v2 for the server, /v2/models/{}/infer and /predict for inference",
+            app.pool.model().metadata.name
+        ))),
+        Some(route) if *request.method() != route.method() && !head_of_get(&request, &route) => {
+            let mut err = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes {}, not {}", route.method(), request.method()),
+            );
+            err.allow = Some(route.method());
+            Err(err)
+        }
+        Some(route) => route_request(app, route, request).await,
+    };
+    result.unwrap_or_else(|err| error_response(&err))
+}
+
+fn head_of_get(request: &Request<Incoming>, route: &Route) -> bool {
+    request.method() == Method::HEAD && route.method() == Method::GET
+}
+
+async fn route_request(
+    app: &App,
+    route: Route<'_>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let metadata = &app.pool.model().metadata;
+    let check_model = |name: &str| {
+        if name == metadata.name {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "unknown model {name:?}; this server serves {:?}",
+                metadata.name
+            )))
+        }
+    };
+    match route {
+        Route::Health => {
+            let status = app.pool.status();
+            let body = serde_json::json!({
+                "status": if app.ready() { "ok" } else { "unavailable" },
+                "model": metadata.name,
+                "instances": {
+                    "total": status.total,
+                    "busy": status.busy,
+                    "idle": status.idle,
+                    "replaced": status.replaced,
+                },
+                "queue": { "depth": status.queued, "max": app.pool.max_queue() },
+            });
+            Ok(json(StatusCode::OK, body.to_string().into()))
+        }
+        Route::Live => Ok(empty(StatusCode::OK)),
+        Route::Ready => Ok(ready_response(app)),
+        Route::Server => {
+            let body = serde_json::json!({
+                "name": "wasm-host",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": [],
+            });
+            Ok(json(StatusCode::OK, body.to_string().into()))
+        }
+        Route::ModelMetadata(name) => {
+            check_model(name)?;
+            let body = protocol::model_metadata(metadata).to_string();
+            Ok(json(StatusCode::OK, body.into()))
+        }
+        Route::ModelReady(name) => {
+            check_model(name)?;
+            Ok(ready_response(app))
+        }
+        Route::Infer(name) => {
+            check_model(name)?;
+            infer(app, request, Form::OpenInference).await
+        }
+        Route::Predict => infer(app, request, Form::Simple).await,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Form {
+    /// `/v2/models/{m}/infer`
+    OpenInference,
+    /// `/predict`
+    Simple,
+}
+
+async fn infer(
+    app: &App,
+    request: Request<Incoming>,
+    form: Form,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_content_type(&request)?;
+    let body = read_body(request, app.config.max_body).await?;
+    let model = app.pool.model();
+    let inference = match form {
+        Form::OpenInference => protocol::decode_infer(&body, &model.metadata)?,
+        Form::Simple => protocol::decode_predict(&body, &model.metadata)?,
+    };
+
+    let mut lease = app.pool.acquire().await?;
+    let instance = lease.instance_id();
+    let outputs = lease
+        .predict(&inference.inputs, app.config.timeout)
+        .await
+        .map_err(|fault| ApiError::from(fault).served_by(instance))?;
+    // Give the instance back before encoding: the next request need not wait.
+    drop(lease);
+
+    for output in &outputs {
+        protocol::check_output(output).map_err(|why| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance)
+        })?;
+    }
+    let body = match form {
+        Form::OpenInference => protocol::encode_infer_response(&model.metadata, &inference, &outputs),
+        Form::Simple => protocol::encode_predict_response(&model.metadata, &outputs, instance),
+    };
+    let mut response = json(StatusCode::OK, body.into());
+    response
+        .headers_mut()
+        .insert("x-instance-id", HeaderValue::from(instance));
+    Ok(response)
+}
+
+fn check_content_type(request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let mime = mime.split(';').next().unwrap_or("").trim();
+    // curl -d sends form-urlencoded by default; the body is still JSON.
+    let accepted = mime == "application/json"
+        || mime.ends_with("+json")
+        || mime == "text/plain"
+        || mime == "application/x-www-form-urlencoded";
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {mime:?} is not supported; send JSON with Content-Type: application/json"),
+        ))
+    }
+}
+
+async fn read_body(request: Request<Incoming>, max_body: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {max_body} bytes; send less, or raise --max-body"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}
+
+fn ready_response(app: &App) -> Response<Full<Bytes>> {
+    if app.ready() {
+        empty(StatusCode::OK)
+    } else {
+        let mut response = empty(StatusCode::SERVICE_UNAVAILABLE);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        response
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
+    let mut response = json(err.status, err.body().into());
+    let headers = response.headers_mut();
+    if let Some(seconds) = err.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(instance) = err.instance {
+        headers.insert("x-instance-id", HeaderValue::from(instance));
+    }
+    if let Some(method) = &err.allow {
+        headers.insert(
+            header::ALLOW,
+            HeaderValue::from_str(method.as_str()).expect("a method is a valid header"),
+        );
+    }
+    response
+}
