@@ -1,0 +1,276 @@
+//! The guest side of wasm-host: everything a model author needs to turn a Rust
+//! type into a model component, so that a model crate is its math plus a few
+//! dozen lines.
+//!
+//! The bindings for `wit/model.wit` are generated here once, rather than in
+//! every model, so that all models agree on one version of the contract and
+//! none of them has to know about `wit-bindgen`. A model implements [`Model`]
+//! and exports it:
+//!
+//! ```ignore
+//! use wasm_host_guest::{Datatype, Error, Metadata, Model, Tensor, TensorSpec};
+//!
+//! struct Double;
+//!
+//! impl Model for Double {
+//!     fn metadata() -> Metadata {
+//!         Metadata {
+//!             name: "double".into(),
+//!             version: "1".into(),
+//!             inputs: vec![TensorSpec::new("x", Datatype::Fp32, &[-1])],
+//!             outputs: vec![TensorSpec::new("y", Datatype::Fp32, &[-1])],
+//!         }
+//!     }
+//!
+//!     fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+//!         let x = wasm_host_guest::input(&inputs, "x")?.to_f32()?;
+//!         let y: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+//!         Ok(vec![Tensor::from_f32("y", vec![y.len() as u64], &y)])
+//!     }
+//! }
+//!
+//! wasm_host_guest::export_model!(Double);
+//! ```
+//!
+//! The crate also builds for the host platform (the export functions are then
+//! ordinary symbols nobody calls), so models can share code with native tools
+//! and tests without a `cfg` on every import.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "predictor",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_model",
+        // The macro expands in the model's crate, which knows this crate by
+        // name but has no bindings of its own.
+        default_bindings_module: "wasm_host_guest::bindings",
+    });
+}
+
+/// What a model implements: `metadata()` once per instance, `predict()` per
+/// request. Both are associated functions, without `self`, because the host
+/// owns instance lifetime; state that must outlive a call lives in a `static`
+/// (for example a `std::sync::OnceLock`).
+pub use bindings::exports::wasm_host::model::model::Guest as Model;
+pub use bindings::wasm_host::model::types::{Datatype, Error, Metadata, Tensor, TensorSpec};
+
+/// Exports a type implementing [`Model`] as the component's `model` interface:
+/// `wasm_host_guest::export_model!(MyModel);`, once per crate, at any module
+/// level.
+pub use bindings::export_model;
+
+use std::fmt;
+
+impl Datatype {
+    /// The Open Inference Protocol's name for the type, so that error
+    /// messages use the words clients see in requests ("FP32", not "Fp32").
+    pub fn name(self) -> &'static str {
+        match self {
+            Datatype::Bool => "BOOL",
+            Datatype::Uint8 => "UINT8",
+            Datatype::Uint16 => "UINT16",
+            Datatype::Uint32 => "UINT32",
+            Datatype::Uint64 => "UINT64",
+            Datatype::Int8 => "INT8",
+            Datatype::Int16 => "INT16",
+            Datatype::Int32 => "INT32",
+            Datatype::Int64 => "INT64",
+            Datatype::Fp16 => "FP16",
+            Datatype::Fp32 => "FP32",
+            Datatype::Fp64 => "FP64",
+            Datatype::Bytes => "BYTES",
+        }
+    }
+
+    /// Bytes per element, or `None` for `BYTES`, whose elements are
+    /// length-prefixed and so have no fixed size.
+    pub fn size(self) -> Option<usize> {
+        match self {
+            Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => Some(1),
+            Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 => Some(2),
+            Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => Some(4),
+            Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => Some(8),
+            Datatype::Bytes => None,
+        }
+    }
+}
+
+impl fmt::Display for Datatype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Error {
+    /// Shorthand for the common "reject this request" case (HTTP 400).
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+
+    /// Shorthand for "the model itself failed" (HTTP 500). Prefer this to a
+    /// panic: a panic traps, and the host then throws the instance away.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+}
+
+impl TensorSpec {
+    /// A spec in one line, since metadata is mostly a list of these. `-1` in
+    /// `shape` accepts any size in that dimension.
+    pub fn new(name: impl Into<String>, datatype: Datatype, shape: &[i64]) -> Self {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+/// Finds an input by name. Inputs arrive in the order `metadata()` declared,
+/// so indexing works too; looking them up by name keeps a model correct if
+/// its declared order changes.
+pub fn input<'a>(inputs: &'a [Tensor], name: &str) -> Result<&'a Tensor, Error> {
+    inputs
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| Error::InvalidInput(format!("missing input `{name}`")))
+}
+
+impl Tensor {
+    /// The number of elements the shape describes (1 for a scalar's empty
+    /// shape), or `None` if the product overflows, which no real tensor can.
+    pub fn element_count(&self) -> Option<u64> {
+        self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+    }
+
+    /// Checks that this tensor holds `datatype` and that its data length
+    /// matches its shape, before any decoding. The host validates requests
+    /// already; checking again keeps a model from trusting a host bug into a
+    /// panic or a silently truncated read.
+    fn check(&self, datatype: Datatype) -> Result<(), Error> {
+        if self.datatype != datatype {
+            return Err(Error::InvalidInput(format!(
+                "tensor `{}`: expected {datatype}, got {}",
+                self.name, self.datatype
+            )));
+        }
+        let size = datatype.size().unwrap_or(1) as u64;
+        let needed = self.element_count().and_then(|n| n.checked_mul(size));
+        if needed != Some(self.data.len() as u64) {
+            return Err(Error::InvalidInput(format!(
+                "tensor `{}`: shape {:?} of {datatype} does not match its {} bytes of data",
+                self.name,
+                self.shape,
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Typed reads and constructors, one pair per fixed-size numeric type.
+///
+/// Reads copy element by element with `from_le_bytes`: the bytes arrive as a
+/// `list<u8>`, which the canonical ABI only aligns to 1, so reinterpreting
+/// them in place would be undefined behaviour on an unlucky allocation.
+macro_rules! typed {
+    ($($ty:ty, $datatype:ident, $to:ident, $from:ident;)*) => {
+        impl Tensor {
+            $(
+                #[doc = concat!(
+                    "Decodes the elements as `", stringify!($ty), "`, or fails with ",
+                    "`Error::InvalidInput` if the tensor is not `", stringify!($datatype),
+                    "` or its data does not match its shape."
+                )]
+                pub fn $to(&self) -> Result<Vec<$ty>, Error> {
+                    self.check(Datatype::$datatype)?;
+                    Ok(self
+                        .data
+                        .chunks_exact(size_of::<$ty>())
+                        .map(|b| <$ty>::from_le_bytes(b.try_into().unwrap()))
+                        .collect())
+                }
+
+                #[doc = concat!(
+                    "Builds a `", stringify!($datatype), "` tensor. The host checks ",
+                    "outputs against `metadata()`, so a shape that disagrees with ",
+                    "`values` is reported there rather than here."
+                )]
+                pub fn $from(name: impl Into<String>, shape: Vec<u64>, values: &[$ty]) -> Tensor {
+                    let mut data = Vec::with_capacity(values.len() * size_of::<$ty>());
+                    for v in values {
+                        data.extend_from_slice(&v.to_le_bytes());
+                    }
+                    Tensor {
+                        name: name.into(),
+                        datatype: Datatype::$datatype,
+                        shape,
+                        data,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+typed! {
+    u8, Uint8, to_u8, from_u8;
+    u16, Uint16, to_u16, from_u16;
+    u32, Uint32, to_u32, from_u32;
+    u64, Uint64, to_u64, from_u64;
+    i8, Int8, to_i8, from_i8;
+    i16, Int16, to_i16, from_i16;
+    i32, Int32, to_i32, from_i32;
+    i64, Int64, to_i64, from_i64;
+    f32, Fp32, to_f32, from_f32;
+    f64, Fp64, to_f64, from_f64;
+}
+
+impl Tensor {
+    /// Decodes a `BOOL` tensor. Any non-zero byte is `true`, as numpy reads
+    /// them, rather than rejecting values other than 0 and 1.
+    pub fn to_bool(&self) -> Result<Vec<bool>, Error> {
+        self.check(Datatype::Bool)?;
+        Ok(self.data.iter().map(|&b| b != 0).collect())
+    }
+
+    /// Builds a `BOOL` tensor, one byte per element.
+    pub fn from_bool(name: impl Into<String>, shape: Vec<u64>, values: &[bool]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            datatype: Datatype::Bool,
+            shape,
+            data: values.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_checks() {
+        let t = Tensor::from_f32("x", vec![2, 2], &[1.0, -2.5, 3.25, f32::MAX]);
+        assert_eq!(t.to_f32().unwrap(), [1.0, -2.5, 3.25, f32::MAX]);
+        assert!(
+            matches!(t.to_i32(), Err(Error::InvalidInput(m)) if m.contains("expected INT32, got FP32"))
+        );
+
+        let t = Tensor::from_i64("n", vec![3], &[-1, 0, i64::MAX]);
+        assert_eq!(t.to_i64().unwrap(), [-1, 0, i64::MAX]);
+
+        let mut short = t.clone();
+        short.data.pop();
+        assert!(short.to_i64().is_err());
+
+        let scalar = Tensor::from_bool("b", vec![], &[true]);
+        assert_eq!(scalar.to_bool().unwrap(), [true]);
+
+        let inputs = [t];
+        assert!(input(&inputs, "n").is_ok());
+        assert!(input(&inputs, "m").is_err());
+    }
+}
