@@ -46,7 +46,12 @@ pub struct Cli {
     pub instances: Option<u32>,
 
     /// Address to listen on; use 0.0.0.0:PORT to serve beyond this machine.
-    #[arg(short = 'b', long, env = "WASM_HOST_BIND", default_value = "127.0.0.1:8000")]
+    #[arg(
+        short = 'b',
+        long,
+        env = "WASM_HOST_BIND",
+        default_value = "127.0.0.1:8000"
+    )]
     pub bind: SocketAddr,
 
     /// Memory cap per instance (e.g. 64MiB, 1GiB); a request that needs more gets a 507.
@@ -99,7 +104,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown size unit in {text:?}; use KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "unknown size unit in {text:?}; use KiB, MiB or GiB"
+            ));
+        }
     };
     number
         .checked_mul(scale)

@@ -11,8 +11,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::wasm_host::model::model::Error as ModelError;
-pub use wasm_host::model::types::{Datatype, Metadata, Tensor, TensorSpec};
+pub use self::exports::wasm_host::model::model::Error as ModelError;
+pub use self::wasm_host::model::types::{Datatype, Metadata, Tensor, TensorSpec};
 
 impl Datatype {
     /// Every datatype, for parsing names.

@@ -26,6 +26,15 @@ pub enum Allocator {
     OnDemand,
 }
 
+impl std::fmt::Display for Allocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allocator::Pooling { slots } => write!(f, "pooling allocator, {slots} slots"),
+            Allocator::OnDemand => f.write_str("on-demand allocator"),
+        }
+    }
+}
+
 /// Builds the engine. `slots` is the most instances that may be alive at once,
 /// counting replacements and a reload's second generation.
 pub fn build(slots: u32, memory_limit: usize) -> Result<(Engine, Allocator)> {

@@ -65,9 +65,7 @@ impl From<Fault> for ApiError {
             ),
             Fault::Trap(why) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "the model trapped: {why}; its instance was replaced, retrying is safe"
-                ),
+                format!("the model trapped: {why}; its instance was replaced, retrying is safe"),
             ),
             Fault::Timeout(limit) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -114,9 +114,11 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Sta
             graceful_timeout: cli.graceful_timeout,
         },
     );
-    let address = listener.local_addr().map_err(|err| StartupError::new(1, err.to_string()))?;
+    let address = listener
+        .local_addr()
+        .map_err(|err| StartupError::new(1, err.to_string()))?;
     tracing::info!(
-        "listening on http://{address} with {instances} instances ({allocator:?} allocator, \
+        "listening on http://{address} with {instances} instances ({allocator}, \
          memory limit {} MiB each, timeout {:?}); ready in {:?}",
         cli.memory_limit >> 20,
         cli.timeout,

@@ -41,6 +41,8 @@ pub struct Pool {
     busy: AtomicUsize,
     total: AtomicUsize,
     replaced: AtomicU64,
+    /// Guest calls made, whatever their outcome.
+    calls: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -52,6 +54,7 @@ pub struct Status {
     pub idle: usize,
     pub queued: usize,
     pub replaced: u64,
+    pub calls: u64,
 }
 
 impl Pool {
@@ -71,6 +74,7 @@ impl Pool {
             busy: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             config,
         });
@@ -110,6 +114,7 @@ impl Pool {
             idle: self.free.available_permits(),
             queued: self.queued.load(Ordering::SeqCst),
             replaced: self.replaced.load(Ordering::SeqCst),
+            calls: self.calls.load(Ordering::SeqCst),
         }
     }
 
@@ -233,7 +238,9 @@ impl Lease {
     }
 
     fn instance(&self) -> &Instance {
-        self.instance.as_ref().expect("a live lease holds an instance")
+        self.instance
+            .as_ref()
+            .expect("a live lease holds an instance")
     }
 
     pub async fn predict(
@@ -242,7 +249,11 @@ impl Lease {
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
         self.replace_because = Some("the request was cancelled mid-call".into());
-        let instance = self.instance.as_mut().expect("a live lease holds an instance");
+        self.pool.calls.fetch_add(1, Ordering::Relaxed);
+        let instance = self
+            .instance
+            .as_mut()
+            .expect("a live lease holds an instance");
         let result = instance.predict(inputs, timeout).await;
         self.replace_because = match &result {
             Err(fault) if fault.poisons_instance() => Some(format!("{fault:?}")),

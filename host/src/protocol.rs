@@ -362,8 +362,10 @@ pub fn check_output(tensor: &Tensor) -> Result<(), String> {
     let count: u64 = tensor.shape.iter().product();
     let ok = match tensor.datatype.element_size() {
         Some(size) => tensor.data.len() as u64 == count * size as u64,
-        None => bytes_elements(&tensor.data).count() as u64 == count
-            && bytes_elements(&tensor.data).all(|e| e.is_some()),
+        None => {
+            bytes_elements(&tensor.data).count() as u64 == count
+                && bytes_elements(&tensor.data).all(|e| e.is_some())
+        }
     };
     if ok {
         Ok(())
@@ -661,4 +663,3 @@ fn f16_to_f32(half: u16) -> f32 {
     };
     f32::from_bits(bits)
 }
-

@@ -49,8 +49,7 @@ impl App {
     }
 
     fn ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst)
-            && self.pool.status().total >= self.pool_size_wanted()
+        self.accepting.load(Ordering::SeqCst) && self.pool.status().total >= self.pool_size_wanted()
     }
 
     fn pool_size_wanted(&self) -> usize {
@@ -213,6 +212,7 @@ async fn route_request(
                     "idle": status.idle,
                     "replaced": status.replaced,
                 },
+                "calls": status.calls,
                 "queue": { "depth": status.queued, "max": app.pool.max_queue() },
             });
             Ok(json(StatusCode::OK, body.to_string().into()))
@@ -280,7 +280,9 @@ async fn infer(
         })?;
     }
     let body = match form {
-        Form::OpenInference => protocol::encode_infer_response(&model.metadata, &inference, &outputs),
+        Form::OpenInference => {
+            protocol::encode_infer_response(&model.metadata, &inference, &outputs)
+        }
         Form::Simple => protocol::encode_predict_response(&model.metadata, &outputs, instance),
     };
     let mut response = json(StatusCode::OK, body.into());
@@ -306,7 +308,9 @@ fn check_content_type(request: &Request<Incoming>) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {mime:?} is not supported; send JSON with Content-Type: application/json"),
+            format!(
+                "content type {mime:?} is not supported; send JSON with Content-Type: application/json"
+            ),
         ))
     }
 }
@@ -315,7 +319,9 @@ async fn read_body(request: Request<Incoming>, max_body: usize) -> Result<Bytes,
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {max_body} bytes; send less, or raise --max-body"),
+            format!(
+                "the request body is larger than {max_body} bytes; send less, or raise --max-body"
+            ),
         )
     };
     let declared = request
