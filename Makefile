@@ -1,0 +1,39 @@
+# The commands a newcomer needs. `make serve` and `make test` work on a fresh
+# machine with Rust installed: they add the wasm32-wasip2 target if it is missing.
+
+WASM_DIR := target/wasm32-wasip2/release
+GUESTS   := -p guest-model -p slow-model -p fault-model
+INSTANCES ?= 8
+BIND     ?= 127.0.0.1:8000
+
+.PHONY: serve test guests model host setup lint clean
+
+## Build the example model and the host, then serve the model with 8 instances.
+serve: guests host
+	target/release/wasm-host --instances $(INSTANCES) --bind $(BIND) $(WASM_DIR)/guest_model.wasm
+
+## Build everything and run every test (what CI runs).
+test: guests
+	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
+
+## The model components: the digits classifier and the test fixtures.
+guests: setup
+	cargo build --release --target wasm32-wasip2 $(GUESTS)
+
+model: setup
+	cargo build --release --target wasm32-wasip2 -p guest-model
+
+host:
+	cargo build --release -p wasm-host
+
+setup:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## Formatting and lints, as reviewers expect them.
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --release -p wasm-host -p guest-model -p wasm-host-guest --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip2 $(GUESTS) -p wasm-host-guest -- -D warnings
+
+clean:
+	cargo clean
