@@ -74,6 +74,26 @@ pub struct Cli {
     #[arg(long, env = "WASM_HOST_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
 
+    /// Recycle an instance after it served this many requests, like gunicorn's --max-requests [default: never]
+    #[arg(long, env = "WASM_HOST_MAX_REQUESTS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests: Option<u64>,
+
+    /// Add up to this many requests to --max-requests, per instance, so instances do not all recycle together.
+    #[arg(long, env = "WASM_HOST_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Most client connections open at once; more wait in the kernel's accept backlog.
+    #[arg(long, env = "WASM_HOST_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Longest a client may take to send a request's headers (slow clients cannot hold connections); also bounds keep-alive.
+    #[arg(long, env = "WASM_HOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long an idle keep-alive connection stays open waiting for its next request.
+    #[arg(long, env = "WASM_HOST_KEEP_ALIVE", default_value = "5s", value_parser = parse_duration)]
+    pub keep_alive: Duration,
+
     /// How long TERM or INT waits for in-flight requests before exiting.
     #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graceful_timeout: Duration,

@@ -8,11 +8,13 @@
 //! the runtime on every epoch tick, which keeps the accept loop and `/health`
 //! responsive with every instance busy.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use crate::contract::{ModelError, Predictor, PredictorPre, Tensor};
+use crate::contract::{ModelError, Predictor, Tensor};
+use crate::model::Model;
 use crate::sandbox::GuestState;
 
 /// Names one incarnation of an instance, like a worker's PID: a replacement
@@ -34,6 +36,18 @@ pub enum Fault {
     MemoryCap(usize),
 }
 
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::InvalidInput(why) => write!(f, "invalid input: {why}"),
+            Fault::Failed(why) => write!(f, "model error: {why}"),
+            Fault::Trap(why) => write!(f, "trap: {why}"),
+            Fault::Timeout(limit) => write!(f, "ran past its deadline of {limit:?}"),
+            Fault::MemoryCap(limit) => write!(f, "hit its memory cap of {} MiB", limit >> 20),
+        }
+    }
+}
+
 impl Fault {
     /// After a trap, a timeout or a failed grow the store is poisoned (and a
     /// Rust guest's heap may be inconsistent): the instance must be replaced.
@@ -44,10 +58,14 @@ impl Fault {
 
 pub struct Instance {
     pub id: InstanceId,
+    /// The model this instance was made from: after a reload, instances of
+    /// the old model finish their request and retire.
+    pub model: Arc<Model>,
     store: Store<GuestState>,
     bindings: Predictor,
     /// Requests served, for `--max-requests` recycling.
     pub served: u64,
+    recycle_after: Option<u64>,
 }
 
 /// A store with the sandbox, the memory cap and the deadline check installed.
@@ -68,19 +86,27 @@ pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
 impl Instance {
     pub async fn new(
         engine: &Engine,
-        pre: &PredictorPre<GuestState>,
+        model: Arc<Model>,
         id: InstanceId,
         memory_limit: usize,
+        recycle_after: Option<u64>,
     ) -> wasmtime::Result<Instance> {
         let mut store = new_store(engine, memory_limit);
         store.data_mut().deadline = Instant::now() + Duration::from_secs(10);
-        let bindings = pre.instantiate_async(&mut store).await?;
+        let bindings = model.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             id,
+            model,
             store,
             bindings,
             served: 0,
+            recycle_after,
         })
+    }
+
+    /// Whether `--max-requests` says this instance has served enough.
+    pub fn recycle_due(&self) -> bool {
+        self.recycle_after.is_some_and(|limit| self.served >= limit)
     }
 
     /// Linear memory the instance holds, in bytes.

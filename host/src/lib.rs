@@ -18,8 +18,8 @@ pub mod pool;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;
+pub mod signals;
 
-use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,16 +54,17 @@ impl StartupError {
     }
 }
 
-/// Binds, loads the model, boots the instances and serves until `shutdown`.
-pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+/// Binds, loads the model, boots the instances and serves until TERM or INT.
+pub async fn run(cli: Cli) -> Result<(), StartupError> {
     let started = Instant::now();
     // Bind first: a port in use is found before a long compile, not after.
     let listener = bind(&cli)?;
     let instances = cli.instances();
     let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
-    // Room for every instance twice over (a replacement may boot while its
-    // predecessor's slot is still being released) plus spares.
-    let slots = instances * 2 + 8;
+    // TTIN may double the pool, and a reload boots a second generation
+    // before the first retires; spares cover replacements in flight.
+    let max_instances = instances * 2;
+    let slots = max_instances * 2 + 8;
     let (engine, allocator) = engine::build(slots, memory_limit)
         .map_err(|err| StartupError::new(1, format!("{err:#}")))?;
     engine::start_epoch_ticker(&engine);
@@ -86,12 +87,16 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Sta
 
     let pool = Pool::start(
         engine,
+        linker,
         Arc::new(model),
         PoolConfig {
             instances: instances as usize,
+            max_instances: max_instances as usize,
             memory_limit,
             queue_timeout: cli.queue_timeout,
             max_queue: cli.max_queue,
+            max_requests: cli.max_requests,
+            max_requests_jitter: cli.max_requests_jitter,
         },
     )
     .await
@@ -106,12 +111,17 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Sta
         )
     })?;
 
+    signals::spawn_control(Arc::clone(&pool))
+        .map_err(|err| StartupError::new(1, format!("cannot listen for signals: {err}")))?;
     let app = App::new(
         pool,
         ServerConfig {
             max_body: usize::try_from(cli.max_body).unwrap_or(usize::MAX),
             timeout: cli.timeout,
             graceful_timeout: cli.graceful_timeout,
+            max_connections: cli.max_connections as usize,
+            header_timeout: cli.header_timeout,
+            keep_alive: cli.keep_alive,
         },
     );
     let address = listener
@@ -124,9 +134,8 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()>) -> Result<(), Sta
         cli.timeout,
         started.elapsed()
     );
-    server::serve(listener, app, shutdown)
-        .await
-        .map_err(|err| StartupError::new(1, format!("{err:#}")))
+    server::serve(listener, app, signals::shutdown()).await;
+    Ok(())
 }
 
 fn bind(cli: &Cli) -> Result<tokio::net::TcpListener, StartupError> {

@@ -65,7 +65,13 @@ impl Model {
         }
 
         let started = Instant::now();
-        let component = match Component::new(engine, &bytes) {
+        // Compiling takes from milliseconds to seconds of CPU: keep it off the
+        // runtime threads that serve requests (it also runs on reload).
+        let compiling = {
+            let (engine, bytes) = (engine.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        };
+        let component = match compiling.await.expect("the compile task panicked") {
             Ok(component) => component,
             Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
         };

@@ -1,55 +1,77 @@
 //! The pool hands each request a free instance, or makes it wait its turn.
 //!
-//! Free instances sit in a stack; a fair semaphore counts them, so waiting
-//! requests are served in arrival order and no two requests ever race for the
-//! same instance. A request holds its instance through a [`Lease`], which
-//! gives it back when dropped, even when the request's future is dropped
-//! half-way (a client that disconnects): an instance whose state is unknown
-//! is then replaced rather than returned, so the pool never loses a slot.
+//! Free instances sit in a stack (the most recently used on top, its caches
+//! warm); a fair semaphore counts them, so waiting requests are served in
+//! arrival order and no two requests ever race for the same instance. A
+//! request holds its instance through a [`Lease`], which gives it back when
+//! dropped, even when the request's future is dropped half-way (a client that
+//! disconnects): an instance whose state is unknown is then replaced rather
+//! than returned, so the pool never loses a slot.
+//!
+//! The pool also owns the instances' life cycle: replacing faulted ones,
+//! recycling after `--max-requests`, growing and shrinking (TTIN/TTOU), and
+//! swapping in a reloaded model (HUP) while requests keep flowing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
+use wasmtime::component::Linker;
 
 use crate::contract::Tensor;
 use crate::error::ApiError;
 use crate::instance::{Fault, Instance, InstanceId};
 use crate::model::Model;
+use crate::sandbox::GuestState;
 
 /// The limits a pool enforces.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub instances: usize,
+    /// Most instances TTIN may grow the pool to.
+    pub max_instances: usize,
     pub memory_limit: usize,
     /// Longest a request may wait for a free instance before it gets a 503.
     pub queue_timeout: Duration,
     /// Most requests that may wait at once; past it, 503 at once.
     pub max_queue: usize,
+    /// Recycle an instance after this many requests (gunicorn's `max_requests`).
+    pub max_requests: Option<u64>,
+    /// Up to this many more requests, chosen per instance, so that instances
+    /// started together do not all recycle together.
+    pub max_requests_jitter: u64,
 }
 
 pub struct Pool {
     engine: Engine,
-    model: Arc<Model>,
+    linker: Linker<GuestState>,
+    /// The model new instances are made from; replaced by a reload.
+    model: RwLock<Arc<Model>>,
     config: PoolConfig,
+    /// How many instances the pool should have (TTIN/TTOU move it).
+    target: AtomicUsize,
     idle: Mutex<Vec<Instance>>,
     /// One permit per idle instance; tokio's semaphore is FIFO-fair.
     free: Semaphore,
     queued: AtomicUsize,
     busy: AtomicUsize,
+    /// Instances alive: idle, busy, or being replaced.
     total: AtomicUsize,
     replaced: AtomicU64,
     /// Guest calls made, whatever their outcome.
     calls: AtomicU64,
     next_id: AtomicU64,
+    /// Serialises reloads and resizes.
+    reshaping: tokio::sync::Mutex<()>,
 }
 
 /// What `/health` reports.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Status {
     pub total: usize,
+    pub target: usize,
     pub busy: usize,
     pub idle: usize,
     pub queued: usize,
@@ -62,13 +84,16 @@ impl Pool {
     /// workers.
     pub async fn start(
         engine: Engine,
+        linker: Linker<GuestState>,
         model: Arc<Model>,
         config: PoolConfig,
     ) -> wasmtime::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             engine,
-            model,
-            idle: Mutex::new(Vec::with_capacity(config.instances)),
+            linker,
+            model: RwLock::new(model),
+            target: AtomicUsize::new(config.instances),
+            idle: Mutex::new(Vec::with_capacity(config.max_instances)),
             free: Semaphore::new(0),
             queued: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
@@ -76,29 +101,19 @@ impl Pool {
             replaced: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            reshaping: tokio::sync::Mutex::new(()),
             config,
         });
         for _ in 0..pool.config.instances {
-            let started = Instant::now();
-            let instance = pool.new_instance().await?;
-            tracing::info!(
-                instance = instance.id,
-                "booted instance {} in {:?}",
-                instance.id,
-                started.elapsed()
-            );
-            pool.total.fetch_add(1, Ordering::SeqCst);
-            pool.give_back(instance);
+            pool.add_instance().await?;
         }
         Ok(pool)
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    pub fn configured_instances(&self) -> usize {
-        self.config.instances
+    /// The current model. A request decodes against it, and re-checks against
+    /// its instance's model if a reload happened in between.
+    pub fn model(&self) -> Arc<Model> {
+        Arc::clone(&self.model.read().unwrap())
     }
 
     pub fn max_queue(&self) -> usize {
@@ -106,11 +121,10 @@ impl Pool {
     }
 
     pub fn status(&self) -> Status {
-        let total = self.total.load(Ordering::SeqCst);
-        let busy = self.busy.load(Ordering::SeqCst);
         Status {
-            total,
-            busy,
+            total: self.total.load(Ordering::SeqCst),
+            target: self.target.load(Ordering::SeqCst),
+            busy: self.busy.load(Ordering::SeqCst),
             idle: self.free.available_permits(),
             queued: self.queued.load(Ordering::SeqCst),
             replaced: self.replaced.load(Ordering::SeqCst),
@@ -118,48 +132,102 @@ impl Pool {
         }
     }
 
-    async fn new_instance(&self) -> wasmtime::Result<Instance> {
+    /// Every wanted instance is up and the queue has room.
+    pub fn ready(&self) -> bool {
+        let status = self.status();
+        status.total >= status.target && status.queued < self.config.max_queue
+    }
+
+    async fn new_instance(&self, model: Arc<Model>) -> wasmtime::Result<Instance> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        Instance::new(&self.engine, &self.model.pre, id, self.config.memory_limit).await
+        let recycle_after = self
+            .config
+            .max_requests
+            .map(|n| n + jitter(id, self.config.max_requests_jitter));
+        Instance::new(
+            &self.engine,
+            model,
+            id,
+            self.config.memory_limit,
+            recycle_after,
+        )
+        .await
+    }
+
+    /// Boots one more instance of the current model and makes it available.
+    async fn add_instance(&self) -> wasmtime::Result<InstanceId> {
+        let started = Instant::now();
+        let instance = self.new_instance(self.model()).await?;
+        let id = instance.id;
+        tracing::info!(
+            instance = id,
+            "booted instance {id} in {:?}",
+            started.elapsed()
+        );
+        self.total.fetch_add(1, Ordering::SeqCst);
+        self.give_back(instance);
+        Ok(id)
+    }
+
+    fn is_current(&self, instance: &Instance) -> bool {
+        Arc::ptr_eq(&instance.model, &self.model.read().unwrap())
     }
 
     /// Waits for a free instance: at once if one is idle, else in FIFO order
     /// behind the other waiting requests, within the queue's bounds.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ApiError> {
-        let permit = match self.free.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = QueueSlot::take(self)?;
-                match tokio::time::timeout(self.config.queue_timeout, self.free.acquire()).await {
-                    Ok(permit) => permit.expect("the pool's semaphore is never closed"),
-                    Err(_) => {
-                        return Err(ApiError::unavailable(format!(
-                            "no instance became free within {:?}; retry later, or start the host \
-                             with more --instances",
-                            self.config.queue_timeout
-                        )));
+        loop {
+            let permit = match self.free.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let _waiting = QueueSlot::take(self)?;
+                    let wait = tokio::time::timeout(self.config.queue_timeout, self.free.acquire());
+                    match wait.await {
+                        Ok(permit) => permit.expect("the pool's semaphore is never closed"),
+                        Err(_) => {
+                            return Err(ApiError::unavailable(format!(
+                                "no instance became free within {:?}; retry later, or start the \
+                                 host with more --instances or a longer --queue-timeout",
+                                self.config.queue_timeout
+                            )));
+                        }
                     }
                 }
+            };
+            permit.forget();
+            let instance = self
+                .idle
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("a permit always has an idle instance behind it");
+            if !self.is_current(&instance) {
+                // Left over from before a reload: it serves no more requests.
+                self.retire(instance, "the model was reloaded");
+                continue;
             }
-        };
-        permit.forget();
-        let instance = self
-            .idle
-            .lock()
-            .unwrap()
-            .pop()
-            .expect("a permit always has an idle instance behind it");
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        Ok(Lease {
-            pool: Arc::clone(self),
-            instance: Some(instance),
-            replace_because: None,
-        })
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            return Ok(Lease {
+                pool: Arc::clone(self),
+                instance: Some(instance),
+                replace_because: None,
+            });
+        }
     }
 
     fn give_back(&self, instance: Instance) {
         self.idle.lock().unwrap().push(instance);
         self.free.add_permits(1);
+    }
+
+    /// Drops an instance for good.
+    fn retire(&self, instance: Instance, why: &str) {
+        self.total.fetch_sub(1, Ordering::SeqCst);
+        tracing::info!(
+            instance = instance.id,
+            "retired instance {}: {why}",
+            instance.id
+        );
     }
 
     /// Throws an instance away and boots a new one in its place, off the
@@ -172,7 +240,7 @@ impl Pool {
             // replacement.
             drop(old);
             let started = Instant::now();
-            match pool.new_instance().await {
+            match pool.new_instance(pool.model()).await {
                 Ok(new) => {
                     pool.replaced.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!(
@@ -188,13 +256,153 @@ impl Pool {
                     pool.total.fetch_sub(1, Ordering::SeqCst);
                     tracing::error!(
                         old = old_id,
-                        "could not replace instance {old_id} ({cause}): {err:#}; \
-                         serving with one instance fewer"
+                        "could not replace instance {old_id} ({cause}): {}; \
+                         serving with one instance fewer",
+                        crate::model::root_cause(&err)
                     );
                 }
             }
         });
     }
+
+    /// Where a returning instance goes: back to the pool, replaced, or retired.
+    fn take_back(self: &Arc<Self>, instance: Instance, fault: Option<String>) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if !self.is_current(&instance) {
+            self.retire(instance, "the model was reloaded");
+        } else if let Some(cause) = fault {
+            self.replace(instance, cause);
+        } else if self.total.load(Ordering::SeqCst) > self.target.load(Ordering::SeqCst) {
+            self.retire(instance, "the pool was shrunk (TTOU)");
+        } else if instance.recycle_due() {
+            let cause = format!(
+                "recycled after {} requests (--max-requests)",
+                instance.served
+            );
+            self.replace(instance, cause);
+        } else {
+            self.give_back(instance);
+        }
+    }
+
+    /// Removes idle instances that `unwanted` picks, for as long as there are
+    /// any: each removal takes a permit, so the semaphore and the stack stay
+    /// in step. Busy ones are handled when they come back.
+    fn remove_idle(&self, unwanted: impl Fn(&Pool, &Instance) -> bool, why: &str) {
+        while let Ok(permit) = self.free.try_acquire() {
+            let mut idle = self.idle.lock().unwrap();
+            let Some(index) = idle.iter().position(|i| unwanted(self, i)) else {
+                drop(idle);
+                drop(permit);
+                return;
+            };
+            let instance = idle.remove(index);
+            drop(idle);
+            permit.forget();
+            self.retire(instance, why);
+        }
+    }
+
+    /// TTIN: one more instance, up to the pool's capacity.
+    pub async fn grow(&self) {
+        let _reshaping = self.reshaping.lock().await;
+        let target = self.target.load(Ordering::SeqCst);
+        if target >= self.config.max_instances {
+            tracing::warn!(
+                "TTIN ignored: already at {target} instances, the most this pool was sized for"
+            );
+            return;
+        }
+        self.target.store(target + 1, Ordering::SeqCst);
+        match self.add_instance().await {
+            Ok(id) => tracing::info!("TTIN: added instance {id}; {} instances", target + 1),
+            Err(err) => {
+                self.target.store(target, Ordering::SeqCst);
+                tracing::error!("TTIN failed: {}", crate::model::root_cause(&err));
+            }
+        }
+    }
+
+    /// TTOU: one instance fewer, never below one. An idle instance goes at
+    /// once; otherwise the next one to finish its request.
+    pub async fn shrink(&self) {
+        let _reshaping = self.reshaping.lock().await;
+        let target = self.target.load(Ordering::SeqCst);
+        if target <= 1 {
+            tracing::warn!("TTOU ignored: one instance is the minimum");
+            return;
+        }
+        self.target.store(target - 1, Ordering::SeqCst);
+        tracing::info!("TTOU: shrinking to {} instances", target - 1);
+        self.remove_idle(
+            |pool, _| pool.total.load(Ordering::SeqCst) > pool.target.load(Ordering::SeqCst),
+            "the pool was shrunk (TTOU)",
+        );
+    }
+
+    /// HUP: loads the model file again and swaps it in with no failed request.
+    /// New instances boot before any old one leaves; old ones finish what
+    /// they are doing and retire. If the new file is bad, the old model keeps
+    /// serving.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let _reshaping = self.reshaping.lock().await;
+        let old = self.model();
+        let model = Model::load(
+            &self.engine,
+            &self.linker,
+            &old.path,
+            self.config.memory_limit,
+        )
+        .await?;
+        let model = Arc::new(model);
+        let started = Instant::now();
+        let count = self.target.load(Ordering::SeqCst);
+        let mut fresh = Vec::with_capacity(count);
+        for _ in 0..count {
+            let instance = self
+                .new_instance(Arc::clone(&model))
+                .await
+                .map_err(|err| anyhow::anyhow!("{}", crate::model::root_cause(&err)))?;
+            fresh.push(instance);
+        }
+        let ids: Vec<InstanceId> = fresh.iter().map(|i| i.id).collect();
+        *self.model.write().unwrap() = Arc::clone(&model);
+        for instance in fresh {
+            self.total.fetch_add(1, Ordering::SeqCst);
+            self.give_back(instance);
+        }
+        self.remove_idle(|pool, i| !pool.is_current(i), "the model was reloaded");
+        tracing::info!(
+            "reloaded {}: model {} v{} (compiled in {:?}), instances {ids:?} booted in {:?}",
+            model.path.display(),
+            model.metadata.name,
+            model.metadata.version,
+            model.compile_time,
+            started.elapsed()
+        );
+        if model.metadata.name != old.metadata.name {
+            tracing::warn!(
+                "the model's name changed from {:?} to {:?}: clients must use /v2/models/{}/...",
+                old.metadata.name,
+                model.metadata.name,
+                model.metadata.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A deterministic spread in `0..=max`, from the instance id: no random
+/// number generator needed to keep instances from recycling in lockstep.
+fn jitter(id: u64, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    // splitmix64
+    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % (max + 1)
 }
 
 /// A place in the bounded wait queue, released when dropped (including when
@@ -237,6 +445,11 @@ impl Lease {
         self.instance().id
     }
 
+    /// The model this instance runs.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.instance().model
+    }
+
     fn instance(&self) -> &Instance {
         self.instance
             .as_ref()
@@ -256,7 +469,7 @@ impl Lease {
             .expect("a live lease holds an instance");
         let result = instance.predict(inputs, timeout).await;
         self.replace_because = match &result {
-            Err(fault) if fault.poisons_instance() => Some(format!("{fault:?}")),
+            Err(fault) if fault.poisons_instance() => Some(fault.to_string()),
             _ => None,
         };
         result
@@ -265,13 +478,22 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(instance) = self.instance.take() else {
-            return;
-        };
-        self.pool.busy.fetch_sub(1, Ordering::SeqCst);
-        match self.replace_because.take() {
-            None => self.pool.give_back(instance),
-            Some(cause) => self.pool.replace(instance, cause),
+        if let Some(instance) = self.instance.take() {
+            self.pool.take_back(instance, self.replace_because.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jitter;
+
+    #[test]
+    fn jitter_spreads_instances_within_its_bound() {
+        let values: Vec<u64> = (1..=64).map(|id| jitter(id, 10)).collect();
+        assert!(values.iter().all(|&v| v <= 10));
+        let distinct: std::collections::HashSet<_> = values.iter().collect();
+        assert!(distinct.len() >= 8, "{values:?}");
+        assert_eq!(jitter(7, 0), 0);
     }
 }

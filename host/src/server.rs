@@ -5,9 +5,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,18 +17,23 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::error::ApiError;
+use crate::model::Model;
 use crate::pool::Pool;
 use crate::protocol;
 
-/// Request limits the server applies before a request reaches the pool.
+/// Limits the server applies before a request reaches the pool.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_body: usize,
     pub timeout: Duration,
     pub graceful_timeout: Duration,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub keep_alive: Duration,
 }
 
 /// Everything a request handler needs.
@@ -49,27 +54,30 @@ impl App {
     }
 
     fn ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst) && self.pool.status().total >= self.pool_size_wanted()
-    }
-
-    fn pool_size_wanted(&self) -> usize {
-        self.pool.configured_instances()
+        self.accepting.load(Ordering::SeqCst) && self.pool.ready()
     }
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-/// requests finish for up to `graceful_timeout`, and returns.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+/// and queued requests finish for up to `graceful_timeout`, and returns.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    // Bounds open connections: past it, new ones wait in the kernel backlog.
+    let connections = Arc::new(Semaphore::new(app.config.max_connections));
+    // Tells every connection to finish its current request and close.
+    let (stop, stopping) = watch::channel(false);
+    // Each connection task holds a sender; when all are dropped, all are done.
+    let (done, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, _peer)) => stream,
                 Err(err) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!("accept failed: {err}");
@@ -79,41 +87,122 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Responses are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .keep_alive(true)
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |request| {
-                    let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(handle(&app, request).await) }
-                }),
-            );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!("connection ended with an error: {err}");
-            }
-        });
+        let connection = Connection {
+            app: Arc::clone(&app),
+            stopping: stopping.clone(),
+            _permit: permit,
+            _done: done.clone(),
+        };
+        tokio::spawn(connection.serve(stream));
     }
 
     app.accepting.store(false, Ordering::SeqCst);
     drop(listener);
+    let _ = stop.send(true);
+    drop(done);
     tracing::info!(
-        "shutting down: waiting up to {:?} for in-flight requests",
+        "shutting down: no new connections; waiting up to {:?} for in-flight requests",
         app.config.graceful_timeout
     );
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all requests finished; bye"),
+        _ = all_done.recv() => tracing::info!("all requests finished; exiting"),
         () = tokio::time::sleep(app.config.graceful_timeout) => {
             tracing::warn!("graceful timeout passed with requests still in flight; exiting anyway")
         }
     }
-    Ok(())
+}
+
+/// One client connection, served until the client leaves, it idles past
+/// `--keep-alive`, or shutdown asks it to finish.
+struct Connection {
+    app: Arc<App>,
+    stopping: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+    _done: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream) {
+        // Responses are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let app = Arc::clone(&self.app);
+        let requests = Arc::clone(&activity);
+        let service = service_fn(move |request| {
+            let app = Arc::clone(&app);
+            let busy = requests.begin();
+            async move {
+                let response = handle(&app, request).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.app.config.header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let keep_alive = self.app.config.keep_alive;
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!("connection ended with an error: {err}");
+                    }
+                    return;
+                }
+                _ = self.stopping.changed(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(keep_alive / 4), if !closing => {
+                    if activity.idle_for() >= keep_alive {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection has a request in flight, and since when it has not.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_done: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_done: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            Duration::ZERO
+        } else {
+            self.last_done.lock().unwrap().elapsed()
+        }
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_done.lock().unwrap() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The routes, by path. A known path with the wrong method is a 405, an
@@ -189,7 +278,8 @@ async fn route_request(
     route: Route<'_>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let metadata = &app.pool.model().metadata;
+    let model = app.pool.model();
+    let metadata = &model.metadata;
     let check_model = |name: &str| {
         if name == metadata.name {
             Ok(())
@@ -210,6 +300,7 @@ async fn route_request(
                     "total": status.total,
                     "busy": status.busy,
                     "idle": status.idle,
+                    "target": status.target,
                     "replaced": status.replaced,
                 },
                 "calls": status.calls,
@@ -259,14 +350,20 @@ async fn infer(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     check_content_type(&request)?;
     let body = read_body(request, app.config.max_body).await?;
-    let model = app.pool.model();
-    let inference = match form {
-        Form::OpenInference => protocol::decode_infer(&body, &model.metadata)?,
-        Form::Simple => protocol::decode_predict(&body, &model.metadata)?,
+    let decode = |model: &Model| match form {
+        Form::OpenInference => protocol::decode_infer(&body, &model.metadata),
+        Form::Simple => protocol::decode_predict(&body, &model.metadata),
     };
+    let mut model = app.pool.model();
+    let mut inference = decode(&model)?;
 
     let mut lease = app.pool.acquire().await?;
     let instance = lease.instance_id();
+    if !Arc::ptr_eq(lease.model(), &model) {
+        // A reload swapped the model while this request waited.
+        model = Arc::clone(lease.model());
+        inference = decode(&model).map_err(|err| err.served_by(instance))?;
+    }
     let outputs = lease
         .predict(&inference.inputs, app.config.timeout)
         .await

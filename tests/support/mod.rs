@@ -63,6 +63,7 @@ impl Host {
             .args(["--bind", "127.0.0.1:0"])
             .arg(model)
             .env("RUST_LOG", "info")
+            .env("SECRET", "the guest must not see this")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -274,6 +275,18 @@ impl Client {
         read_response(&mut self.stream)
     }
 
+    /// Writes a request without waiting for its response.
+    pub fn send_only(&mut self, method: &str, path: &str, body: &[u8]) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let stream = self.stream.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+    }
+
     pub fn post_json(&mut self, path: &str, body: &Value) -> std::io::Result<Response> {
         let body = serde_json::to_vec(body).unwrap();
         self.send("POST", path, &[("Content-Type", "application/json")], &body)
@@ -328,4 +341,18 @@ fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<Response>
         headers,
         body,
     })
+}
+
+/// An OIP request for the fault model: `[kind, arg]` (see examples/fault-model).
+pub fn fault_action(kind: i64, arg: i64) -> Value {
+    serde_json::json!({
+        "inputs": [{ "name": "action", "shape": [2], "datatype": "INT64", "data": [kind, arg] }]
+    })
+}
+
+pub const FAULT_INFER: &str = "/v2/models/fault/infer";
+
+/// The `result` of a fault-model response.
+pub fn fault_result(response: &Response) -> i64 {
+    response.json()["outputs"][0]["data"][0].as_i64().unwrap()
 }
