@@ -57,7 +57,8 @@ pub struct Pool {
     free: Semaphore,
     queued: AtomicUsize,
     busy: AtomicUsize,
-    /// Instances alive: idle, busy, or being replaced.
+    /// Instances of the current model alive: idle, busy, or being replaced.
+    /// Instances of a model replaced by a reload no longer count.
     total: AtomicUsize,
     replaced: AtomicU64,
     /// Guest calls made, whatever their outcome.
@@ -222,7 +223,9 @@ impl Pool {
 
     /// Drops an instance for good.
     fn retire(&self, instance: Instance, why: &str) {
-        self.total.fetch_sub(1, Ordering::SeqCst);
+        if self.is_current(&instance) {
+            self.total.fetch_sub(1, Ordering::SeqCst);
+        }
         tracing::info!(
             instance = instance.id,
             "retired instance {}: {why}",
@@ -230,17 +233,21 @@ impl Pool {
         );
     }
 
-    /// Throws an instance away and boots a new one in its place, off the
-    /// request's path.
+    /// Throws an instance away and boots a new one of the same model in its
+    /// place, off the request's path. (After a reload, an instance of the
+    /// old model is only retired: the reload booted a full set already.)
     fn replace(self: &Arc<Self>, old: Instance, cause: String) {
+        if !self.is_current(&old) {
+            return self.retire(old, &cause);
+        }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            let old_id = old.id;
+            let (old_id, model) = (old.id, Arc::clone(&old.model));
             // Drop first: the pooling allocator's slot is then free for the
             // replacement.
             drop(old);
             let started = Instant::now();
-            match pool.new_instance(pool.model()).await {
+            match pool.new_instance(Arc::clone(&model)).await {
                 Ok(new) => {
                     pool.replaced.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!(
@@ -253,7 +260,9 @@ impl Pool {
                     pool.give_back(new);
                 }
                 Err(err) => {
-                    pool.total.fetch_sub(1, Ordering::SeqCst);
+                    if Arc::ptr_eq(&model, &pool.model()) {
+                        pool.total.fetch_sub(1, Ordering::SeqCst);
+                    }
                     tracing::error!(
                         old = old_id,
                         "could not replace instance {old_id} ({cause}): {}; \
@@ -366,9 +375,13 @@ impl Pool {
             fresh.push(instance);
         }
         let ids: Vec<InstanceId> = fresh.iter().map(|i| i.id).collect();
-        *self.model.write().unwrap() = Arc::clone(&model);
+        {
+            let mut current = self.model.write().unwrap();
+            *current = Arc::clone(&model);
+            // From here on only the fresh instances count.
+            self.total.store(fresh.len(), Ordering::SeqCst);
+        }
         for instance in fresh {
-            self.total.fetch_add(1, Ordering::SeqCst);
             self.give_back(instance);
         }
         self.remove_idle(|pool, i| !pool.is_current(i), "the model was reloaded");
