@@ -73,8 +73,9 @@ pub fn decode_infer(body: &[u8], metadata: &Metadata) -> Result<Inference, ApiEr
             data: data.bytes,
         });
         let tensor = given.last().unwrap();
-        let expected: u64 = tensor.shape.iter().product();
-        if data.count as u64 != expected {
+        let expected = element_count(&tensor.shape);
+        if expected != Some(data.count as u64) {
+            let expected = expected.map_or("more than 2^64".into(), |n| n.to_string());
             return Err(ApiError::bad_request(format!(
                 "input {:?} has shape {:?} ({expected} elements) but its data holds {}",
                 tensor.name, tensor.shape, data.count
@@ -380,6 +381,12 @@ pub fn check_output(tensor: &Tensor) -> Result<(), String> {
     }
 }
 
+/// The number of elements a shape holds; `None` if it overflows, which no
+/// real tensor does (and which must not wrap around to pass a check).
+fn element_count(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+}
+
 /// Splits `BYTES` data (u32 length, then bytes, per element); `None` marks a
 /// truncated element.
 fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
@@ -662,4 +669,72 @@ fn f16_to_f32(half: u16) -> f32 {
         (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
     };
     f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits() -> Metadata {
+        Metadata {
+            name: "digits".into(),
+            version: "1".into(),
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype: Datatype::Fp32,
+                shape: vec![-1, 64],
+            }],
+            outputs: vec![TensorSpec {
+                name: "label".into(),
+                datatype: Datatype::Int64,
+                shape: vec![-1],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_rejected_not_wrapped() {
+        // 2^58 × 64 = 2^64, which wraps to 0 and would match empty data.
+        let body = br#"{"inputs":[{"name":"x","shape":[288230376151711744,64],"datatype":"FP32","data":[]}]}"#;
+        let err = decode_infer(body, &digits()).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert!(err.message.contains("more than 2^64"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_single_example_without_its_batch_dimension_is_a_batch_of_one() {
+        let body = serde_json::to_vec(&serde_json::json!({ "inputs": vec![0.5; 64] })).unwrap();
+        let inference = decode_predict(&body, &digits()).unwrap();
+        assert_eq!(inference.inputs[0].shape, vec![1, 64]);
+        assert_eq!(inference.inputs[0].data.len(), 64 * 4);
+    }
+
+    #[test]
+    fn outputs_are_nested_by_shape_and_floats_keep_their_precision() {
+        let tensor = Tensor {
+            name: "p".into(),
+            datatype: Datatype::Fp32,
+            shape: vec![2, 2],
+            data: [0.1f32, 0.2, 0.3, 0.4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        let nested = serde_json::to_string(&Elements {
+            tensor: &tensor,
+            nested: true,
+        })
+        .unwrap();
+        assert_eq!(nested, "[[0.1,0.2],[0.3,0.4]]");
+        check_output(&tensor).unwrap();
+    }
+
+    #[test]
+    fn fp16_converts_both_ways() {
+        for value in [0.0f32, 1.0, -2.5, 65504.0, 0.000061035156, 5.9604645e-8] {
+            assert_eq!(f16_to_f32(f32_to_f16(value)), value, "{value}");
+        }
+        assert_eq!(f32_to_f16(1e6), 0x7c00, "overflow is infinity");
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+    }
 }

@@ -91,8 +91,10 @@ impl Host {
             Ok(addr) => addr.parse().expect("a socket address in the log"),
             Err(_) => {
                 let _ = child.kill();
+                let status = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
                 panic!(
-                    "wasm-host did not start listening; its log:\n{}",
+                    "wasm-host did not start listening ({status:?}); its log:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }
@@ -273,6 +275,33 @@ impl Client {
         stream.write_all(head.as_bytes())?;
         stream.write_all(body)?;
         read_response(&mut self.stream)
+    }
+
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+    }
+
+    /// Writes raw bytes, for clients that misbehave on purpose.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// Whether the server has closed the connection (reads EOF or a reset
+    /// within `within`).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.set_read_timeout(within);
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 
     /// Writes a request without waiting for its response.

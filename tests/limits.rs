@@ -1,0 +1,186 @@
+//! Backpressure and HTTP limits: each flag, and what a client sees when it
+//! hits one.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, Host, guest};
+
+fn sleep_for(ms: i64) -> serde_json::Value {
+    json!({ "inputs": [ms] })
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_readiness_turns_503() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &["--instances", "1", "--max-queue", "2"],
+    );
+    let addr = host.addr;
+    let busy: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .unwrap()
+                    .post_json("/predict", &sleep_for(1000 + i))
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // One request runs, two wait: the queue is full.
+    let health = host.get("/health").json();
+    assert_eq!(health["queue"]["depth"], 2, "{health}");
+    let ready = host.get("/v2/health/ready");
+    assert_eq!(ready.status, 503);
+    assert!(ready.header("retry-after").is_some());
+
+    let started = Instant::now();
+    let rejected = host.post_json("/predict", &sleep_for(10));
+    assert_eq!(rejected.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "rejected at once"
+    );
+    assert_eq!(rejected.header("retry-after"), Some("1"));
+    assert!(
+        rejected.error().contains("already waiting"),
+        "{}",
+        rejected.error()
+    );
+
+    for request in busy {
+        assert_eq!(request.join().unwrap().status, 200);
+    }
+    assert_eq!(host.get("/v2/health/ready").status, 200);
+}
+
+#[test]
+fn a_request_that_waits_past_the_queue_timeout_gets_503() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &["--instances", "1", "--queue-timeout", "300ms"],
+    );
+    let addr = host.addr;
+    let long = std::thread::spawn(move || {
+        Client::connect(addr)
+            .unwrap()
+            .post_json("/predict", &sleep_for(2000))
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let waited = host.post_json("/predict", &sleep_for(10));
+    let took = started.elapsed();
+    assert_eq!(waited.status, 503);
+    assert!(
+        waited.error().contains("within 300ms"),
+        "{}",
+        waited.error()
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "gave up after {took:?}"
+    );
+    assert_eq!(long.join().unwrap().status, 200);
+}
+
+#[test]
+fn max_connections_makes_extra_clients_wait_for_a_free_connection() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &[
+            "--instances",
+            "1",
+            "--max-connections",
+            "2",
+            "--keep-alive",
+            "30s",
+        ],
+    );
+    let mut first = Client::connect(host.addr).unwrap();
+    let mut second = Client::connect(host.addr).unwrap();
+    assert_eq!(first.send("GET", "/health", &[], b"").unwrap().status, 200);
+    assert_eq!(second.send("GET", "/health", &[], b"").unwrap().status, 200);
+
+    let mut third = Client::connect(host.addr).unwrap();
+    third.set_read_timeout(Duration::from_millis(500));
+    let waited = third.send("GET", "/health", &[], b"");
+    assert!(waited.is_err(), "a third connection was served: {waited:?}");
+
+    // Its request sits in the kernel backlog until a place frees up; then a
+    // new request on it is served.
+    drop(first);
+    third.set_read_timeout(Duration::from_secs(5));
+    let answered = third.send("GET", "/health", &[], b"").unwrap();
+    assert_eq!(answered.status, 200);
+}
+
+#[test]
+fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &[
+            "--instances",
+            "1",
+            "--header-timeout",
+            "500ms",
+            "--keep-alive",
+            "30s",
+        ],
+    );
+    let mut slow = Client::connect(host.addr).unwrap();
+    slow.write_raw(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        // A byte every 100 ms keeps the socket busy but never ends the headers.
+        if slow.write_raw(b"X-Slow: y\r\n").is_err()
+            || slow.closed_within(Duration::from_millis(100))
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a slowloris client held its connection for 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(host.get("/health").status, 200);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_and_busy_ones_kept() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &["--instances", "1", "--keep-alive", "500ms"],
+    );
+    // A connection in use stays open past the keep-alive time.
+    let mut busy = Client::connect(host.addr).unwrap();
+    for _ in 0..8 {
+        assert_eq!(busy.send("GET", "/health", &[], b"").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // An idle one is closed soon after it.
+    let started = Instant::now();
+    assert!(
+        busy.closed_within(Duration::from_secs(5)),
+        "idle connection kept open"
+    );
+    let idle_for = started.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(300) && idle_for < Duration::from_secs(3),
+        "{idle_for:?}"
+    );
+
+    // A request that outlasts the keep-alive time is not cut off.
+    let mut long = Client::connect(host.addr).unwrap();
+    let response = long.post_json("/predict", &sleep_for(1200)).unwrap();
+    assert_eq!(response.status, 200);
+}
