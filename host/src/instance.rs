@@ -68,9 +68,15 @@ pub struct Instance {
     recycle_after: Option<u64>,
 }
 
-/// A store with the sandbox, the memory cap and the deadline check installed.
+/// How long a guest may take to start (its start functions) or to answer
+/// `metadata()`; generous, since it is not on any request's path.
+const SETUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A store with the sandbox, the memory cap and the deadline check installed,
+/// its deadline set for setting up.
 pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
     let mut store = Store::new(engine, GuestState::new(memory_limit));
+    store.data_mut().deadline = Instant::now() + SETUP_DEADLINE;
     store.limiter(|state| &mut state.memory);
     store.epoch_deadline_callback(|store| {
         if Instant::now() >= store.data().deadline {
@@ -92,7 +98,6 @@ impl Instance {
         recycle_after: Option<u64>,
     ) -> wasmtime::Result<Instance> {
         let mut store = new_store(engine, memory_limit);
-        store.data_mut().deadline = Instant::now() + Duration::from_secs(10);
         let bindings = model.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             id,

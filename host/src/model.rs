@@ -102,7 +102,6 @@ impl Model {
                 root_cause(&err)
             ),
         };
-        store.data_mut().deadline = Instant::now() + Duration::from_secs(10);
         let metadata = match bindings
             .wasm_host_model_model()
             .call_metadata(&mut store)
