@@ -497,3 +497,91 @@ fn bad_startup_exits_nonzero_with_one_line_that_says_what_to_do() {
         let _ = std::fs::remove_file(file);
     }
 }
+
+#[test]
+fn binary_tensor_data_round_trips_through_the_infer_endpoint() {
+    let host = Host::start(&guest("guest_model"), &["--instances", "1"]);
+    let reference = reference();
+    let rows = reference["inputs"].as_array().unwrap();
+    let mut tensor = Vec::new();
+    for value in rows.iter().flat_map(|r| r.as_array().unwrap()) {
+        tensor.extend_from_slice(&(value.as_f64().unwrap() as f32).to_le_bytes());
+    }
+    let header = serde_json::to_vec(&json!({
+        "id": "bin",
+        "inputs": [{ "name": "x", "shape": [200, 64], "datatype": "FP32",
+                     "parameters": { "binary_data_size": tensor.len() } }],
+        "outputs": [
+            { "name": "probabilities", "parameters": { "binary_data": true } },
+            { "name": "label", "parameters": { "binary_data": false } },
+        ],
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(&tensor);
+    let length = header.len().to_string();
+    let response = request(
+        host.addr,
+        "POST",
+        "/v2/models/digits/infer",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Inference-Header-Content-Length", &length),
+        ],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let json_len: usize = response
+        .header("inference-header-content-length")
+        .expect("binary outputs come with the header length")
+        .parse()
+        .unwrap();
+    let head: Value = serde_json::from_slice(&response.body[..json_len]).unwrap();
+    assert_eq!(head["id"], "bin");
+    let outputs = head["outputs"].as_array().unwrap();
+    assert_eq!(outputs[0]["name"], "probabilities");
+    assert_eq!(outputs[0]["parameters"]["binary_data_size"], 200 * 10 * 4);
+    assert!(outputs[0].get("data").is_none());
+    assert_eq!(&outputs[1]["data"], &reference["predicted_labels"]);
+    let probabilities: Vec<f32> = response.body[json_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(probabilities.len(), 2000);
+    let want = reference["probabilities"].as_array().unwrap();
+    for (row, want) in want.iter().enumerate() {
+        let got: Vec<Value> = probabilities[row * 10..row * 10 + 10]
+            .iter()
+            .map(|&p| json!(p))
+            .collect();
+        assert_close(&Value::Array(got), want, row, "binary infer");
+    }
+
+    // Binary bytes that no input claims are a 400, not silently dropped.
+    let stray = request(
+        host.addr,
+        "POST",
+        "/v2/models/digits/infer",
+        &[("Inference-Header-Content-Length", &length)],
+        &[&body[..], b"xx"].concat(),
+    )
+    .unwrap();
+    assert_eq!(stray.status, 400);
+    assert!(
+        stray.error().contains("no input claims them"),
+        "{}",
+        stray.error()
+    );
+    assert!(
+        host.get("/v2").json()["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("binary_tensor_data"))
+    );
+}

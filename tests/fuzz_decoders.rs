@@ -184,7 +184,32 @@ fn check_decoded(inference: &Inference, metadata: &Metadata) {
     }
 }
 
-fn fuzz(name: &str, decode: fn(&[u8], &Metadata) -> Result<Inference, wasm_host::error::ApiError>) {
+type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::ApiError>;
+
+/// A request with its binary tail: the JSON header's length, and the body.
+fn binary_seed() -> (usize, Vec<u8>) {
+    let header = json!({
+        "inputs": [
+            {"name": "x", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": 32}},
+            {"name": "mask", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}},
+            {"name": "ids", "shape": [2], "datatype": "INT16", "data": [1, 2]},
+            {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}},
+            {"name": "half", "shape": [1], "datatype": "FP16", "data": [0.5]}
+        ],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_len = body.len();
+    for v in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(b"abc");
+    (json_len, body)
+}
+
+fn fuzz(name: &str, binary: bool, decode: Decoder) {
     let seconds: u64 = std::env::var("FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -196,19 +221,31 @@ fn fuzz(name: &str, decode: fn(&[u8], &Metadata) -> Result<Inference, wasm_host:
     let mut rng = Rng(seed | 1);
     let metadata = metadata();
     let seeds = seeds();
+    let (seed_json_len, seed_binary) = binary_seed();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut runs, mut decoded) = (0u64, 0u64);
     while Instant::now() < deadline {
         for _ in 0..256 {
-            let input = match rng.below(4) {
-                0 => (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
-                1 => serde_json::to_vec(&random_request(&mut rng)).unwrap(),
-                _ => {
+            let (input, json_len) = match rng.below(if binary { 5 } else { 4 }) {
+                0 => ((0..rng.below(64)).map(|_| rng.next() as u8).collect(), None),
+                1 => (serde_json::to_vec(&random_request(&mut rng)).unwrap(), None),
+                2 | 3 => {
                     let seed = rng.pick(&seeds).clone();
-                    mutate(&mut rng, seed)
+                    (mutate(&mut rng, seed), None)
+                }
+                _ => {
+                    // Mostly the true header length, sometimes a little off.
+                    let shift = [0, 0, 0, 1, 2, 5].map(|d| d as isize);
+                    let len = seed_json_len as isize + rng.pick(&shift) * rng.pick(&[1, -1]);
+                    let body = if rng.below(3) == 0 {
+                        seed_binary.clone()
+                    } else {
+                        mutate(&mut rng, seed_binary.clone())
+                    };
+                    (body, Some(len.max(0) as usize))
                 }
             };
-            let outcome = catch_unwind(AssertUnwindSafe(|| decode(&input, &metadata)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| decode(&input, json_len, &metadata)));
             let Ok(result) = outcome else {
                 panic!(
                     "{name} panicked (FUZZ_SEED={seed}) on {:?}",
@@ -232,15 +269,24 @@ fn fuzz(name: &str, decode: fn(&[u8], &Metadata) -> Result<Inference, wasm_host:
     }
     // Seeds must decode, or the fuzzer is only exercising the JSON parser.
     assert!(decoded > 0, "{name}: nothing decoded in {runs} runs");
+    if binary {
+        let (len, body) = binary_seed();
+        check_decoded(
+            &protocol::decode_infer(&body, Some(len), &metadata).unwrap(),
+            &metadata,
+        );
+    }
     eprintln!("{name}: {runs} inputs, {decoded} decoded, seed {seed}");
 }
 
 #[test]
 fn the_infer_decoder_decodes_or_refuses_with_4xx_and_never_panics() {
-    fuzz("decode_infer", protocol::decode_infer);
+    fuzz("decode_infer", true, protocol::decode_infer);
 }
 
 #[test]
 fn the_predict_decoder_decodes_or_refuses_with_4xx_and_never_panics() {
-    fuzz("decode_predict", protocol::decode_predict);
+    fuzz("decode_predict", false, |body, _, metadata| {
+        protocol::decode_predict(body, metadata)
+    });
 }

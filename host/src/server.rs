@@ -314,7 +314,7 @@ async fn route_request(
             let body = serde_json::json!({
                 "name": "wasm-host",
                 "version": env!("CARGO_PKG_VERSION"),
-                "extensions": [],
+                "extensions": ["binary_tensor_data"],
             });
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
@@ -348,10 +348,11 @@ async fn infer(
     request: Request<Incoming>,
     form: Form,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    check_content_type(&request)?;
+    let json_len = binary_header_length(&request)?;
+    check_content_type(&request, json_len.is_some())?;
     let body = read_body(request, app.config.max_body).await?;
     let decode = |model: &Model| match form {
-        Form::OpenInference => protocol::decode_infer(&body, &model.metadata),
+        Form::OpenInference => protocol::decode_infer(&body, json_len, &model.metadata),
         Form::Simple => protocol::decode_predict(&body, &model.metadata),
     };
     let mut model = app.pool.model();
@@ -376,20 +377,50 @@ async fn infer(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance)
         })?;
     }
-    let body = match form {
+    let mut response = match form {
         Form::OpenInference => {
-            protocol::encode_infer_response(&model.metadata, &inference, &outputs)
+            let encoded = protocol::encode_infer_response(&model.metadata, &inference, &outputs);
+            let mut response = json(StatusCode::OK, encoded.body.into());
+            if let Some(len) = encoded.json_len {
+                let headers = response.headers_mut();
+                headers.insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(len));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+            }
+            response
         }
-        Form::Simple => protocol::encode_predict_response(&model.metadata, &outputs, instance),
+        Form::Simple => {
+            let body = protocol::encode_predict_response(&model.metadata, &outputs, instance);
+            json(StatusCode::OK, body.into())
+        }
     };
-    let mut response = json(StatusCode::OK, body.into());
     response
         .headers_mut()
         .insert("x-instance-id", HeaderValue::from(instance));
     Ok(response)
 }
 
-fn check_content_type(request: &Request<Incoming>) -> Result<(), ApiError> {
+/// The binary tensor data extension's header: the length of the JSON part
+/// of a body that continues with raw tensor bytes.
+const INFERENCE_HEADER_LENGTH: &str = "inference-header-content-length";
+
+fn binary_header_length(request: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
+    let Some(value) = request.headers().get(INFERENCE_HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request("Inference-Header-Content-Length must be a number of bytes")
+        })
+}
+
+fn check_content_type(request: &Request<Incoming>, binary: bool) -> Result<(), ApiError> {
     let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -399,7 +430,8 @@ fn check_content_type(request: &Request<Incoming>) -> Result<(), ApiError> {
     let accepted = mime == "application/json"
         || mime.ends_with("+json")
         || mime == "text/plain"
-        || mime == "application/x-www-form-urlencoded";
+        || mime == "application/x-www-form-urlencoded"
+        || (binary && mime == "application/octet-stream");
     if accepted {
         Ok(())
     } else {

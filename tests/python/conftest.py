@@ -1,0 +1,121 @@
+"""Fixtures: one real `wasm-host` serving the digits model for the whole session.
+
+The host and the guest are built by `make test` (or `cargo build --release -p wasm-host` and
+`make guests`); these tests never build anything. The host binds an ephemeral port on loopback
+and announces it on stderr; it is stopped by PID when the session ends, and its log is printed
+after the test summary whenever something failed.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = ROOT / "target" / "release" / "wasm-host"
+MODEL = ROOT / "target" / "wasm32-wasip2" / "release" / "guest_model.wasm"
+REFERENCE = ROOT / "guest-model" / "weights" / "digits_reference.json"
+
+STARTUP_TIMEOUT = 30.0  # seconds to wait for "listening on http://..."
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LISTENING = re.compile(r"listening on http://(\S+)")
+
+# Every line the host wrote to stderr, for the report on failure.
+_host_log: list[str] = []
+
+
+def _drain(stream, ready: threading.Event, found: list):
+    """Read the host's stderr line by line for its whole life (so it never blocks on a full pipe),
+    and report the address from the first `listening on http://ADDR` line."""
+    for raw in stream:
+        line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
+        _host_log.append(line)
+        if not ready.is_set():
+            m = LISTENING.search(line)
+            if m:
+                found.append(m.group(1))
+                ready.set()
+    ready.set()  # EOF: the host exited (before or after it listened)
+
+
+@pytest.fixture(scope="session")
+def server_addr():
+    """Start `wasm-host --instances 2 --bind 127.0.0.1:0 guest_model.wasm`; yield "127.0.0.1:PORT"."""
+    for path, what in ((HOST, "the host"), (MODEL, "the digits model")):
+        if not path.is_file():
+            pytest.exit(
+                f"{what} is not built: {path.relative_to(ROOT)} is missing; run `make test` "
+                "(or `make guests host`) first",
+                returncode=2,
+            )
+
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("RUST_LOG", None)
+    proc = subprocess.Popen(
+        [str(HOST), "--instances", "2", "--bind", "127.0.0.1:0", str(MODEL)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    ready, found = threading.Event(), []
+    reader = threading.Thread(target=_drain, args=(proc.stderr, ready, found), daemon=True)
+    reader.start()
+
+    try:
+        if not ready.wait(STARTUP_TIMEOUT) or not found:
+            code = proc.poll()
+            state = f"exited with code {code}" if code is not None else "is still silent"
+            pytest.fail(
+                f"wasm-host did not announce `listening on http://...` within {STARTUP_TIMEOUT}s "
+                f"(it {state}); its log:\n" + "\n".join(_host_log),
+                pytrace=False,
+            )
+        yield found[0]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)  # graceful: drain, then exit 0
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        reader.join(timeout=5)
+        _host_log.append(f"(wasm-host pid {proc.pid} exited with code {proc.returncode})")
+
+
+@pytest.fixture(scope="session")
+def client(server_addr):
+    c = httpclient.InferenceServerClient(url=server_addr, concurrency=4)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The 200 reference rows: inputs (float32 [200, 64]), labels (int64 [200]),
+    probabilities (float32 [200, 10])."""
+    with open(REFERENCE) as f:
+        ref = json.load(f)
+    return {
+        "inputs": np.asarray(ref["inputs"], dtype=np.float32),
+        "labels": np.asarray(ref["predicted_labels"], dtype=np.int64),
+        "probabilities": np.asarray(ref["probabilities"], dtype=np.float32),
+    }
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After a failed run, show what the host logged (it has exited by now)."""
+    if exitstatus != 0 and _host_log:
+        terminalreporter.write_sep("=", "wasm-host log")
+        for line in _host_log:
+            terminalreporter.write_line(line)
+
