@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "Serve an ML model from N sandboxed WebAssembly instances";
 
@@ -26,20 +26,126 @@ Endpoints:
   GET  /v2, /v2/health/live, /v2/health/ready
   GET  /health                     instances total / busy / replaced, queue depth
 
+Commands (serve is the default):
+  wasm-host [serve] MODEL.wasm           serve a model
+  wasm-host compile MODEL.wasm -o M.cwasm compile ahead of time, for fast cold starts on edge nodes
+  wasm-host inspect MODEL.wasm           name, inputs, outputs, imports; does it fit the contract?
+  wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
+
 Examples:
   wasm-host target/wasm32-wasip2/release/guest_model.wasm
   wasm-host --instances 8 --bind 0.0.0.0:8000 --memory-limit 64MiB --timeout 2s model.wasm
-  RUST_LOG=debug wasm-host model.wasm
+  wasm-host --config wasm-host.toml model.wasm
+  RUST_LOG=debug wasm-host --log-format json model.wasm
+
+Configuration comes from flags, then WASM_HOST_* environment variables, then the --config TOML file
+(keys named as the long flags, e.g. `instances = 8`, `memory-limit = \"64MiB\"`), then the defaults.
 
 Exit codes: 0 after a clean shutdown, 2 bad flags, 3 the model cannot be loaded, 4 the address cannot \
 be bound.";
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wasm-host", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+#[command(
+    name = "wasm-host",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
-    /// The model: a WebAssembly component exporting wasm-host:model/model (wit/model.wit).
-    #[arg(value_name = "MODEL.wasm", env = "WASM_HOST_MODEL")]
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log format: pretty for people, json for log pipelines (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "WASM_HOST_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// The command to run: `serve` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve a model over HTTP (the default command).
+    Serve(ServeArgs),
+    /// Compile a model ahead of time: the artifact starts in milliseconds (for edge nodes).
+    Compile(CompileArgs),
+    /// Describe a model: its name, inputs, outputs and imports, and whether it fits the contract.
+    Inspect(InspectArgs),
+    /// Measure the model's latency on this machine and size the pool for a request rate.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompileArgs {
+    /// The model component to compile.
+    #[arg(value_name = "MODEL.wasm")]
     pub model: PathBuf,
+
+    /// Where to write the artifact; serve it with `wasm-host MODEL.cwasm`.
+    #[arg(short = 'o', long, value_name = "OUT.cwasm")]
+    pub output: PathBuf,
+
+    /// The memory cap the artifact will be served with (it shapes the generated code).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub memory_limit: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The model component to describe.
+    #[arg(value_name = "MODEL.wasm")]
+    pub model: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The model component to measure.
+    #[arg(value_name = "MODEL.wasm")]
+    pub model: PathBuf,
+
+    /// The request rate to sustain, in requests per second.
+    #[arg(long, value_name = "REQ/S")]
+    pub rate: f64,
+
+    /// The input to measure with, as a /predict body ({"inputs": ...}); default: zeros of the input shapes.
+    #[arg(long, value_name = "JSON")]
+    pub input: Option<String>,
+
+    /// How many calls to time.
+    #[arg(long, default_value_t = 20)]
+    pub samples: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The model: a WebAssembly component exporting wasm-host:model/model (wit/model.wit).
+    #[arg(value_name = "MODEL.wasm", env = "WASM_HOST_MODEL", required = true)]
+    pub model: Option<PathBuf>,
+
+    /// A TOML file of settings, keys named as the long flags; flags and environment win over it.
+    #[arg(short = 'c', long, env = "WASM_HOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Instances serving in parallel, like gunicorn's --workers [default: the cores this process may use]
     #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -97,9 +203,24 @@ pub struct Cli {
     /// How long TERM or INT waits for in-flight requests before exiting.
     #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graceful_timeout: Duration,
+
+    /// Where compiled models are cached [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
+    #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the model at every start instead of using the cache.
+    #[arg(long, env = "WASM_HOST_NO_CACHE")]
+    pub no_cache: bool,
 }
 
-impl Cli {
+impl ServeArgs {
+    /// The model path; clap guarantees it for `serve`.
+    pub fn model(&self) -> &std::path::Path {
+        self.model
+            .as_deref()
+            .expect("clap requires MODEL for serve")
+    }
+
     pub fn instances(&self) -> u32 {
         self.instances.unwrap_or_else(|| {
             std::thread::available_parallelism()

@@ -4,11 +4,16 @@
 //! [`server`] (HTTP, routing) → [`protocol`] (JSON ↔ tensors, checked against
 //! the model's metadata) → [`pool`] (a free instance, or a fair wait) →
 //! [`instance`] (the guest call, its deadline and faults) → back out through
-//! [`protocol`]. [`model`] loads and compiles a component once, [`engine`]
-//! configures wasmtime, [`sandbox`] decides what a guest can reach, and
-//! [`contract`] is the host side of `wit/model.wit`.
+//! [`protocol`]. [`model`] loads and compiles a component once (through the
+//! [`cache`]), [`engine`] configures wasmtime, [`sandbox`] decides what a
+//! guest can reach, and [`contract`] is the host side of `wit/model.wit`.
+//! [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
+//! flags, environment and a TOML file into settings.
 
+pub mod cache;
 pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod contract;
 pub mod engine;
 pub mod error;
@@ -21,29 +26,25 @@ pub mod server;
 pub mod signals;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
-use crate::cli::Cli;
-use crate::pool::{Pool, PoolConfig};
-use crate::server::{App, ServerConfig};
-
-/// A start-up failure: one line for the operator and the exit code that
+/// A command's failure: one line for the operator and the exit code that
 /// classifies it.
 #[derive(Debug)]
-pub struct StartupError {
+pub struct Failure {
     pub code: u8,
     pub message: String,
 }
 
-impl StartupError {
-    /// The model file cannot be loaded.
+impl Failure {
+    /// Anything else: an internal error, a failed step.
+    pub const OTHER: u8 = 1;
+    /// The model file cannot be loaded or does not fit the contract.
     pub const MODEL: u8 = 3;
     /// The listen address cannot be bound.
     pub const BIND: u8 = 4;
 
-    fn new(code: u8, message: impl Into<String>) -> Self {
-        StartupError {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
             code,
             message: message.into(),
         }
@@ -52,119 +53,4 @@ impl StartupError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
-}
-
-/// Binds, loads the model, boots the instances and serves until TERM or INT.
-pub async fn run(cli: Cli) -> Result<(), StartupError> {
-    let started = Instant::now();
-    // Bind first: a port in use is found before a long compile, not after.
-    let listener = bind(&cli)?;
-    let instances = cli.instances();
-    let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
-    // TTIN may double the pool, and a reload boots a second generation
-    // before the first retires; spares cover replacements in flight.
-    let max_instances = instances * 2;
-    let slots = max_instances * 2 + 8;
-    let (engine, allocator) = engine::build(slots, memory_limit)
-        .map_err(|err| StartupError::new(1, format!("{err:#}")))?;
-    engine::start_epoch_ticker(&engine);
-
-    let linker = model::linker(&engine).map_err(|err| StartupError::new(1, format!("{err:#}")))?;
-    let model = model::Model::load(&engine, &linker, &cli.model, memory_limit)
-        .await
-        .map_err(|err| StartupError::new(StartupError::MODEL, format!("{err:#}")))?;
-    let meta = &model.metadata;
-    tracing::info!(
-        "loaded model {} v{} from {} ({} KiB), compiled in {:?}; inputs: {}; outputs: {}",
-        meta.name,
-        meta.version,
-        cli.model.display(),
-        model.file_size / 1024,
-        model.compile_time,
-        describe(&meta.inputs),
-        describe(&meta.outputs),
-    );
-
-    let pool = Pool::start(
-        engine,
-        linker,
-        Arc::new(model),
-        PoolConfig {
-            instances: instances as usize,
-            max_instances: max_instances as usize,
-            memory_limit,
-            queue_timeout: cli.queue_timeout,
-            max_queue: cli.max_queue,
-            max_requests: cli.max_requests,
-            max_requests_jitter: cli.max_requests_jitter,
-        },
-    )
-    .await
-    .map_err(|err| {
-        StartupError::new(
-            StartupError::MODEL,
-            format!(
-                "{} failed to start: {} (if it ran out of memory, raise --memory-limit)",
-                cli.model.display(),
-                model::root_cause(&err)
-            ),
-        )
-    })?;
-
-    signals::spawn_control(Arc::clone(&pool))
-        .map_err(|err| StartupError::new(1, format!("cannot listen for signals: {err}")))?;
-    let app = App::new(
-        pool,
-        ServerConfig {
-            max_body: usize::try_from(cli.max_body).unwrap_or(usize::MAX),
-            timeout: cli.timeout,
-            graceful_timeout: cli.graceful_timeout,
-            max_connections: cli.max_connections as usize,
-            header_timeout: cli.header_timeout,
-            keep_alive: cli.keep_alive,
-        },
-    );
-    let address = listener
-        .local_addr()
-        .map_err(|err| StartupError::new(1, err.to_string()))?;
-    tracing::info!(
-        "listening on http://{address} with {instances} instances ({allocator}, \
-         memory limit {} MiB each, timeout {:?}); ready in {:?}",
-        cli.memory_limit >> 20,
-        cli.timeout,
-        started.elapsed()
-    );
-    server::serve(listener, app, signals::shutdown()).await;
-    Ok(())
-}
-
-fn bind(cli: &Cli) -> Result<tokio::net::TcpListener, StartupError> {
-    let fail = |why: String| StartupError::new(StartupError::BIND, why);
-    let listener = std::net::TcpListener::bind(cli.bind).map_err(|err| {
-        fail(match err.kind() {
-            std::io::ErrorKind::AddrInUse => format!(
-                "cannot listen on {}: the address is already in use; stop the process that holds \
-                 it or pass --bind with another port",
-                cli.bind
-            ),
-            std::io::ErrorKind::PermissionDenied => format!(
-                "cannot listen on {}: permission denied; ports below 1024 need privileges, \
-                 pass --bind with a port above 1024",
-                cli.bind
-            ),
-            _ => format!("cannot listen on {}: {err}", cli.bind),
-        })
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|err| fail(err.to_string()))?;
-    tokio::net::TcpListener::from_std(listener).map_err(|err| fail(err.to_string()))
-}
-
-fn describe(specs: &[contract::TensorSpec]) -> String {
-    let described: Vec<String> = specs
-        .iter()
-        .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
-        .collect();
-    described.join(", ")
 }

@@ -1,19 +1,24 @@
-//! The `wasm-host` binary: parse flags, set up logging, run.
+//! The `wasm-host` binary: parse the settings, set up logging, run the command.
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wasm_host::cli::Cli;
+use wasm_host::cli::{Command, LogFormat};
+use wasm_host::commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = match wasm_host::config::parse_cli() {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Pretty => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -21,7 +26,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wasm_host::run(cli)) {
+    let result = runtime.block_on(async {
+        match cli.into_command() {
+            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Compile(args) => commands::compile::run(args).await,
+            Command::Inspect(args) => commands::inspect::run(args).await,
+            Command::Plan(args) => commands::plan::run(args).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", err.message);

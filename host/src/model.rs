@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::cache::CompileCache;
 use crate::contract::{Metadata, PredictorPre};
 use crate::sandbox::GuestState;
 
@@ -18,9 +19,9 @@ pub struct Model {
     pub path: PathBuf,
     pub metadata: Metadata,
     pub pre: PredictorPre<GuestState>,
-    /// Size of the `.wasm` file, for the start-up log.
+    /// Size of the model file, for the start-up log.
     pub file_size: usize,
-    pub compile_time: Duration,
+    pub compiled: Compiled,
 }
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
@@ -35,91 +36,166 @@ pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     Ok(linker)
 }
 
+/// How a model's code came to be: compiled now, or loaded ready-made.
+#[derive(Debug, Clone, Copy)]
+pub enum Compiled {
+    /// Compiled with Cranelift (and saved to the cache, if one is on).
+    Now(Duration),
+    /// Loaded from the compile cache.
+    FromCache(Duration),
+    /// The model file was an artifact from `wasm-host compile`.
+    Ahead(Duration),
+}
+
+impl std::fmt::Display for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compiled::Now(took) => write!(f, "compiled in {took:.1?}"),
+            Compiled::FromCache(took) => write!(f, "loaded from the compile cache in {took:.1?}"),
+            Compiled::Ahead(took) => write!(f, "loaded precompiled in {took:.1?}"),
+        }
+    }
+}
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+
+/// Reads a model file and checks that it is a component, or an artifact
+/// from `wasm-host compile`; every other file gets a message that says
+/// what it is and what to do.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "model file {shown} does not exist: pass the path of a model component \
+             (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
+        ),
+        Err(err) => bail!("cannot read model file {shown}: {err}"),
+    };
+    if bytes.starts_with(ELF_MAGIC) {
+        return Ok(bytes);
+    }
+    if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+        bail!(
+            "{shown} is not a WebAssembly file: pass a component built with \
+             `cargo build --target wasm32-wasip2`"
+        );
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        bail!(
+            "{shown} is a core WebAssembly module, not a component: build it with \
+             `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
+        );
+    }
+    Ok(bytes)
+}
+
+/// Turns a model file's bytes into code: from the cache, from a
+/// precompiled artifact, or by compiling (off the runtime's threads: it
+/// takes from milliseconds to seconds of CPU, and also runs on reload).
+pub async fn compile(
+    engine: &Engine,
+    bytes: Vec<u8>,
+    cache: &CompileCache,
+    shown: &str,
+) -> Result<(Component, Compiled)> {
+    let started = Instant::now();
+    if bytes.starts_with(ELF_MAGIC) {
+        // SAFETY: an ELF model file is an artifact of `wasm-host compile`,
+        // which the operator chose to run; wasmtime checks that it was made
+        // by this version with this configuration before using it.
+        return match unsafe { Component::deserialize(engine, &bytes) } {
+            Ok(component) => Ok((component, Compiled::Ahead(started.elapsed()))),
+            Err(err) => bail!(
+                "{shown} is a compiled artifact this wasm-host cannot use ({}): recompile it \
+                 with `wasm-host compile` from the .wasm, with this version and these flags",
+                root_cause(&err)
+            ),
+        };
+    }
+    if let Some(component) = cache.load(engine, &bytes) {
+        return Ok((component, Compiled::FromCache(started.elapsed())));
+    }
+    let compiling = {
+        let (engine, cache) = (engine.clone(), cache.clone());
+        tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &bytes)?;
+            cache.store(&engine, &bytes, &component);
+            wasmtime::Result::Ok(component)
+        })
+    };
+    match compiling.await.expect("the compile task panicked") {
+        Ok(component) => Ok((component, Compiled::Now(started.elapsed()))),
+        Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
+    }
+}
+
 impl Model {
     pub async fn load(
         engine: &Engine,
         linker: &Linker<GuestState>,
         path: &Path,
         memory_limit: usize,
+        cache: &CompileCache,
     ) -> Result<Model> {
-        let shown = path.display();
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-                "model file {shown} does not exist: pass the path of a model component \
-                 (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
-            ),
-            Err(err) => bail!("cannot read model file {shown}: {err}"),
-        };
-        if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
-            bail!(
-                "{shown} is not a WebAssembly file: pass a component built with \
-                 `cargo build --target wasm32-wasip2`"
-            );
-        }
-        if bytes[4..8] == CORE_MODULE_VERSION {
-            bail!(
-                "{shown} is a core WebAssembly module, not a component: build it with \
-                 `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
-            );
-        }
-
-        let started = Instant::now();
-        // Compiling takes from milliseconds to seconds of CPU: keep it off the
-        // runtime threads that serve requests (it also runs on reload).
-        let compiling = {
-            let (engine, bytes) = (engine.clone(), bytes.clone());
-            tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-        };
-        let component = match compiling.await.expect("the compile task panicked") {
-            Ok(component) => component,
-            Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
-        };
-        let compile_time = started.elapsed();
-
-        let instance_pre = match linker.instantiate_pre(&component) {
-            Ok(pre) => pre,
-            Err(err) => bail!(
-                "{shown} needs imports wasm-host does not provide ({}): a model may import \
-                 only WASI p2 interfaces",
-                root_cause(&err)
-            ),
-        };
-        let pre = match PredictorPre::new(instance_pre) {
-            Ok(pre) => pre,
-            Err(err) => bail!(
-                "{shown} does not export the model contract wasm-host:model/model@0.1.0 ({}): \
-                 build it against wit/model.wit",
-                root_cause(&err)
-            ),
-        };
-
-        let mut store = crate::instance::new_store(engine, memory_limit);
-        let bindings = match pre.instantiate_async(&mut store).await {
-            Ok(bindings) => bindings,
-            Err(err) => bail!(
-                "{shown} failed to start: {} (if it ran out of memory, raise --memory-limit)",
-                root_cause(&err)
-            ),
-        };
-        let metadata = match bindings
-            .wasm_host_model_model()
-            .call_metadata(&mut store)
-            .await
-        {
-            Ok(metadata) => metadata,
-            Err(err) => bail!("{shown} trapped in metadata(): {}", root_cause(&err)),
-        };
-        check_metadata(&metadata).map_err(|why| anyhow::anyhow!("{shown}: {why}"))?;
-
+        let shown = path.display().to_string();
+        let bytes = read(path)?;
+        let file_size = bytes.len();
+        let (component, compiled) = compile(engine, bytes, cache, &shown).await?;
+        let (pre, metadata) = prepare(engine, linker, &component, memory_limit, &shown).await?;
         Ok(Model {
             path: path.to_owned(),
             metadata,
             pre,
-            file_size: bytes.len(),
-            compile_time,
+            file_size,
+            compiled,
         })
     }
+}
+
+/// Links a compiled component, checks it exports the contract, and reads its
+/// metadata from a throwaway instance.
+pub async fn prepare(
+    engine: &Engine,
+    linker: &Linker<GuestState>,
+    component: &Component,
+    memory_limit: usize,
+    shown: &str,
+) -> Result<(PredictorPre<GuestState>, Metadata)> {
+    let instance_pre = match linker.instantiate_pre(component) {
+        Ok(pre) => pre,
+        Err(err) => bail!(
+            "{shown} needs imports wasm-host does not provide ({}): a model may import \
+             only WASI p2 interfaces",
+            root_cause(&err)
+        ),
+    };
+    let pre = match PredictorPre::new(instance_pre) {
+        Ok(pre) => pre,
+        Err(err) => bail!(
+            "{shown} does not export the model contract wasm-host:model/model@0.1.0 ({}): \
+             build it against wit/model.wit",
+            root_cause(&err)
+        ),
+    };
+    let mut store = crate::instance::new_store(engine, memory_limit);
+    let bindings = match pre.instantiate_async(&mut store).await {
+        Ok(bindings) => bindings,
+        Err(err) => bail!(
+            "{shown} failed to start: {} (if it ran out of memory, raise --memory-limit)",
+            root_cause(&err)
+        ),
+    };
+    let metadata = match bindings
+        .wasm_host_model_model()
+        .call_metadata(&mut store)
+        .await
+    {
+        Ok(metadata) => metadata,
+        Err(err) => bail!("{shown} trapped in metadata(): {}", root_cause(&err)),
+    };
+    check_metadata(&metadata).map_err(|why| anyhow::anyhow!("{shown}: {why}"))?;
+    Ok((pre, metadata))
 }
 
 /// The host trusts metadata to validate requests, so it must be coherent.

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::cache::CompileCache;
 use crate::contract::Tensor;
 use crate::error::ApiError;
 use crate::instance::{Fault, Instance, InstanceId};
@@ -47,6 +48,7 @@ pub struct PoolConfig {
 pub struct Pool {
     engine: Engine,
     linker: Linker<GuestState>,
+    cache: CompileCache,
     /// The model new instances are made from; replaced by a reload.
     model: RwLock<Arc<Model>>,
     config: PoolConfig,
@@ -86,12 +88,14 @@ impl Pool {
     pub async fn start(
         engine: Engine,
         linker: Linker<GuestState>,
+        cache: CompileCache,
         model: Arc<Model>,
         config: PoolConfig,
     ) -> wasmtime::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             engine,
             linker,
+            cache,
             model: RwLock::new(model),
             target: AtomicUsize::new(config.instances),
             idle: Mutex::new(Vec::with_capacity(config.max_instances)),
@@ -361,6 +365,7 @@ impl Pool {
             &self.linker,
             &old.path,
             self.config.memory_limit,
+            &self.cache,
         )
         .await?;
         let model = Arc::new(model);
@@ -386,11 +391,11 @@ impl Pool {
         }
         self.remove_idle(|pool, i| !pool.is_current(i), "the model was reloaded");
         tracing::info!(
-            "reloaded {}: model {} v{} (compiled in {:?}), instances {ids:?} booted in {:?}",
+            "reloaded {}: model {} v{} ({}), instances {ids:?} booted in {:?}",
             model.path.display(),
             model.metadata.name,
             model.metadata.version,
-            model.compile_time,
+            model.compiled,
             started.elapsed()
         );
         if model.metadata.name != old.metadata.name {

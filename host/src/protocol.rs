@@ -183,7 +183,10 @@ pub fn decode_infer(
 /// divide into whole elements.
 fn raw_element_count(bytes: &[u8], datatype: Datatype) -> Option<u64> {
     match datatype.element_size() {
-        Some(size) => bytes.len().is_multiple_of(size).then_some((bytes.len() / size) as u64),
+        Some(size) => bytes
+            .len()
+            .is_multiple_of(size)
+            .then_some((bytes.len() / size) as u64),
         None => bytes_elements(bytes).try_fold(0u64, |n, element| element.map(|_| n + 1)),
     }
 }

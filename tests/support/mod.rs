@@ -48,6 +48,12 @@ pub fn scratch_file(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("wasm-host-test-{}-{n}-{name}", std::process::id()))
 }
 
+/// A compile cache for this test process, so tests neither read nor write
+/// the user's own cache.
+pub fn test_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("wasm-host-test-cache-{}", std::process::id()))
+}
+
 /// A running `wasm-host` process, killed (by its pid) when dropped.
 pub struct Host {
     child: Child,
@@ -64,6 +70,7 @@ impl Host {
             .arg(model)
             .env("RUST_LOG", "info")
             .env("SECRET", "the guest must not see this")
+            .env("WASM_HOST_CACHE_DIR", test_cache_dir())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

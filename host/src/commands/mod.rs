@@ -1,0 +1,27 @@
+//! One file per subcommand, each taking its own arguments.
+
+pub mod compile;
+pub mod inspect;
+pub mod plan;
+pub mod serve;
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::Failure;
+use crate::sandbox::GuestState;
+
+/// An engine and linker for tools that run one instance at a time: the
+/// same configuration as `serve`, so what they measure and compile is what
+/// `serve` runs.
+fn tool_engine(memory_limit: usize) -> Result<(Engine, Linker<GuestState>), Failure> {
+    let fail = |err: anyhow::Error| Failure::new(Failure::OTHER, format!("{err:#}"));
+    let (engine, _) = crate::engine::build(8, memory_limit).map_err(fail)?;
+    crate::engine::start_epoch_ticker(&engine);
+    let linker = crate::model::linker(&engine).map_err(fail)?;
+    Ok((engine, linker))
+}
+
+fn model_failure(err: anyhow::Error) -> Failure {
+    Failure::new(Failure::MODEL, format!("{err:#}"))
+}

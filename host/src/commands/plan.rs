@@ -1,0 +1,154 @@
+//! `wasm-host plan`: the tutorial's own question. How many instances does
+//! this model need to sustain R requests per second on this machine?
+//!
+//! Little's law: requests in flight = arrival rate × time in the system. At
+//! `rate` requests per second, each taking `latency`, `rate × latency`
+//! requests are in flight, each holding an instance. That is the answer
+//! unless the cores run out first: a model that computes for `cpu` seconds a
+//! call can run at most `cores / cpu` calls per second however many instances
+//! there are.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Failure;
+use crate::cache::CompileCache;
+use crate::cli::PlanArgs;
+use crate::contract::{Metadata, Tensor};
+use crate::instance::Instance;
+use crate::model::Model;
+use crate::protocol;
+
+const MEMORY_LIMIT: usize = 256 << 20;
+
+pub async fn run(args: PlanArgs) -> Result<(), Failure> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) || args.samples == 0 {
+        return Err(Failure::new(
+            2,
+            "--rate must be a positive number of requests per second and --samples at least 1",
+        ));
+    }
+    let (engine, linker) = super::tool_engine(MEMORY_LIMIT)?;
+    let cache = CompileCache::new(CompileCache::default_dir());
+    let model = Model::load(&engine, &linker, &args.model, MEMORY_LIMIT, &cache)
+        .await
+        .map_err(super::model_failure)?;
+    let model = Arc::new(model);
+    let inputs = match &args.input {
+        Some(json) => {
+            protocol::decode_predict(json.as_bytes(), &model.metadata)
+                .map_err(|err| Failure::new(2, format!("--input: {}", err.message)))?
+                .inputs
+        }
+        None => zeros(&model.metadata),
+    };
+    let mut instance = Instance::new(&engine, Arc::clone(&model), 1, MEMORY_LIMIT, None)
+        .await
+        .map_err(|err| Failure::new(Failure::MODEL, crate::model::root_cause(&err)))?;
+
+    timed_call(&mut instance, &inputs).await?; // warm-up: first-touch faults, lazy statics
+    // At least `samples` calls, and at least a second of them: CPU time is
+    // counted in 10 ms ticks, too coarse for one fast call.
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(args.samples as usize);
+    while latencies.len() < args.samples as usize
+        || (started.elapsed() < Duration::from_secs(1) && latencies.len() < 1_000_000)
+    {
+        latencies.push(timed_call(&mut instance, &inputs).await?);
+    }
+    let cpu = (process_cpu() - cpu_before) / latencies.len() as u32;
+    latencies.sort();
+    let latency = latencies[latencies.len() / 2];
+    let cpu = cpu.min(latency);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let in_flight = args.rate * latency.as_secs_f64();
+    let instances = in_flight.ceil().max(1.0) as u64;
+    let core_limit = cores as f64 / cpu.as_secs_f64().max(1e-9);
+    let meta = &model.metadata;
+    println!(
+        "model:     {} v{} ({})",
+        meta.name,
+        meta.version,
+        args.model.display()
+    );
+    println!(
+        "latency:   {latency:.1?} median of {} calls (fastest {:.1?}, slowest {:.1?}); {cpu:.1?} CPU per call",
+        latencies.len(),
+        latencies[0],
+        latencies[latencies.len() - 1]
+    );
+    println!("cores:     {cores}");
+    println!(
+        "in flight: {:.1} requests at {} req/s (Little's law: {} req/s × {:.3} s)",
+        in_flight,
+        args.rate,
+        args.rate,
+        latency.as_secs_f64()
+    );
+    if args.rate > core_limit {
+        println!(
+            "limit:     the cores: {cores} cores sustain about {core_limit:.0} req/s of this model; \
+             more instances will not help, add machines"
+        );
+        println!(
+            "plan:      run {} instances per machine on ~{} machines",
+            (core_limit * latency.as_secs_f64()).ceil().max(1.0) as u64,
+            (args.rate / core_limit).ceil() as u64
+        );
+    } else {
+        println!(
+            "limit:     the instance count (the cores could sustain about {core_limit:.0} req/s; \
+             guest time only, HTTP adds tens of µs per request)"
+        );
+        println!(
+            "plan:      wasm-host --instances {instances} {}",
+            args.model.display()
+        );
+    }
+    Ok(())
+}
+
+async fn timed_call(instance: &mut Instance, inputs: &[Tensor]) -> Result<Duration, Failure> {
+    let started = Instant::now();
+    instance
+        .predict(inputs, Duration::from_secs(600))
+        .await
+        .map_err(|fault| Failure::new(Failure::MODEL, format!("the model failed: {fault}")))?;
+    Ok(started.elapsed())
+}
+
+/// A request of zeros matching the model's inputs, any-size dimensions as 1.
+fn zeros(metadata: &Metadata) -> Vec<Tensor> {
+    metadata
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<u64> = spec.shape.iter().map(|&d| d.max(1) as u64).collect();
+            let count: u64 = shape.iter().product();
+            // A BYTES element of zero length is its 4-byte length prefix.
+            let size = spec.datatype.element_size().unwrap_or(4);
+            Tensor {
+                name: spec.name.clone(),
+                datatype: spec.datatype,
+                shape,
+                data: vec![0; count as usize * size],
+            }
+        })
+        .collect()
+}
+
+/// CPU time this process has used: user plus system, from /proc.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) are space-separated;
+    // utime and stime are the 14th and 15th fields, in clock ticks (100 Hz).
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
