@@ -2,19 +2,28 @@
 # machine with Rust installed: they add the wasm32-wasip2 target if it is missing.
 
 WASM_DIR := target/wasm32-wasip2/release
-GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model
+GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model -p big-model
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000
 
-.PHONY: serve test guests model host setup lint clean
+.PHONY: serve test tools guests model host setup lint bench clean
 
 ## Build the example model and the host, then serve the model with 8 instances.
 serve: guests host
 	target/release/wasm-host --instances $(INSTANCES) --bind $(BIND) $(WASM_DIR)/guest_model.wasm
 
-## Build everything and run every test (what CI runs).
-test: guests
+## Build everything and run every test (what CI runs): the Rust suites, then
+## the official Triton client against the real server (tests/python).
+test: guests tools
 	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
+	cargo build --release -p wasm-host
+	bash tests/python/run.sh
+
+## Test tools a fresh machine lacks: promtool (Debian's prometheus package).
+tools:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool (apt-get install prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 ## The model components: the digits classifier and the test fixtures.
 guests: setup
@@ -28,6 +37,12 @@ host:
 
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## The benchmarks: wasm-host against a native server and gunicorn, density,
+## start-up and micro-benchmarks; prints the table, writes docs/benchmarks.md.
+## Knobs (BENCH_SECONDS=1 for a smoke run, ...): see bench/run.sh.
+bench: guests host
+	bench/run.sh
 
 ## Formatting and lints, as reviewers expect them.
 lint: setup

@@ -204,6 +204,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graceful_timeout: Duration,
 
+    /// Log one line per request (method, path, status, latency, instance) under the `access` target.
+    #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Where compiled models are cached [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
     #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -283,6 +287,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_flag_table_is_the_help() {
+        let readme = include_str!("../../README.md");
+        let table = flags_markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's flag table is out of date; replace it with:\n{table}"
+        );
+    }
+
+    #[test]
     fn sizes_and_durations_parse_as_written_in_the_help() {
         assert_eq!(parse_size("256MiB"), Ok(256 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
@@ -294,4 +308,50 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
     }
+}
+
+/// The README's flag table, made from the same definitions as `--help`, so
+/// the two cannot drift apart (a test compares them).
+pub fn flags_markdown() -> String {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut table = String::from("| flag | environment | default | what |\n|---|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            if arg.is_positional() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                table.push_str(&format!(
+                    "| `{}` | `{}` | | {} |\n",
+                    arg.get_value_names().map_or(String::new(), |v| v.join(" ")),
+                    env.unwrap_or_default(),
+                    help
+                ));
+            }
+            continue;
+        };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let short = arg.get_short().map_or(String::new(), |s| format!("-{s}, "));
+        let env = arg
+            .get_env()
+            .map_or(String::new(), |e| format!("`{}`", e.to_string_lossy()));
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| format!("`{}`", v.to_string_lossy()))
+            .collect();
+        let mut help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        // "[default: ...]" written into the help text moves to the default column.
+        let mut default = default.join(", ");
+        if let Some(start) = help.find(" [default: ") {
+            default = help[start + 11..].trim_end_matches(']').to_string();
+            help.truncate(start);
+        }
+        table.push_str(&format!(
+            "| `{short}--{long}` | {env} | {default} | {help} |\n"
+        ));
+    }
+    table
 }

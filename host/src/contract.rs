@@ -69,6 +69,6 @@ impl Datatype {
 
 impl std::fmt::Display for Datatype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.oip_name())
+        f.pad(self.oip_name())
     }
 }

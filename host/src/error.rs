@@ -15,6 +15,8 @@ pub struct ApiError {
     pub instance: Option<u64>,
     /// The method the route takes (405 only).
     pub allow: Option<Method>,
+    /// The metrics label for what happened.
+    pub outcome: &'static str,
 }
 
 impl ApiError {
@@ -25,6 +27,13 @@ impl ApiError {
             retry_after: None,
             instance: None,
             allow: None,
+            outcome: match status.as_u16() {
+                400..=499 => "bad_input",
+                503 => "overloaded",
+                504 => "timeout",
+                507 => "memory_cap",
+                _ => "model_error",
+            },
         }
     }
 
@@ -63,10 +72,15 @@ impl From<Fault> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the model failed: {why}"),
             ),
-            Fault::Trap(why) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the model trapped: {why}; its instance was replaced, retrying is safe"),
-            ),
+            Fault::Trap(why) => ApiError {
+                outcome: "trap",
+                ..ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the model trapped: {why}; its instance was replaced, retrying is safe"
+                    ),
+                )
+            },
             Fault::Timeout(limit) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(

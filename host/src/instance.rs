@@ -49,6 +49,17 @@ impl std::fmt::Display for Fault {
 }
 
 impl Fault {
+    /// The metrics label for a fault that replaces its instance.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::InvalidInput(_) => "bad_input",
+            Fault::Failed(_) => "model_error",
+            Fault::Trap(_) => "trap",
+            Fault::Timeout(_) => "timeout",
+            Fault::MemoryCap(_) => "memory_cap",
+        }
+    }
+
     /// After a trap, a timeout or a failed grow the store is poisoned (and a
     /// Rust guest's heap may be inconsistent): the instance must be replaced.
     pub fn poisons_instance(&self) -> bool {

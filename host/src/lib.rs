@@ -18,6 +18,7 @@ pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod instance;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod protocol;

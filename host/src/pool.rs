@@ -24,6 +24,7 @@ use crate::cache::CompileCache;
 use crate::contract::Tensor;
 use crate::error::ApiError;
 use crate::instance::{Fault, Instance, InstanceId};
+use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::sandbox::GuestState;
 
@@ -49,6 +50,7 @@ pub struct Pool {
     engine: Engine,
     linker: Linker<GuestState>,
     cache: CompileCache,
+    metrics: Arc<Metrics>,
     /// The model new instances are made from; replaced by a reload.
     model: RwLock<Arc<Model>>,
     config: PoolConfig,
@@ -89,6 +91,7 @@ impl Pool {
         engine: Engine,
         linker: Linker<GuestState>,
         cache: CompileCache,
+        metrics: Arc<Metrics>,
         model: Arc<Model>,
         config: PoolConfig,
     ) -> wasmtime::Result<Arc<Pool>> {
@@ -96,6 +99,7 @@ impl Pool {
             engine,
             linker,
             cache,
+            metrics,
             model: RwLock::new(model),
             target: AtomicUsize::new(config.instances),
             idle: Mutex::new(Vec::with_capacity(config.max_instances)),
@@ -119,6 +123,10 @@ impl Pool {
     /// its instance's model if a reload happened in between.
     pub fn model(&self) -> Arc<Model> {
         Arc::clone(&self.model.read().unwrap())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn max_queue(&self) -> usize {
@@ -170,6 +178,7 @@ impl Pool {
             started.elapsed()
         );
         self.total.fetch_add(1, Ordering::SeqCst);
+        self.metrics.instance_memory(id, instance.memory_in_use());
         self.give_back(instance);
         Ok(id)
     }
@@ -181,6 +190,7 @@ impl Pool {
     /// Waits for a free instance: at once if one is idle, else in FIFO order
     /// behind the other waiting requests, within the queue's bounds.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ApiError> {
+        let arrived = Instant::now();
         loop {
             let permit = match self.free.try_acquire() {
                 Ok(permit) => permit,
@@ -212,6 +222,7 @@ impl Pool {
                 continue;
             }
             self.busy.fetch_add(1, Ordering::SeqCst);
+            self.metrics.queued(arrived.elapsed());
             return Ok(Lease {
                 pool: Arc::clone(self),
                 instance: Some(instance),
@@ -230,6 +241,7 @@ impl Pool {
         if self.is_current(&instance) {
             self.total.fetch_sub(1, Ordering::SeqCst);
         }
+        self.metrics.instance_gone(instance.id);
         tracing::info!(
             instance = instance.id,
             "retired instance {}: {why}",
@@ -240,10 +252,12 @@ impl Pool {
     /// Throws an instance away and boots a new one of the same model in its
     /// place, off the request's path. (After a reload, an instance of the
     /// old model is only retired: the reload booted a full set already.)
-    fn replace(self: &Arc<Self>, old: Instance, cause: String) {
+    fn replace(self: &Arc<Self>, old: Instance, kind: &'static str, cause: String) {
         if !self.is_current(&old) {
             return self.retire(old, &cause);
         }
+        self.metrics.replaced(kind);
+        self.metrics.instance_gone(old.id);
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             let (old_id, model) = (old.id, Arc::clone(&old.model));
@@ -261,6 +275,7 @@ impl Pool {
                         new.id,
                         started.elapsed()
                     );
+                    pool.metrics.instance_memory(new.id, new.memory_in_use());
                     pool.give_back(new);
                 }
                 Err(err) => {
@@ -279,12 +294,12 @@ impl Pool {
     }
 
     /// Where a returning instance goes: back to the pool, replaced, or retired.
-    fn take_back(self: &Arc<Self>, instance: Instance, fault: Option<String>) {
+    fn take_back(self: &Arc<Self>, instance: Instance, fault: Option<(&'static str, String)>) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
         if !self.is_current(&instance) {
             self.retire(instance, "the model was reloaded");
-        } else if let Some(cause) = fault {
-            self.replace(instance, cause);
+        } else if let Some((kind, cause)) = fault {
+            self.replace(instance, kind, cause);
         } else if self.total.load(Ordering::SeqCst) > self.target.load(Ordering::SeqCst) {
             self.retire(instance, "the pool was shrunk (TTOU)");
         } else if instance.recycle_due() {
@@ -292,8 +307,10 @@ impl Pool {
                 "recycled after {} requests (--max-requests)",
                 instance.served
             );
-            self.replace(instance, cause);
+            self.replace(instance, "recycled", cause);
         } else {
+            self.metrics
+                .instance_memory(instance.id, instance.memory_in_use());
             self.give_back(instance);
         }
     }
@@ -455,7 +472,7 @@ pub struct Lease {
     /// Set while a call is in flight and kept if it poisoned the instance, so
     /// that a lease dropped mid-call replaces its instance instead of
     /// returning a store in an unknown state.
-    replace_because: Option<String>,
+    replace_because: Option<(&'static str, String)>,
 }
 
 impl Lease {
@@ -479,15 +496,17 @@ impl Lease {
         inputs: &[Tensor],
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
-        self.replace_because = Some("the request was cancelled mid-call".into());
+        self.replace_because = Some(("cancelled", "the request was cancelled mid-call".into()));
         self.pool.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let instance = self
             .instance
             .as_mut()
             .expect("a live lease holds an instance");
         let result = instance.predict(inputs, timeout).await;
+        self.pool.metrics.computed(started.elapsed());
         self.replace_because = match &result {
-            Err(fault) if fault.poisons_instance() => Some(fault.to_string()),
+            Err(fault) if fault.poisons_instance() => Some((fault.kind(), fault.to_string())),
             _ => None,
         };
         result

@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub keep_alive: Duration,
+    /// One log line per request: off by default, as in gunicorn, since a
+    /// line per request costs more than a tiny model's whole inference.
+    pub access_log: bool,
 }
 
 /// Everything a request handler needs.
@@ -216,6 +219,7 @@ enum Route<'a> {
     ModelMetadata(&'a str),
     ModelReady(&'a str),
     Infer(&'a str),
+    Metrics,
 }
 
 impl Route<'_> {
@@ -230,6 +234,7 @@ impl Route<'_> {
         };
         Some(match segments.as_slice() {
             ["health"] => Route::Health,
+            ["metrics"] => Route::Metrics,
             ["predict"] => Route::Predict,
             ["v2"] => Route::Server,
             ["v2", "health", "live"] => Route::Live,
@@ -250,6 +255,33 @@ impl Route<'_> {
 }
 
 async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !app.config.access_log {
+        return respond(app, request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = respond(app, request).await;
+    let instance = response
+        .headers()
+        .get("x-instance-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    tracing::info!(
+        target: "access",
+        method = %method,
+        path,
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        instance,
+        "{method} {path} {}",
+        response.status().as_u16()
+    );
+    response
+}
+
+async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let result = match Route::parse(&path) {
         None => Err(ApiError::not_found(format!(
@@ -308,6 +340,17 @@ async fn route_request(
             });
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
+        Route::Metrics => {
+            let status = app.pool.status();
+            let metrics = app.pool.metrics();
+            metrics.set_instances(status.total, status.busy);
+            let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
         Route::Live => Ok(empty(StatusCode::OK)),
         Route::Ready => Ok(ready_response(app)),
         Route::Server => {
@@ -329,10 +372,29 @@ async fn route_request(
         }
         Route::Infer(name) => {
             check_model(name)?;
-            infer(app, request, Form::OpenInference).await
+            measured(app, infer(app, request, Form::OpenInference)).await
         }
-        Route::Predict => infer(app, request, Form::Simple).await,
+        Route::Predict => measured(app, infer(app, request, Form::Simple)).await,
     }
+}
+
+/// Counts an inference request as pending while it runs, then records its
+/// outcome and duration.
+async fn measured(
+    app: &App,
+    inference: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let metrics = app.pool.metrics();
+    let started = Instant::now();
+    let pending = metrics.pending();
+    let result = inference.await;
+    drop(pending);
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(err) => err.outcome,
+    };
+    metrics.request_done(outcome, started.elapsed());
+    result
 }
 
 #[derive(Clone, Copy)]

@@ -64,7 +64,12 @@ pub struct Host {
 impl Host {
     /// Starts the host on a free port and waits until it is listening.
     pub fn start(model: &Path, args: &[&str]) -> Host {
+        Host::start_with_env(model, args, &[])
+    }
+
+    pub fn start_with_env(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
+            .envs(env.iter().copied())
             .args(args)
             .args(["--bind", "127.0.0.1:0"])
             .arg(model)
@@ -172,6 +177,22 @@ impl Drop for Host {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `wasm-host` to completion: its exit status, stdout and stderr.
+pub fn run_command(args: &[&str]) -> (ExitStatus, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("WASM_HOST_CACHE_DIR", test_cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wasm-host");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Runs `wasm-host` with the given arguments until it exits (for start-up

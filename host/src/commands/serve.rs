@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::Failure;
 use crate::cache::CompileCache;
 use crate::cli::ServeArgs;
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolConfig};
 use crate::server::{App, ServerConfig};
 use crate::{contract, engine, model, server, signals};
@@ -52,6 +53,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         engine,
         linker,
         cache,
+        Arc::new(Metrics::new()),
         Arc::new(model),
         PoolConfig {
             instances: instances as usize,
@@ -86,6 +88,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             max_connections: cli.max_connections as usize,
             header_timeout: cli.header_timeout,
             keep_alive: cli.keep_alive,
+            access_log: cli.access_log,
         },
     );
     let address = listener
