@@ -282,34 +282,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_readme_flag_table_is_the_help() {
-        let readme = include_str!("../../README.md");
-        let table = flags_markdown();
-        assert!(
-            readme.contains(&table),
-            "README.md's flag table is out of date; replace it with:\n{table}"
-        );
-    }
-
-    #[test]
-    fn sizes_and_durations_parse_as_written_in_the_help() {
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12 parsecs").is_err());
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
-}
-
 /// The README's flag table, made from the same definitions as `--help`, so
 /// the two cannot drift apart (a test compares them).
 pub fn flags_markdown() -> String {
@@ -354,4 +326,32 @@ pub fn flags_markdown() -> String {
         ));
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_flag_table_is_the_help() {
+        let readme = include_str!("../../README.md");
+        let table = flags_markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's flag table is out of date; replace it with:\n{table}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_as_written_in_the_help() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 }

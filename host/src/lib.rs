@@ -1,7 +1,7 @@
 //! wasm-host serves an ML model from N sandboxed WebAssembly instances.
 //!
 //! A request travels through one module per concept:
-//! [`server`] (HTTP, routing) → [`protocol`] (JSON ↔ tensors, checked against
+//! [`server`] (connections) → [`routes`] → [`protocol`] (JSON ↔ tensors, checked against
 //! the model's metadata) → [`pool`] (a free instance, or a fair wait) →
 //! [`instance`] (the guest call, its deadline and faults) → back out through
 //! [`protocol`]. [`model`] loads and compiles a component once (through the
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod protocol;
+pub mod routes;
 pub mod sandbox;
 pub mod server;
 pub mod signals;

@@ -1,0 +1,224 @@
+//! The wire formats: JSON in, tensors out, and back.
+//!
+//! Two request forms are understood: the Open Inference Protocol's infer
+//! request (`/v2/models/{name}/infer`) and the simple form of `/predict`
+//! (`{"inputs": [[...]]}` or `{"inputs": {"x": [[...]]}}`). Both are decoded
+//! into the contract's tensors and checked against the model's metadata here,
+//! so a request with the wrong name, datatype or shape is a 400 that names the
+//! mistake, and the model never sees it.
+
+mod elements;
+mod oip;
+mod simple;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::contract::{Metadata, Tensor, TensorSpec};
+use crate::error::ApiError;
+
+pub use elements::{Elements, check_output};
+pub use oip::{InferResponse, decode_infer, encode_infer_response};
+pub use simple::{decode_predict, encode_predict_response};
+
+/// A decoded, validated inference request.
+#[derive(Debug)]
+pub struct Inference {
+    /// Echoed back in the OIP response.
+    pub id: Option<String>,
+    /// In the order of `metadata.inputs`.
+    pub inputs: Vec<Tensor>,
+    /// Outputs the client asked for; `None` means all of them.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// Whether outputs not named in `outputs` come back as binary data
+    /// (the request-level `binary_data_output` parameter).
+    pub binary_outputs: bool,
+}
+
+/// An output the client asked for, and in which form.
+#[derive(Debug, Clone)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub binary: bool,
+}
+
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        let kind = if err.is_syntax() || err.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid"
+        };
+        ApiError::bad_request(format!("{kind} {what}: {err}"))
+    })
+}
+
+/// Puts the inputs in the order the model declared them and checks each
+/// against its spec: every declared input present once, nothing else.
+pub(crate) fn order_and_check(
+    mut given: Vec<Tensor>,
+    metadata: &Metadata,
+) -> Result<Vec<Tensor>, ApiError> {
+    if let Some(extra) = given
+        .iter()
+        .find(|t| !metadata.inputs.iter().any(|s| s.name == t.name))
+    {
+        return Err(unknown_input(&extra.name, metadata));
+    }
+    let mut ordered = Vec::with_capacity(metadata.inputs.len());
+    for spec in &metadata.inputs {
+        let mut matching = given.iter().filter(|t| t.name == spec.name);
+        let (Some(_), None) = (matching.next(), matching.next()) else {
+            let count = given.iter().filter(|t| t.name == spec.name).count();
+            return Err(ApiError::bad_request(if count == 0 {
+                format!(
+                    "input {:?} is missing; model {} expects {}",
+                    spec.name,
+                    metadata.name,
+                    describe_specs(&metadata.inputs)
+                )
+            } else {
+                format!("input {:?} is given {count} times", spec.name)
+            }));
+        };
+        let index = given.iter().position(|t| t.name == spec.name).unwrap();
+        let tensor = given.swap_remove(index);
+        check_spec(&tensor, spec, &metadata.name)?;
+        ordered.push(tensor);
+    }
+    Ok(ordered)
+}
+
+fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), ApiError> {
+    if tensor.datatype != spec.datatype {
+        return Err(ApiError::bad_request(format!(
+            "input {:?} has datatype {} but model {model} expects {}",
+            tensor.name, tensor.datatype, spec.datatype
+        )));
+    }
+    let fits = tensor.shape.len() == spec.shape.len()
+        && tensor
+            .shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(&got, &want)| want == -1 || got as i64 == want);
+    if !fits {
+        return Err(ApiError::bad_request(format!(
+            "input {:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
+            tensor.name, tensor.shape, spec.shape
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn unknown_input(name: &str, metadata: &Metadata) -> ApiError {
+    ApiError::bad_request(format!(
+        "model {} has no input {name:?}; its inputs are {}",
+        metadata.name,
+        describe_specs(&metadata.inputs)
+    ))
+}
+
+pub(crate) fn describe_specs(specs: &[TensorSpec]) -> String {
+    let described: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} ({} {:?})", s.name, s.datatype, s.shape))
+        .collect();
+    described.join(", ")
+}
+
+/// Model metadata in the OIP form of `GET /v2/models/{name}`.
+pub fn model_metadata(metadata: &Metadata) -> Value {
+    let specs = |specs: &[TensorSpec]| -> Value {
+        specs
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "datatype": s.datatype.oip_name(),
+                    "shape": s.shape,
+                })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "name": metadata.name,
+        "versions": [metadata.version],
+        "platform": "wasm-host",
+        "inputs": specs(&metadata.inputs),
+        "outputs": specs(&metadata.outputs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elements::{f16_to_f32, f32_to_f16};
+    use super::*;
+    use crate::contract::Datatype;
+
+    fn digits() -> Metadata {
+        Metadata {
+            name: "digits".into(),
+            version: "1".into(),
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                datatype: Datatype::Fp32,
+                shape: vec![-1, 64],
+            }],
+            outputs: vec![TensorSpec {
+                name: "label".into(),
+                datatype: Datatype::Int64,
+                shape: vec![-1],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_rejected_not_wrapped() {
+        // 2^58 × 64 = 2^64, which wraps to 0 and would match empty data.
+        let body = br#"{"inputs":[{"name":"x","shape":[288230376151711744,64],"datatype":"FP32","data":[]}]}"#;
+        let err = decode_infer(body, None, &digits()).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert!(err.message.contains("more than 2^64"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_single_example_without_its_batch_dimension_is_a_batch_of_one() {
+        let body = serde_json::to_vec(&serde_json::json!({ "inputs": vec![0.5; 64] })).unwrap();
+        let inference = decode_predict(&body, &digits()).unwrap();
+        assert_eq!(inference.inputs[0].shape, vec![1, 64]);
+        assert_eq!(inference.inputs[0].data.len(), 64 * 4);
+    }
+
+    #[test]
+    fn outputs_are_nested_by_shape_and_floats_keep_their_precision() {
+        let tensor = Tensor {
+            name: "p".into(),
+            datatype: Datatype::Fp32,
+            shape: vec![2, 2],
+            data: [0.1f32, 0.2, 0.3, 0.4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        let nested = serde_json::to_string(&Elements {
+            tensor: &tensor,
+            nested: true,
+        })
+        .unwrap();
+        assert_eq!(nested, "[[0.1,0.2],[0.3,0.4]]");
+        check_output(&tensor).unwrap();
+    }
+
+    #[test]
+    fn fp16_converts_both_ways() {
+        for value in [0.0f32, 1.0, -2.5, 65504.0, 0.000061035156, 5.9604645e-8] {
+            assert_eq!(f16_to_f32(f32_to_f16(value)), value, "{value}");
+        }
+        assert_eq!(f32_to_f16(1e6), 0x7c00, "overflow is infinity");
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+    }
+}

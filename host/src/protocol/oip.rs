@@ -1,0 +1,268 @@
+//! The Open Inference Protocol's infer request and response, in JSON and
+//! with the binary tensor data extension.
+
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
+
+use super::elements::{Elements, bytes_elements, element_count, encode_elements};
+use super::{Inference, RequestedOutput, describe_specs, order_and_check, parse_json};
+use crate::contract::{Datatype, Metadata, Tensor};
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<InferInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestedOutputJson>>,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+#[derive(Deserialize)]
+struct InferInput {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+/// The OIP parameters wasm-host acts on; others are accepted and ignored.
+#[derive(Deserialize, Default)]
+struct Parameters {
+    binary_data_size: Option<u64>,
+    binary_data: Option<bool>,
+    binary_data_output: Option<bool>,
+}
+
+/// Decodes an Open Inference Protocol infer request. With the binary tensor
+/// data extension, `json_len` (the `Inference-Header-Content-Length` header)
+/// splits the body into the JSON header and the raw tensor bytes that follow
+/// it, in input order, each as long as its `binary_data_size`.
+pub fn decode_infer(
+    body: &[u8],
+    json_len: Option<usize>,
+    metadata: &Metadata,
+) -> Result<Inference, ApiError> {
+    let (header, mut binary) = match json_len {
+        Some(len) if len <= body.len() => body.split_at(len),
+        Some(len) => {
+            return Err(ApiError::bad_request(format!(
+                "Inference-Header-Content-Length is {len} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        None => (body, &[][..]),
+    };
+    let request: InferRequest = parse_json(header, "inference request")?;
+    let mut given = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = Datatype::from_oip_name(&input.datatype).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "input {:?} has unknown datatype {:?}; use one of {}",
+                input.name,
+                input.datatype,
+                Datatype::ALL.map(Datatype::oip_name).join(", ")
+            ))
+        })?;
+        let (bytes, count) = match (input.parameters.binary_data_size, &input.data) {
+            (Some(size), None) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(ApiError::bad_request(format!(
+                        "input {:?} has binary_data_size {size} but only {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                let count = raw_element_count(bytes, datatype).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "input {:?}: {size} bytes are not a whole number of {datatype} elements",
+                        input.name
+                    ))
+                })?;
+                (bytes.to_vec(), count)
+            }
+            (None, Some(data)) => {
+                let encoded = encode_elements(data, datatype, &input.name)?;
+                (encoded.bytes, encoded.count as u64)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(format!(
+                    "input {:?} has both \"data\" and a binary_data_size; send one",
+                    input.name
+                )));
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(format!(
+                    "input {:?} has no \"data\" (and no binary_data_size)",
+                    input.name
+                )));
+            }
+        };
+        let expected = element_count(&input.shape);
+        if expected != Some(count) {
+            let expected = expected.map_or("more than 2^64".into(), |n| n.to_string());
+            return Err(ApiError::bad_request(format!(
+                "input {:?} has shape {:?} ({expected} elements) but its data holds {count}",
+                input.name, input.shape
+            )));
+        }
+        given.push(Tensor {
+            name: input.name,
+            datatype,
+            shape: input.shape,
+            data: bytes,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them \
+             (set binary_data_size on each binary input)",
+            binary.len()
+        )));
+    }
+    let binary_outputs = request.parameters.binary_data_output.unwrap_or(false);
+    let outputs = match request.outputs {
+        Some(outputs) => Some(check_requested_outputs(outputs, binary_outputs, metadata)?),
+        None => None,
+    };
+    Ok(Inference {
+        id: request.id,
+        inputs: order_and_check(given, metadata)?,
+        outputs,
+        binary_outputs,
+    })
+}
+
+/// How many elements raw little-endian data holds; `None` if it does not
+/// divide into whole elements.
+fn raw_element_count(bytes: &[u8], datatype: Datatype) -> Option<u64> {
+    match datatype.element_size() {
+        Some(size) => bytes
+            .len()
+            .is_multiple_of(size)
+            .then_some((bytes.len() / size) as u64),
+        None => bytes_elements(bytes).try_fold(0u64, |n, element| element.map(|_| n + 1)),
+    }
+}
+
+fn check_requested_outputs(
+    requested: Vec<RequestedOutputJson>,
+    binary_by_default: bool,
+    metadata: &Metadata,
+) -> Result<Vec<RequestedOutput>, ApiError> {
+    requested
+        .into_iter()
+        .map(|output| {
+            if metadata.outputs.iter().any(|s| s.name == output.name) {
+                Ok(RequestedOutput {
+                    binary: output.parameters.binary_data.unwrap_or(binary_by_default),
+                    name: output.name,
+                })
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "model {} has no output {:?}; its outputs are {}",
+                    metadata.name,
+                    output.name,
+                    describe_specs(&metadata.outputs)
+                )))
+            }
+        })
+        .collect()
+}
+
+/// One output of an OIP infer response: its data inline, or only its size
+/// when the data follows the JSON header in binary.
+struct OipOutput<'a> {
+    tensor: &'a Tensor,
+    binary: bool,
+}
+
+impl Serialize for OipOutput<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let t = self.tensor;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("name", &t.name)?;
+        map.serialize_entry("datatype", t.datatype.oip_name())?;
+        map.serialize_entry("shape", &t.shape)?;
+        if self.binary {
+            map.serialize_entry(
+                "parameters",
+                &serde_json::json!({ "binary_data_size": t.data.len() }),
+            )?;
+        } else {
+            let data = Elements {
+                tensor: t,
+                nested: false,
+            };
+            map.serialize_entry("data", &data)?;
+        }
+        map.end()
+    }
+}
+
+/// An encoded OIP infer response. `json_len` is set when binary data follows
+/// the JSON header: it goes into `Inference-Header-Content-Length`.
+pub struct InferResponse {
+    pub body: Vec<u8>,
+    pub json_len: Option<usize>,
+}
+
+/// The OIP infer response, with only the outputs the client asked for, each
+/// in the form it asked for.
+pub fn encode_infer_response(
+    metadata: &Metadata,
+    inference: &Inference,
+    outputs: &[Tensor],
+) -> InferResponse {
+    let selected: Vec<OipOutput> = outputs
+        .iter()
+        .filter_map(|tensor| {
+            let binary = match &inference.outputs {
+                None => inference.binary_outputs,
+                Some(wanted) => wanted.iter().find(|o| o.name == tensor.name)?.binary,
+            };
+            Some(OipOutput { tensor, binary })
+        })
+        .collect();
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        model_name: &'a str,
+        model_version: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        outputs: &'a [OipOutput<'a>],
+    }
+    let mut body = serde_json::to_vec(&Response {
+        model_name: &metadata.name,
+        model_version: &metadata.version,
+        id: inference.id.as_deref(),
+        outputs: &selected,
+    })
+    .expect("serializing to memory cannot fail");
+    let json_len = body.len();
+    let mut binary = false;
+    for output in selected.iter().filter(|o| o.binary) {
+        body.extend_from_slice(&output.tensor.data);
+        binary = true;
+    }
+    InferResponse {
+        body,
+        json_len: binary.then_some(json_len),
+    }
+}
