@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Client, Host, guest, reference, request, run_to_exit, scratch_file};
+use support::{Client, Host, guest, reference, request, run_command, scratch_file};
 
 fn assert_close(got: &Value, want: &Value, row: usize, endpoint: &str) {
     let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
@@ -440,7 +440,7 @@ fn a_trapping_request_fails_alone_and_its_instance_gets_a_new_id() {
 
 /// Runs the host until it exits and checks it failed with one actionable line.
 fn assert_startup_fails(args: &[&OsStr], code: i32, needle: &str) {
-    let (status, stderr) = run_to_exit(args);
+    let (status, _, stderr) = run_command(args);
     assert_eq!(status.code(), Some(code), "{args:?}: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(
@@ -493,7 +493,7 @@ fn bad_startup_exits_nonzero_with_one_line_that_says_what_to_do() {
         "already in use",
     );
 
-    let (status, stderr) = run_to_exit(&["--instances".as_ref(), "lots".as_ref()]);
+    let (status, _, stderr) = run_command(&["--instances", "lots"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 
     for file in [text, core, empty, truncated] {

@@ -68,16 +68,11 @@ impl Host {
     }
 
     pub fn start_with_env(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
+        let mut child = wasm_host()
             .envs(env.iter().copied())
             .args(args)
             .args(["--bind", "127.0.0.1:0"])
             .arg(model)
-            .env("RUST_LOG", "info")
-            .env("SECRET", "the guest must not see this")
-            .env("WASM_HOST_CACHE_DIR", test_cache_dir())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -179,51 +174,27 @@ impl Drop for Host {
     }
 }
 
-/// Runs `wasm-host` to completion: its exit status, stdout and stderr.
-pub fn run_command(args: &[&str]) -> (ExitStatus, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
-        .args(args)
+/// The binary, with the environment every test wants: no colours, its own
+/// compile cache, and a secret the sandbox must keep from guests.
+fn wasm_host() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-host"));
+    command
+        .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .env("SECRET", "the guest must not see this")
         .env("WASM_HOST_CACHE_DIR", test_cache_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run wasm-host");
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `wasm-host` to completion: its exit status, stdout and stderr.
+pub fn run_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String, String) {
+    let output = wasm_host().args(args).output().expect("run wasm-host");
     (
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// Runs `wasm-host` with the given arguments until it exits (for start-up
-/// failures): its exit status and stderr.
-pub fn run_to_exit(args: &[&std::ffi::OsStr]) -> (ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start wasm-host");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            return (status, stderr);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wasm-host {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[derive(Debug)]
