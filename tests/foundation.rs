@@ -54,6 +54,7 @@ fn every_reference_row_matches_scikit_learn_through_both_endpoints() {
 
         let request = json!({
             "id": format!("row-{row}"),
+            "parameters": { "trace": row },
             "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32", "data": input }],
         });
         let oip = client
@@ -64,6 +65,7 @@ fn every_reference_row_matches_scikit_learn_through_both_endpoints() {
         let body = oip.json();
         assert_eq!(body["model_name"], "digits");
         assert_eq!(body["id"], format!("row-{row}"));
+        assert_eq!(body["parameters"]["trace"], row, "parameters pass through");
         let outputs = body["outputs"].as_array().unwrap();
         let by_name = |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap();
         assert_eq!(by_name("probabilities")["shape"], json!([1, 10]));

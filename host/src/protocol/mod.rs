@@ -33,6 +33,9 @@ pub struct Inference {
     /// Whether outputs not named in `outputs` come back as binary data
     /// (the request-level `binary_data_output` parameter).
     pub binary_outputs: bool,
+    /// Request-level parameters wasm-host does not act on, echoed in the
+    /// response.
+    pub parameters: serde_json::Map<String, Value>,
 }
 
 /// An output the client asked for, and in which form.

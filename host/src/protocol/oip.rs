@@ -39,12 +39,16 @@ struct RequestedOutputJson {
     parameters: Parameters,
 }
 
-/// The OIP parameters wasm-host acts on; others are accepted and ignored.
+/// The OIP parameters wasm-host acts on, and the others, which a request's
+/// top level passes through to its response (the contract gives models no
+/// parameters, so nothing else could act on them).
 #[derive(Deserialize, Default)]
 struct Parameters {
     binary_data_size: Option<u64>,
     binary_data: Option<bool>,
     binary_data_output: Option<bool>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 /// Decodes an Open Inference Protocol infer request. With the binary tensor
@@ -146,6 +150,7 @@ pub fn decode_infer(
         inputs: order_and_check(given, metadata)?,
         outputs,
         binary_outputs,
+        parameters: request.parameters.other,
     })
 }
 
@@ -246,12 +251,15 @@ pub fn encode_infer_response(
         model_version: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
+        #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+        parameters: &'a serde_json::Map<String, Value>,
         outputs: &'a [OipOutput<'a>],
     }
     let mut body = serde_json::to_vec(&Response {
         model_name: &metadata.name,
         model_version: &metadata.version,
         id: inference.id.as_deref(),
+        parameters: &inference.parameters,
         outputs: &selected,
     })
     .expect("serializing to memory cannot fail");

@@ -62,6 +62,7 @@ pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Api
         inputs: order_and_check(given, metadata)?,
         outputs: None,
         binary_outputs: false,
+        parameters: serde_json::Map::new(),
     })
 }
 
