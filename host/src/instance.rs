@@ -9,6 +9,7 @@
 //! responsive with every instance busy.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -142,11 +143,21 @@ impl Instance {
         let deadline = Instant::now() + timeout;
         self.store.data_mut().deadline = deadline;
         self.store.set_epoch_deadline(1);
-        let call = self
-            .bindings
-            .wasm_host_model_model()
-            .call_predict(&mut self.store, inputs);
-        let result = tokio::time::timeout_at(deadline.into(), call).await;
+        let result = {
+            let call = self
+                .bindings
+                .wasm_host_model_model()
+                .call_predict(&mut self.store, inputs);
+            let mut call = std::pin::pin!(call);
+            // Most calls finish in their first poll: only a call that yields
+            // (an epoch tick, a WASI wait) gets a timer. The profile showed
+            // the timer wheel's insert and removal on every request otherwise.
+            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => tokio::time::timeout_at(deadline.into(), call).await,
+            }
+        };
         let stderr = self.log_guest_output();
         match result {
             Err(_elapsed) => Err(Fault::Timeout(timeout)),
