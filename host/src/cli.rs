@@ -192,7 +192,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Longest a client may take to send a request's headers (slow clients cannot hold connections); also bounds keep-alive.
+    /// Longest a client may take to send a request's headers; a slow client is cut off within twice this. Also bounds keep-alive.
     #[arg(long, env = "WASM_HOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 

@@ -134,11 +134,20 @@ impl Connection {
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.app.config.header_timeout)
+            // Slow headers are cut off by the idle check below, not by hyper's
+            // header-read timer, which costs a timer-wheel update per request.
+            .header_read_timeout(None)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
-        let keep_alive = self.app.config.keep_alive;
+        // Between responses a connection is idle, whether the client says
+        // nothing (keep-alive) or trickles the next request's headers
+        // (slowloris): either way it may last the shorter of the two limits.
+        let idle_limit = self
+            .app
+            .config
+            .keep_alive
+            .min(self.app.config.header_timeout);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -152,10 +161,16 @@ impl Connection {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep(keep_alive / 4), if !closing => {
-                    if activity.idle_for() >= keep_alive {
-                        closing = true;
+                () = tokio::time::sleep(idle_limit / 4), if !closing => {
+                    if activity.idle_for() >= idle_limit {
+                        // Closes an idle connection at once; one that is
+                        // half-way through a request's headers waits for
+                        // them, so it gets one more idle period, then is cut.
                         connection.as_mut().graceful_shutdown();
+                        if tokio::time::timeout(idle_limit, connection.as_mut()).await.is_err() {
+                            tracing::debug!("closed a connection that sent its headers too slowly");
+                        }
+                        return;
                     }
                 }
             }
