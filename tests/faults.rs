@@ -256,3 +256,39 @@ fn guest_output_goes_to_the_host_log_tagged_and_bounded() {
         .collect();
     assert_eq!(distinct.len(), 2);
 }
+
+#[test]
+fn spinning_guests_do_not_stall_the_host() {
+    // As many spinning guests as the runtime has threads: each must yield on
+    // the epoch ticks, or nothing else could run.
+    let host = Host::start(
+        &guest("fault_model"),
+        &["--instances", "3", "--timeout", "2s"],
+    );
+    let addr = host.addr;
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .unwrap()
+                    .post_json(FAULT_INFER, &fault_action(2, 0))
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..5 {
+        let asked = Instant::now();
+        assert_eq!(host.get("/health").json()["instances"]["busy"], 2);
+        let answer = host.post_json(FAULT_INFER, &fault_action(0, n));
+        assert_eq!(fault_result(&answer), n);
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_millis(200),
+            "the host took {took:?} while guests spin"
+        );
+    }
+    for spinner in spinners {
+        assert_eq!(spinner.join().unwrap().status, 504);
+    }
+}
