@@ -13,17 +13,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wasm_host::cache::CompileCache;
 use wasm_host::contract::{Datatype, Tensor};
 use wasm_host::engine;
 use wasm_host::instance::Instance;
 use wasm_host::model::{self, Model};
 
-/// The digits model's math, compiled natively from the very file the guest
-/// compiles (it embeds its weights relative to itself), so the comparison is
-/// the same code on both sides of the sandbox.
-#[allow(dead_code, unused_imports)]
-#[path = "../../guest-model/src/mlp.rs"]
-mod mlp;
+/// The digits model's math, natively: the same crate the guest is built
+/// from, so the comparison is the same code on both sides of the sandbox.
+use guest_model::mlp;
 
 const MEMORY_LIMIT: usize = 64 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +80,7 @@ fn main() {
 
 const GUEST_PREDICT: &str = "predict, digits, 1 row: in the guest";
 const NATIVE_PREDICT: &str = "predict, digits, 1 row: native (same work)";
+const ECHO_PREDICT: &str = "predict, echo, 64 floats: in the guest (call cost)";
 const NATIVE_MATH: &str = "predict, digits, 1 row: native (math only)";
 
 struct Row {
@@ -116,10 +115,14 @@ fn show(d: Duration) -> String {
     }
 }
 
+/// A component built by `make guests`; `MICRO_WASM_DIR` points elsewhere
+/// (for example at guests built with other flags).
 fn component(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
-        .join(file);
+    let dir = std::env::var_os("MICRO_WASM_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"),
+        PathBuf::from,
+    );
+    let path = dir.join(file);
     assert!(
         path.exists(),
         "{} is missing: run `make guests` first",
@@ -193,15 +196,22 @@ async fn run(samples: usize) -> Vec<Row> {
         let (engine, linker) = (&engine, &linker);
         async move {
             Arc::new(
-                Model::load(engine, linker, &path, MEMORY_LIMIT)
-                    .await
-                    .unwrap_or_else(|err| panic!("cannot load {}: {err:#}", path.display())),
+                Model::load(
+                    engine,
+                    linker,
+                    &path,
+                    MEMORY_LIMIT,
+                    &CompileCache::new(None),
+                )
+                .await
+                .unwrap_or_else(|err| panic!("cannot load {}: {err:#}", path.display())),
             )
         }
     };
     let digits = load("guest_model.wasm").await;
     let fault = load("fault_model.wasm").await;
     let big = load("big_model.wasm").await;
+    let echo = load("echo_model.wasm").await;
     let mut rows = Vec::new();
 
     // predict: the guest against the same code natively, on one row.
@@ -236,6 +246,21 @@ async fn run(samples: usize) -> Vec<Row> {
         times.push(started.elapsed());
     }
     rows.push(Row::new(GUEST_PREDICT, times, CALLS_PER_SAMPLE));
+    drop(instance);
+
+    // The fixed cost of a guest call: the smallest model, the same 64 floats.
+    let mut instance = Instance::new(&engine, Arc::clone(&echo), 1, MEMORY_LIMIT, None)
+        .await
+        .expect("an echo instance");
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        for _ in 0..CALLS_PER_SAMPLE {
+            black_box(instance.predict(black_box(&inputs), TIMEOUT).await.unwrap());
+        }
+        times.push(started.elapsed());
+    }
+    rows.push(Row::new(ECHO_PREDICT, times, CALLS_PER_SAMPLE));
     drop(instance);
 
     let mut times = Vec::with_capacity(samples);
@@ -289,7 +314,7 @@ async fn run(samples: usize) -> Vec<Row> {
     let mut instance = Instance::new(&engine, Arc::clone(&fault), 0, MEMORY_LIMIT, None)
         .await
         .expect("a fault instance");
-    let (mut trap_times, mut replace_times) = (Vec::new(), Vec::new());
+    let (mut trap_times, mut drop_times, mut replace_times) = (Vec::new(), Vec::new(), Vec::new());
     for id in 1..=samples as u64 {
         let started = Instant::now();
         let trap = instance.predict(&panic, TIMEOUT).await.unwrap_err();
@@ -298,6 +323,7 @@ async fn run(samples: usize) -> Vec<Row> {
 
         let started = Instant::now();
         drop(instance);
+        drop_times.push(started.elapsed());
         instance = Instance::new(&engine, Arc::clone(&fault), id, MEMORY_LIMIT, None)
             .await
             .expect("a replacement");
@@ -306,6 +332,11 @@ async fn run(samples: usize) -> Vec<Row> {
     rows.push(Row::new(
         "trapping call (guest panic → Trap)",
         trap_times,
+        1,
+    ));
+    rows.push(Row::new(
+        "drop a trapped instance (its slot is reset)",
+        drop_times,
         1,
     ));
     rows.push(Row::new(

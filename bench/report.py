@@ -1,0 +1,583 @@
+"""Turns the raw results of bench/run.sh (target/bench/*.tsv) into the table
+it prints and into docs/benchmarks.md.
+
+    python3 bench/report.py target/bench docs/benchmarks.md ELAPSED_SECONDS
+"""
+
+import csv
+import os
+import sys
+
+OUT, DOC, ELAPSED = sys.argv[1], sys.argv[2], int(sys.argv[3])
+INFER, PREDICT = "/v2/models/digits/infer", "/predict"
+
+
+def tsv(name):
+    path = os.path.join(OUT, f"{name}.tsv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def machine():
+    with open(os.path.join(OUT, "machine.txt")) as f:
+        return dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+
+
+M = machine()
+THROUGHPUT = tsv("throughput")
+DENSITY = tsv("density")
+STARTUP = tsv("startup")
+MICRO = {r["name"]: r for r in tsv("micro")}
+MICRO_SCALAR = {r["name"]: r for r in tsv("micro-scalar")}
+
+
+# --- formatting ---------------------------------------------------------------
+
+
+def table(header, rows, align=None):
+    """A markdown table, padded so it also reads well in a terminal."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+
+    def line(cells):
+        padded = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2)) for w, a in zip(widths, align)) + "|"
+    return "\n".join([line([str(h) for h in header]), rule] + [line(r) for r in rows])
+
+
+def us(value):
+    """A latency in µs, shown in µs below 1 ms and in ms above."""
+    value = float(value)
+    return f"{value:.0f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
+
+
+def ns(value):
+    value = float(value)
+    return f"{value / 1000:.2f} µs" if value < 10_000 else f"{value / 1000:.1f} µs"
+
+
+def ratio(x):
+    return "–" if x is None else (f"{x:.2f}×" if x < 10 else f"{x:.1f}×")
+
+
+def mib(kb):
+    return f"{int(kb) / 1024:.1f} MiB"
+
+
+# --- throughput ---------------------------------------------------------------
+
+
+def find(contender_prefix, endpoint, connections):
+    for r in THROUGHPUT:
+        if r["contender"].startswith(contender_prefix) and r["endpoint"] == endpoint and r["connections"] == str(connections):
+            return r
+    return None
+
+
+def rps(r):
+    return float(r["rps"]) if r else None
+
+
+def disturbed():
+    """Rows during which other work took more than a tenth of the machine."""
+    cores = int(M["nproc"])
+    return [r for r in THROUGHPUT if float(r["other_cpu_s"]) > 0.1 * cores * float(r["seconds"])]
+
+
+def disturbed_note():
+    rows = disturbed()
+    if not rows:
+        return ("Other work on the machine took less than a tenth of its CPU during every run (*others* = "
+                "machine busy time − server − wrk, from /proc/stat).")
+    listed = "; ".join(f"{r['contender']} {r['endpoint']} c={r['connections']}: {float(r['other_cpu_s']):.1f} s"
+                       for r in rows)
+    return (f"**Warning: other work on the machine took more than a tenth of its CPU during {len(rows)} run(s)** "
+            f"({listed}); those figures are low. Rerun `make bench` on a quiet machine.")
+
+
+def throughput_rows():
+    rows = []
+    for r in THROUGHPUT:
+        native = find("native", r["endpoint"], r["connections"])
+        gunicorn = find("gunicorn", PREDICT, r["connections"])
+        vs_native = rps(r) / rps(native) if native else None
+        vs_gunicorn = rps(r) / rps(gunicorn) if gunicorn else None
+        cpu_per_request = float(r["cpu_s"]) / int(r["requests"]) * 1e6
+        errors = int(r["errors"])
+        rows.append(
+            [
+                r["contender"],
+                "/v2 infer" if r["endpoint"] == INFER else r["endpoint"],
+                r["connections"],
+                f"{float(r['rps']):,.0f}" + (f" ({errors} errors)" if errors else ""),
+                us(r["p50_us"]),
+                us(r["p99_us"]),
+                f"{float(r['cpu_s']):.2f} s",
+                f"{cpu_per_request:.0f} µs",
+                f"{float(r['wrk_cpu_s']):.2f} s",
+                mib(r["hwm_kb"]),
+                ratio(vs_native),
+                ratio(vs_gunicorn),
+            ]
+        )
+    return rows
+
+
+THROUGHPUT_HEADER = [
+    "contender",
+    "endpoint",
+    "conns",
+    "req/s",
+    "p50",
+    "p99",
+    "server CPU",
+    "CPU/req",
+    "wrk CPU",
+    "peak RSS",
+    "vs native",
+    "vs gunicorn",
+]
+
+
+# --- targets ------------------------------------------------------------------
+
+HOST_PREFIX = THROUGHPUT[0]["contender"] if THROUGHPUT and THROUGHPUT[0]["contender"].startswith("wasm-host") else "wasm-host"
+TOP_C = max((int(r["connections"]) for r in THROUGHPUT), default=64)
+
+
+def micro(name, scalar=False):
+    row = (MICRO_SCALAR if scalar else MICRO).get(name)
+    return float(row["median_ns"]) if row else None
+
+
+GUEST = "predict, digits, 1 row: in the guest"
+ECHO = "predict, echo, 64 floats: in the guest (call cost)"
+NATIVE = "predict, digits, 1 row: native (same work)"
+NATIVE_MATH = "predict, digits, 1 row: native (math only)"
+REPLACE = "replace after a trap (drop + instantiate)"
+TRAP = "trapping call (guest panic → Trap)"
+INSTANTIATE = "instantiate, digits (130 KiB component)"
+
+
+def density_connections():
+    return DENSITY[0]["connections"] if DENSITY else "?"
+
+
+def density_rows_text():
+    rows = int(DENSITY[0]["rows"]) if DENSITY else 1
+    return "one row (1024 floats)" if rows == 1 else f"{rows} rows ({rows} × 1024 floats)"
+
+
+def per_instance_note():
+    one, many, booted = density(1), density(64), density(1, "booted")
+    if not (one and many and booted):
+        return ""
+    extra = (int(many["pss_kb"]) - int(one["pss_kb"])) / 63
+    anon = (int(many["pss_anon_kb"]) - int(one["pss_anon_kb"])) / 63
+    load = (int(one["pss_anon_kb"]) - int(booted["pss_anon_kb"])) / 1024
+    return (
+        f" Between 1 and 64 instances under the same load, PSS grows by about {extra:.0f} KiB per instance "
+        f"({anon:.0f} KiB of it anonymous): each instance's own linear-memory pages (its stack, the heap its "
+        "requests used, the statics it wrote) and the host's per-instance state; W is counted once. The load "
+        f"itself ({density_connections()} connections and the requests waiting on them) takes about {load:.0f} MiB "
+        "of anonymous memory in every run, which is part of the 1-instance figure too; with it left out "
+        f"(booted process + one copy of W + {extra:.0f} KiB per instance), 64 instances would cost "
+        f"{(int(booted['pss_kb']) + 16384 + 64 * extra) / (int(booted['pss_kb']) + 16384 + extra):.2f}× one."
+    )
+
+
+def density(n, state="under load"):
+    for r in DENSITY:
+        if r["instances"] == str(n) and r["state"] == state:
+            return r
+    return None
+
+
+def startup(prefix):
+    for r in STARTUP:
+        if r["case"].startswith(prefix) and r["median_ms"]:
+            return r
+    return None
+
+
+def targets():
+    """(target, measured, met, what bounds it) for each target of the issue."""
+    out = []
+    host = find(HOST_PREFIX, INFER, TOP_C)
+    native = find("native", INFER, TOP_C)
+    gunicorn = find("gunicorn", PREDICT, TOP_C)
+    if host and native and gunicorn:
+        vn, vg = rps(host) / rps(native), rps(host) / rps(gunicorn)
+        met = vn >= 0.85 and vg >= 10
+        cpu_host = float(host["cpu_s"]) / int(host["requests"]) * 1e6
+        cpu_native = float(native["cpu_s"]) / int(native["requests"]) * 1e6
+        bound = ""
+        if vn < 0.85:
+            guest, native_predict, echo = micro(GUEST), micro(NATIVE), micro(ECHO)
+            split = ""
+            if guest and native_predict and echo:
+                math = (guest - echo - native_predict) / 1000
+                split = (
+                    f": about {math:.0f} µs of it is the model's math running slower in Wasm, {echo / 1000:.0f} µs "
+                    f"the guest call itself, and the rest timers, wake-ups and wasmtime's bookkeeping (analysis below)"
+                )
+            bound = (
+                f"server CPU per request: {cpu_host:.0f} µs against the ceiling's {cpu_native:.0f} µs, on 2 cores "
+                f"shared with wrk; the extra {cpu_host - cpu_native:.0f} µs{split}"
+            )
+        if vg < 10:
+            bound += ("; " if bound else "") + "gunicorn is closer than 10× at this concurrency"
+        out.append(
+            (
+                f"/v2 infer at {TOP_C} connections ≥ 0.85× native and ≥ 10× gunicorn",
+                f"{ratio(vn)} native, {ratio(vg)} gunicorn ({float(host['rps']):,.0f} req/s)",
+                met,
+                bound,
+            )
+        )
+    if host:
+        p99 = float(host["p99_us"])
+        met = p99 <= 2000
+        bound = ""
+        if not met:
+            mean = TOP_C / rps(host) * 1e6
+            bound = (
+                f"queueing on 2 cores shared with wrk: {TOP_C} requests always in flight put the mean latency at "
+                f"{TOP_C} / {float(host['rps']):,.0f} req/s = {us(mean)} (Little's law), so a 2 ms p99 would need "
+                f"almost no spread around the mean, while the scheduler's time slices between wrk's and the server's "
+                f"threads add milliseconds to the tail"
+                + (f"; the native ceiling's p99 at {TOP_C} connections is {us(native['p99_us'])}" if native else "")
+            )
+        out.append((f"p99 at {TOP_C} connections ≤ 2 ms", f"{us(p99)} (p50 {us(host['p50_us'])})", met, bound))
+    replace = micro(REPLACE)
+    if replace is not None:
+        met = replace <= 50_000
+        instantiate = micro(INSTANTIATE)
+        bound = (
+            ""
+            if met
+            else f"instantiation alone is {ns(instantiate)}; the rest is tearing down the trapped store"
+        )
+        out.append(("instance replacement after a trap ≤ 50 µs", f"{ns(replace)} (median)", met, bound))
+    guest, native_predict = micro(GUEST), micro(NATIVE)
+    if guest and native_predict:
+        r = guest / native_predict
+        met = r <= 2
+        echo, scalar = micro(ECHO), micro(GUEST, scalar=True)
+        bound = ""
+        if not met:
+            bound = (
+                f"the call alone (echo model, same input) costs {ns(echo)}, "
+                f"{echo / native_predict:.1f}× the whole native predict; the MLP itself then takes about "
+                f"{ns(guest - echo)} in Wasm against {ns(micro(NATIVE_MATH))} natively"
+                + (f" (without WebAssembly SIMD the guest predict takes {ns(scalar)})" if scalar else "")
+            )
+        out.append(("guest predict ≤ 2× native", f"{ratio(r)} ({ns(guest)} vs {ns(native_predict)})", met, bound))
+    one, many = density(1), density(64)
+    if one and many:
+        r = int(many["pss_kb"]) / int(one["pss_kb"])
+        rss = int(many["vmrss_kb"]) / int(one["vmrss_kb"])
+        served = int(many["served_by"])
+        met = r <= 1.5 and served >= 64
+        extra = (int(many["pss_kb"]) - int(one["pss_kb"])) / 63
+        bound = ""
+        if served < 64:
+            bound = f"only {served} of the 64 instances served a request, so the figure says little"
+        elif not met:
+            bound = f"each further instance adds about {extra:.0f} KiB of its own (heap, stack, statics, store)"
+        out.append(
+            (
+                "64 instances ≤ 1.5× the memory of 1",
+                f"{ratio(r)} by PSS ({mib(one['pss_kb'])} → {mib(many['pss_kb'])}); {ratio(rss)} by RSS",
+                met,
+                bound,
+            )
+        )
+    cached = startup("guest_model, cache warm")
+    if cached:
+        ms = float(cached["median_ms"])
+        out.append(("start-up to ready ≤ 100 ms with the cache", f"{ms:.1f} ms (median)", ms <= 100, ""))
+    else:
+        out.append(("start-up to ready ≤ 100 ms with the cache", "not measured: this wasm-host has no --cache-dir", False, ""))
+    return out
+
+
+# --- the report ---------------------------------------------------------------
+
+
+def density_rows():
+    base = density(1, "under load")
+    rows = []
+    for r in DENSITY:
+        rows.append(
+            [
+                r["instances"],
+                r["state"],
+                r["served_by"] if r["state"] == "under load" else "",
+                mib(r["vmrss_kb"]),
+                mib(r["vmhwm_kb"]),
+                mib(r["pss_kb"]),
+                f"{mib(r['pss_anon_kb'])} / {mib(r['pss_file_kb'])} / {mib(r['pss_shmem_kb'])}",
+                ratio(int(r["vmrss_kb"]) / int(base["vmrss_kb"])) if base and r["state"] == "under load" else "",
+                ratio(int(r["pss_kb"]) / int(base["pss_kb"])) if base and r["state"] == "under load" else "",
+            ]
+        )
+    return rows
+
+
+def micro_rows():
+    rows = []
+    for name, r in MICRO.items():
+        scalar = MICRO_SCALAR.get(name)
+        rows.append(
+            [name, ns(r["median_ns"]), ns(r["p10_ns"]), ns(r["p90_ns"])]
+            + ([ns(scalar["median_ns"]) if scalar else ""] if MICRO_SCALAR else [])
+        )
+    return rows
+
+
+def headline():
+    lines = []
+    if disturbed():
+        lines.append("- **Other work on the machine disturbed some runs (see below): rerun on a quiet machine.**")
+    host, native, gunicorn = find(HOST_PREFIX, INFER, TOP_C), find("native", INFER, TOP_C), find("gunicorn", PREDICT, TOP_C)
+    if host and native:
+        text = (
+            f"- **{ratio(rps(host) / rps(native))} the native ceiling**"
+            + (f" and **{ratio(rps(host) / rps(gunicorn))} gunicorn**" if gunicorn else "")
+            + f": wasm-host's `/v2/models/digits/infer` at {TOP_C} connections "
+            f"({float(host['rps']):,.0f} req/s; p99 {us(host['p99_us'])})."
+        )
+        lines.append(text)
+    one, many = density(1), density(64)
+    if one and many:
+        lines.append(
+            f"- **{ratio(int(many['pss_kb']) / int(one['pss_kb']))} the memory of one instance for 64** instances of a "
+            f"model with 16 MiB of weights, by PSS ({mib(one['pss_kb'])} → {mib(many['pss_kb'])}); "
+            f"RSS, which counts the shared weights once per instance, says {ratio(int(many['vmrss_kb']) / int(one['vmrss_kb']))}."
+        )
+    if micro(REPLACE):
+        lines.append(
+            f"- **{ns(micro(REPLACE))}** to replace an instance after a trap "
+            f"(instantiation alone {ns(micro(INSTANTIATE))})."
+        )
+    if micro(GUEST) and micro(NATIVE):
+        lines.append(
+            f"- **{ratio(micro(GUEST) / micro(NATIVE))} native** for one digits `predict` inside the sandbox "
+            f"({ns(micro(GUEST))} against {ns(micro(NATIVE))}), of which {ns(micro(ECHO))} is the call itself."
+        )
+    cached, uncached = startup("guest_model, cache warm"), startup("guest_model, no cache")
+    if cached or uncached:
+        parts = []
+        if cached:
+            parts.append(f"**{float(cached['median_ms']):.1f} ms** from spawn to ready with the compiled model cached")
+        if uncached:
+            parts.append(f"{float(uncached['median_ms']):.0f} ms compiling it")
+        lines.append("- " + ", ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def command():
+    knobs = [
+        f"BENCH_SECONDS={M['seconds']}",
+        f'BENCH_CONNECTIONS="{M["connections"]}"',
+        f'BENCH_INSTANCES="{M["instances"]}"',
+        f'BENCH_DENSITY="{M["density"]}"',
+        f"BENCH_STARTUP_RUNS={M['startup_runs']}",
+        f"BENCH_MICRO_SAMPLES={M['micro_samples']}",
+    ]
+    return "make bench    # = bench/run.sh with the defaults:\n              # " + " ".join(knobs)
+
+
+def write_doc(target_rows):
+    def verdict(met):
+        return "**met**" if met else "**not met**"
+
+    machine_rows = [
+        ["cores (`nproc`)", M["nproc"]],
+        ["CPU (/proc/cpuinfo)", M["cpu"]],
+        ["kernel", M["kernel"]],
+        ["memory", f"{M['memory_gib']} GiB"],
+        ["load average before the run", M.get("loadavg", "?")],
+        ["rustc", M["rustc"]],
+        ["load generator", f"{M['wrk']} (same machine, same cores)"],
+        ["Python", M["python"] + (f"; {M['python_packages'].strip()}" if M.get("python_packages") else "")],
+        ["commit", M["commit"]],
+        ["date", M["date"]],
+    ]
+    sections = [
+        "# Benchmarks",
+        "",
+        "What `make bench` measured on this project's development machine: how close wasm-host comes to the same "
+        "model served natively, how far it leaves the gunicorn + uvicorn + numpy stack users know, how little N "
+        "instances cost, and how fast faults are absorbed. Every figure comes from one run of one command; "
+        "the file is written by `bench/report.py` from the raw results in `target/bench/`, so rerun "
+        "`make bench` rather than editing it.",
+        "",
+        "## Headline",
+        "",
+        headline(),
+        "",
+        "## Targets (issue 4)",
+        "",
+        table(
+            ["target", "measured", "verdict", "what bounds it"],
+            [[t, m, verdict(ok), b] for t, m, ok, b in target_rows],
+            ["l", "l", "l", "l"],
+        ),
+        "",
+        "## The machine and the command",
+        "",
+        table(["", ""], machine_rows, ["l", "l"]),
+        "",
+        "```sh\n" + command() + "\n```",
+        "",
+        f"`bench/run.sh` took {ELAPSED // 60} min {ELAPSED % 60} s, {M.get('build_seconds', '?')} s of it building "
+        "(cargo rebuilds only what changed; a clean checkout adds a few minutes of compiling on 2 cores). "
+        "Shorter smoke runs: "
+        "`BENCH_SECONDS=1 BENCH_STARTUP_RUNS=2 BENCH_MICRO_SAMPLES=21 make bench`; the knobs are listed at the top "
+        "of `bench/run.sh`.",
+        "",
+        "**The load generator shares the 2 cores with the server.** wrk needs CPU for every request it sends, so "
+        "on this machine req/s is bounded by server CPU + wrk CPU per request, not by the server alone. That "
+        "is why the *server CPU per request* column matters: it is what a server would cost on a machine of "
+        "its own. Ratios compare contenders under the same handicap, in the same run.",
+        "",
+        "## Throughput and latency",
+        "",
+        table(THROUGHPUT_HEADER, throughput_rows()),
+        "",
+        disturbed_note(),
+        "",
+        "- *req/s, p50, p99*: from wrk (`--latency`), "
+        f"{M['seconds']} s per run after a 1 s warm-up, `-t1` at 1 connection and `-t2` above; a keep-alive "
+        "connection posts the same body again and again (`bench/wrk/post.lua`). The body is row 0 of "
+        "`guest-model/weights/digits_reference.json` (64 floats); every contender's answer to it is checked "
+        "against scikit-learn's before it is measured.",
+        "- *server CPU*: utime + stime of the server's whole process tree during the run (gunicorn's master and "
+        "workers), from /proc/PID/stat before and after; *CPU/req* divides it by the requests served.",
+        "- *wrk CPU*: the load generator's own CPU time during the run (bash `time`), taken from the same 2 cores.",
+        "- *peak RSS*: VmHWM summed over the process tree.",
+        "- *vs native*: req/s over the native ceiling's at the same endpoint and concurrency; *vs gunicorn*: over "
+        "gunicorn's `/predict` at the same concurrency.",
+        "",
+        "The contenders, each started, measured and stopped (by PID) one after the other:",
+        "",
+        f"- **wasm-host**: `target/release/wasm-host --instances N --bind 127.0.0.1:PORT "
+        f"target/wasm32-wasip2/release/guest_model.wasm`, N = {M['instances']} (the machine's cores: "
+        f"{M['nproc']}), with `--cache-dir target/bench/cache`.",
+        "- **native ceiling**: `bench/native-ceiling`, the same two endpoints on the same HTTP stack (hyper 1 "
+        "HTTP/1.1 keep-alive on a tokio multi-thread runtime, TCP_NODELAY) and the same codec "
+        "(`wasm_host::protocol`), calling the model's math (`guest_model::mlp`) natively. The gap between it "
+        "and wasm-host is what the sandbox and the instance pool cost.",
+        "- **gunicorn**: `gunicorn -w 4 -k uvicorn.workers.UvicornWorker app:app` running `bench/gunicorn/app.py`, "
+        "a FastAPI app with the same MLP in numpy (float32, relu, relu, softmax, weights from "
+        "`guest-model/weights/digits_mlp.bin`), in `bench/.venv`. `-w 4` is the tutorial's setting, kept as it "
+        f"is on this {M['nproc']}-core machine. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for it.",
+        "",
+        "## Density: N instances of a model with 16 MiB of weights",
+        "",
+        "`examples/big-model` computes y = x·W with W a 1024 × 4096 f32 matrix (16 MiB), generated by its "
+        "build.rs and embedded with `include_bytes!`, so W sits in the component's data segment and `predict` "
+        "reads it in place. wasm-host runs it with `--instances N --memory-limit 64MiB`; wrk then posts "
+        f"{density_rows_text()} per request on {density_connections()} connections for 3 s, the same load for "
+        "every N, so that every instance serves requests and reads all of W (*served by* counts the distinct "
+        "`x-instance-id`s seen), and /proc/PID is read 2 s in, under load. *booted* is the same process before "
+        "any request. The compiled model comes from the cache, as on any restart.",
+        "",
+        "The batch is the smallest of 1, 2, 4, 8, 16 rows with which all the instances of the largest N served "
+        "a request in a 2 s trial: the pool hands out the instance returned last, and a call keeps its thread "
+        "until it yields at an epoch tick (every 5 ms), so calls shorter than that leave most instances idle "
+        "however many requests wait. Bigger batches make each instance's heap bigger, which shows in *anon*.",
+        "",
+        table(
+            ["instances", "state", "served by", "VmRSS", "VmHWM", "PSS", "PSS anon / file / shmem", "RSS vs 1", "PSS vs 1"],
+            density_rows(),
+            ["r", "l", "r", "r", "r", "r", "r", "r", "r"],
+        ),
+        "",
+        "**Why PSS and not RSS.** Every instance maps W from one copy-on-write image (wasmtime's pooling allocator "
+        "with memory images; with the compiled-artifact cache the image is the cached file itself, hence "
+        "*file* pages, without it a memfd, *shmem*). A page mapped into 64 instances' linear memories is one page "
+        "of physical memory, but RSS counts it once per mapping, 64 times, so RSS grows by 16 MiB per "
+        "instance that touched W and reports about a gigabyte that does not exist. PSS (Pss in "
+        "/proc/PID/smaps_rollup) divides each page by the number of mappings that share it, so the 64 mappings "
+        "add up to one copy: it is the honest figure for what N instances cost, and RSS is shown to make the "
+        "point. What does grow with N is each instance's own memory (*anon*)."
+        + per_instance_note(),
+        "",
+        "This machine (a VM) runs DAMON-based reclaim (`kdamond`, action `pageout`), which unmaps memory "
+        "that stays idle for a few seconds: figures read after traffic stops can drop, which is why they are "
+        "read under load. VmHWM is the peak since start, so it includes the start-up transient.",
+        "",
+        "## Start-up to ready",
+        "",
+        table(
+            ["case", "median", "runs"],
+            [
+                [r["case"], f"{float(r['median_ms']):.1f} ms" if r["median_ms"] else "not measured", r["runs_ms"].replace(" ", ", ") + (" ms" if r["runs_ms"] else "")]
+                for r in STARTUP
+            ],
+            ["l", "r", "l"],
+        ),
+        "",
+        f"Time from spawning `wasm-host --instances 2` to its first 200 on `GET /v2/health/ready` "
+        f"(`bench/startup.py`, median of {M['startup_runs']} runs, each server stopped by PID). *cache warm* uses "
+        "`--cache-dir` after one run has filled it; *no cache* compiles with Cranelift every time (`--no-cache`).",
+        "",
+        "## Micro-benchmarks",
+        "",
+        "`cargo bench -p wasm-host --bench micro` (`host/benches/micro.rs`): timing loops over the library API "
+        f"(`engine::build`, `model::Model::load`, `instance::Instance`), {M['micro_samples']} samples each; "
+        "predict samples time 200 calls each."
+        + (
+            " The guests are built with WebAssembly SIMD (`.cargo/config.toml`); the last column reruns the "
+            "benchmarks with the same guests built without it (`-C target-feature=-simd128`, into "
+            "target/bench/scalar-target)."
+            if MICRO_SCALAR
+            else ""
+        ),
+        "",
+        table(["micro-benchmark", "median", "p10", "p90"] + (["median, no SIMD"] if MICRO_SCALAR else []), micro_rows()),
+        "",
+        "- *in the guest*: `Instance::predict` on the digits model, one row: the host lowers the tensor into the "
+        "instance's memory, the guest decodes it, runs the MLP, encodes the outputs, and the host lifts them back.",
+        "- *native (same work)*: the same decode, MLP and encode in plain Rust, compiled from the guest's own "
+        "`guest-model/src/mlp.rs`; *math only*: `Mlp::predict_batch` alone.",
+        "- *echo*: the smallest model with the same input: what a guest call costs before any math.",
+        "- *trapping call*: the fault model's kind 1 (a panic: the guest formats its message, writes it to "
+        "stderr and aborts), until `predict` returns the fault.",
+        "- *drop a trapped instance*, *replace after a trap*: drop the instance whose call trapped, alone and "
+        "then followed by instantiating a fresh one in its slot, which is what the pool does off the request's "
+        "path.",
+        "",
+    ]
+    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            sections += [f.read().rstrip(), ""]
+    os.makedirs(os.path.dirname(DOC) or ".", exist_ok=True)
+    with open(DOC, "w") as f:
+        f.write("\n".join(sections))
+
+
+def main():
+    rows = targets()
+    print()
+    print(table(THROUGHPUT_HEADER, throughput_rows()))
+    print()
+    if disturbed():
+        print(disturbed_note())
+        print()
+    for target, measured, met, bound in rows:
+        print(f"{'MET    ' if met else 'NOT MET'}  {target}: {measured}" + (f"  [{bound}]" if bound else ""))
+    write_doc(rows)
+    print(f"\nwrote {DOC} ({ELAPSED // 60} min {ELAPSED % 60} s)")
+
+
+main()

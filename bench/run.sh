@@ -1,0 +1,528 @@
+#!/usr/bin/env bash
+# The benchmark behind docs/benchmarks.md: `make bench` (or bench/run.sh).
+#
+# From a clean checkout it installs what it needs (wrk, a Python venv with the
+# tutorial's gunicorn stack), builds the host, the guests and the native
+# ceiling, then runs one after the other, on 127.0.0.1 only:
+#   1. throughput and latency: wrk against wasm-host, the native ceiling and
+#      gunicorn + uvicorn + numpy, at each concurrency;
+#   2. density: wasm-host's memory with 1, 8 and 64 instances of a model with
+#      16 MiB of weights;
+#   3. start-up to ready, with and without the compiled-artifact cache;
+#   4. micro-benchmarks (cargo bench -p wasm-host --bench micro);
+# and finally prints the table and writes docs/benchmarks.md
+# (bench/report.py). Every server is started, measured and stopped by its PID.
+#
+# Knobs (environment), for a quick smoke run or a bigger machine:
+#   BENCH_SECONDS=5          seconds per wrk run
+#   BENCH_CONNECTIONS="1 16 64"
+#   BENCH_INSTANCES="2 N"    wasm-host --instances values (default 2, and nproc if different)
+#   BENCH_DENSITY="1 8 64"   instance counts for the memory runs
+#   BENCH_STARTUP_RUNS=5     runs per start-up figure (the median is reported)
+#   BENCH_MICRO_SAMPLES=201  samples per micro-benchmark
+#   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
+#   BENCH_GUNICORN=1         0: skip gunicorn
+#   BENCH_BUILD=1            0: use what is already built (target/release)
+#   BENCH_ONLY="throughput density startup micro"   run only some parts (the report
+#                            then uses the last results of the others, in target/bench/)
+#   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
+#                            before each measurement (0: do not wait)
+#   BENCH_PORT=18080         first of the ports used
+#   BENCH_DOC=docs/benchmarks.md  where the report goes
+# Raw results and every server's log land in target/bench/.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+CONNECTIONS=${BENCH_CONNECTIONS:-"1 16 64"}
+NPROC=$(nproc)
+if [[ -z ${BENCH_INSTANCES:-} ]]; then
+    BENCH_INSTANCES=2
+    [[ $NPROC != 2 ]] && BENCH_INSTANCES="2 $NPROC"
+fi
+DENSITY=${BENCH_DENSITY:-"1 8 64"}
+STARTUP_RUNS=${BENCH_STARTUP_RUNS:-5}
+MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
+SCALAR=${BENCH_SCALAR:-1}
+GUNICORN=${BENCH_GUNICORN:-1}
+BUILD=${BENCH_BUILD:-1}
+ONLY=${BENCH_ONLY:-"throughput density startup micro"}
+PORT=${BENCH_PORT:-18080}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
+DOC=${BENCH_DOC:-docs/benchmarks.md}
+
+OUT=target/bench
+WASM=target/wasm32-wasip2/release
+HOST=target/release/wasm-host
+CEILING=target/release/native-ceiling
+VENV=bench/.venv
+LUA=bench/wrk/post.lua
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# --- what the run needs -----------------------------------------------------
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    if ! command -v python3 >/dev/null; then
+        missing+=(python3 python3-venv)
+    elif [[ $GUNICORN == 1 ]] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        missing+=(python3-venv) # Debian's python3 comes without ensurepip
+    fi
+    [[ ${#missing[@]} == 0 ]] && return
+    say "installing ${missing[*]} (Debian packages)"
+    if [[ $(id -u) != 0 ]]; then
+        die "missing ${missing[*]}: run 'sudo apt-get install ${missing[*]}' and try again"
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build() {
+    say "building the guests, the host, the native ceiling and the micro-benchmarks"
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+    cargo build --release --target wasm32-wasip2 \
+        -p guest-model -p fault-model -p echo-model -p big-model
+    cargo build --release -p wasm-host -p native-ceiling
+    cargo bench -p wasm-host --bench micro --no-run
+    if [[ $SCALAR == 1 ]]; then
+        # The same guests without WebAssembly SIMD (.cargo/config.toml turns
+        # it on; a later -simd128 turns it off), in a target dir of their own.
+        CARGO_TARGET_DIR=$OUT/scalar-target \
+            CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="-C target-feature=-simd128" \
+            cargo build --release --target wasm32-wasip2 \
+            -p guest-model -p fault-model -p echo-model -p big-model
+    fi
+}
+
+setup_venv() {
+    if [[ ! -x $VENV/bin/gunicorn ]] || ! $VENV/bin/python -c 'import fastapi, numpy, uvicorn' 2>/dev/null; then
+        say "installing gunicorn, uvicorn, fastapi and numpy into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/gunicorn/requirements.txt
+    fi
+}
+
+# Request bodies, all from row 0 of the reference inputs (64 floats, scaled).
+write_bodies() {
+    python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+row = json.load(open("guest-model/weights/digits_reference.json"))["inputs"][0]
+json.dump({"inputs": [row]}, open(f"{out}/predict.json", "w"))
+json.dump({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": row}]},
+          open(f"{out}/infer.json", "w"))
+# The density runs' bodies: 1, 2, 4, 8 or 16 rows of 1024 floats for the big model.
+for rows in (1, 2, 4, 8, 16):
+    big = [[round(((i + k) % 97) / 97, 4) for i in range(1024)] for k in range(rows)]
+    json.dump({"inputs": big}, open(f"{out}/big-{rows}.json", "w"))
+PY
+}
+
+# --- processes ----------------------------------------------------------------
+
+# The PID and its descendants (gunicorn's workers are children of its master).
+tree() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        tree "$child"
+    done
+}
+
+# utime + stime of the whole tree, in clock ticks.
+cpu_ticks() {
+    local total=0 pid stat fields
+    for pid in $(tree "$1"); do
+        stat=$(cat /proc/"$pid"/stat 2>/dev/null) || continue
+        # Fields after the command name, which may hold spaces: utime and
+        # stime are the 14th and 15th fields of the line, so the 12th and 13th here.
+        read -r -a fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# A /proc/PID/status field (kB), summed over the tree.
+status_kb() {
+    local field=$1 total=0 pid value
+    for pid in $(tree "$2"); do
+        value=$(awk -v f="$field:" '$1 == f { print $2 }' /proc/"$pid"/status 2>/dev/null || true)
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+
+SERVER=""
+start() { # start LOG COMMAND...: runs a server in the background; its PID in SERVER
+    local log=$1
+    shift
+    "$@" >"$log" 2>&1 &
+    SERVER=$!
+}
+
+wait_ready() { # wait_ready URL LOG
+    local deadline=$((SECONDS + 60))
+    until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+        kill -0 "$SERVER" 2>/dev/null || die "the server exited before it was ready; see $2"
+        ((SECONDS < deadline)) || die "the server was not ready within 60 s; see $2"
+        sleep 0.05
+    done
+}
+
+stop() { # stop: TERM the server started last, KILL it after 15 s
+    [[ -n $SERVER ]] || return 0
+    kill -TERM "$SERVER" 2>/dev/null || true
+    for _ in $(seq 150); do
+        kill -0 "$SERVER" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=""
+}
+trap stop EXIT
+
+# Checks a server's answer for row 0 against scikit-learn's reference.
+check_answer() { # check_answer NAME URL BODY
+    local answer
+    answer=$(curl -fsS "$2" -H 'Content-Type: application/json' --data-binary @"$3") \
+        || die "$1: request to $2 failed"
+    python3 - "$1" "$answer" <<'PY' || die "$1 does not answer what the reference says"
+import json, sys
+name, answer = sys.argv[1], json.loads(sys.argv[2])
+reference = json.load(open("guest-model/weights/digits_reference.json"))
+want_p, want_label = reference["probabilities"][0], reference["predicted_labels"][0]
+if "model_name" in answer:  # Open Inference Protocol
+    outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+    probabilities, label = outputs["probabilities"], outputs["label"][0]
+elif "outputs" in answer:  # wasm-host's /predict
+    probabilities, label = answer["outputs"]["probabilities"][0], answer["prediction"]
+else:  # the gunicorn app
+    probabilities, label = answer["probabilities"][0], answer["prediction"][0]
+error = max(abs(a - b) for a, b in zip(probabilities, want_p))
+assert label == want_label and error < 1e-5, (label, want_label, error)
+print(f"    {name}: label {label}, max |p - reference| = {error:.1e}", file=sys.stderr)
+PY
+}
+
+# --- 1. throughput and latency ------------------------------------------------
+
+# One wrk run per concurrency against the server started last; appends rows
+# to throughput.tsv.
+load() { # load CONTENDER ENDPOINT URL BODY
+    local contender=$1 endpoint=$2 url=$3 body=$4 c threads before after machine_before machine_after line log
+    WRK_BODY=$body wrk -t1 -c1 -d1s -s "$LUA" "$url" >/dev/null # warm-up
+    for c in $CONNECTIONS; do
+        threads=2
+        ((c < 2)) && threads=1
+        log="$OUT/wrk-${contender// /_}-${endpoint//\//_}-c$c.txt"
+        wait_quiet
+        before=$(cpu_ticks "$SERVER")
+        machine_before=$(machine_busy_ticks)
+        # bash's `time` gives wrk's own CPU (user and system seconds).
+        { TIMEFORMAT='%U %S' && time WRK_BODY=$body wrk -t"$threads" -c"$c" -d"${SECONDS_PER_RUN}s" \
+            --latency -s "$LUA" "$url" >"$log"; } 2>"$log.time"
+        after=$(cpu_ticks "$SERVER")
+        machine_after=$(machine_busy_ticks)
+        line=$(grep '^BENCH ' "$log") || die "no result from wrk; see $log"
+        python3 - "$contender" "$endpoint" "$c" "$threads" "$((after - before))" \
+            "$((machine_after - machine_before))" "$(cat "$log.time")" \
+            "$(status_kb VmHWM "$SERVER")" "${line#BENCH }" >>"$OUT/throughput.tsv" <<'PY'
+import json, os, sys
+contender, endpoint, c, t, ticks, machine_ticks, wrk_times, hwm, result = sys.argv[1:]
+r = json.loads(result)
+tick = os.sysconf("SC_CLK_TCK")
+cpu, machine = int(ticks) / tick, int(machine_ticks) / tick
+wrk = sum(float(x) for x in wrk_times.split())
+# What neither the server nor wrk used: other work on the machine (the
+# kernel's network processing is mostly charged to the two of them).
+others = max(0.0, machine - cpu - wrk)
+print("\t".join(map(str, [contender, endpoint, c, t, r["requests"], r["seconds"], r["rps"],
+                          r["p50_us"], r["p99_us"], r["errors"], f"{cpu:.2f}", hwm,
+                          f"{wrk:.2f}", f"{others:.2f}"])))
+print(f"    {contender:<22} {endpoint:<24} c={c:<3} {r['rps']:>9.0f} req/s  p50 {r['p50_us']:>6} µs"
+      f"  p99 {r['p99_us']:>6} µs  cpu {cpu:5.2f} s  wrk {wrk:5.2f} s  others {others:5.2f} s"
+      f"  errors {r['errors']}", file=sys.stderr)
+PY
+    done
+}
+
+# Busy clock ticks of the whole machine so far (user, nice, system, irq,
+# softirq, steal), from /proc/stat.
+machine_busy_ticks() {
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
+# Waits until the machine is quiet (other work below 15% of its CPUs over a
+# second), for at most BENCH_QUIET_WAIT seconds: a compile running next to
+# the benchmark takes cores from both the server and wrk.
+wait_quiet() {
+    local waited=0 busy1 idle1 busy2 idle2 busy
+    while :; do
+        read -r busy1 idle1 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+        sleep 1
+        read -r busy2 idle2 < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+        busy=$((100 * (busy2 - busy1) / (busy2 - busy1 + idle2 - idle1 + 1)))
+        ((busy <= 15)) && return
+        if ((waited >= QUIET_WAIT)); then
+            say "warning: the machine is still ${busy}% busy with other work; measuring anyway"
+            return
+        fi
+        ((waited == 0)) && say "waiting for the machine to be quiet (${busy}% busy with other work)"
+        sleep 4
+        waited=$((waited + 5))
+    done
+}
+
+throughput() {
+    local n port=$PORT
+    printf 'contender\tendpoint\tconnections\tthreads\trequests\tseconds\trps\tp50_us\tp99_us\terrors\tcpu_s\thwm_kb\twrk_cpu_s\tother_cpu_s\n' \
+        >"$OUT/throughput.tsv"
+    for n in $BENCH_INSTANCES; do
+        say "wasm-host, $n instances"
+        port=$((port + 1))
+        start "$OUT/wasm-host-$n.log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+        wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/wasm-host-$n.log"
+        check_answer "wasm-host /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+        check_answer "wasm-host /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+        load "wasm-host ($n inst.)" /v2/models/digits/infer "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+        load "wasm-host ($n inst.)" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+        stop
+    done
+
+    say "native ceiling"
+    port=$((port + 1))
+    start "$OUT/native-ceiling.log" "$CEILING" --bind "127.0.0.1:$port"
+    wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/native-ceiling.log"
+    check_answer "native-ceiling /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+    check_answer "native-ceiling /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+    load "native ceiling" /v2/models/digits/infer "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+    load "native ceiling" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+    stop
+
+    if [[ $GUNICORN == 1 ]]; then
+        say "gunicorn -w 4 + uvicorn workers + numpy"
+        port=$((port + 1))
+        # The machine may tune OpenBLAS for its CPU; the baseline runs numpy
+        # as shipped, so both variables go, together, for this command only.
+        start "$OUT/gunicorn.log" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -C bench/gunicorn \
+            "$PWD/$VENV/bin/gunicorn" -w 4 -k uvicorn.workers.UvicornWorker \
+            --bind "127.0.0.1:$port" app:app
+        wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/gunicorn.log"
+        sleep 2 # gunicorn boots its workers one after the other: let all four come up
+        check_answer "gunicorn /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+        load "gunicorn (4 workers)" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+        stop
+    fi
+}
+
+# The ceiling and gunicorn serve no health route: ready = answers a POST.
+wait_ready_post() { # wait_ready_post URL BODY LOG
+    local deadline=$((SECONDS + 60))
+    until curl -fsS -o /dev/null "$1" -H 'Content-Type: application/json' --data-binary @"$2" 2>/dev/null; do
+        kill -0 "$SERVER" 2>/dev/null || die "the server exited before it was ready; see $3"
+        ((SECONDS < deadline)) || die "the server was not ready within 60 s; see $3"
+        sleep 0.1
+    done
+}
+
+# --- 2. density -----------------------------------------------------------------
+
+# Memory figures of one process, as TSV: VmRSS, VmHWM, Pss and their parts.
+memory_tsv() { # memory_tsv PID
+    local pid=$1 field
+    for field in VmRSS VmHWM RssAnon RssFile RssShmem; do
+        printf '\t%s' "$(status_kb "$field" "$pid")"
+    done
+    for field in Pss Pss_Anon Pss_File Pss_Shmem; do
+        printf '\t%s' "$(awk -v f="$field:" '$1 == f { print $2 }' /proc/"$pid"/smaps_rollup)"
+    done
+}
+
+density() {
+    local n c port log wrk_pid served idle busy rows max_n=1
+    for n in $DENSITY; do ((n > max_n)) && max_n=$n; done
+    # The same load for every N, so that only the instances differ: 4
+    # connections per instance of the largest N.
+    c=$((4 * max_n))
+    density_rows "$max_n" "$c"
+    rows=$DENSITY_ROWS
+    printf 'instances\tserved_by\tstate\trows\tconnections\tvmrss_kb\tvmhwm_kb\trss_anon_kb\trss_file_kb\trss_shmem_kb\tpss_kb\tpss_anon_kb\tpss_file_kb\tpss_shmem_kb\n' \
+        >"$OUT/density.tsv"
+    for n in $DENSITY; do
+        say "density: big model (16 MiB of weights), $n instances, $rows row(s) per request"
+        wait_quiet
+        port=$((PORT + 50 + n))
+        log="$OUT/density-$n.log"
+        start "$log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --memory-limit 64MiB \
+            --bind "127.0.0.1:$port" "$WASM/big_model.wasm"
+        wait_ready "http://127.0.0.1:$port/v2/health/ready" "$log"
+        idle=$(memory_tsv "$SERVER")
+        # Read 2 s into a 3 s run, under load, while every instance's pages are
+        # in use (see DAMON in docs/benchmarks.md).
+        WRK_IDS=1 WRK_BODY=$OUT/big-$rows.json wrk -t2 -c"$c" -d3s --timeout 30s -s "$LUA" \
+            "http://127.0.0.1:$port/predict" >"$OUT/wrk-density-$n.txt" &
+        wrk_pid=$!
+        sleep 2
+        busy=$(memory_tsv "$SERVER")
+        wait "$wrk_pid"
+        served=$(grep '^BENCH ' "$OUT/wrk-density-$n.txt" | sed 's/.*"ids":\([0-9]*\).*/\1/')
+        printf '%s\t%s\tbooted\t%s\t%s%s\n%s\t%s\tunder load\t%s\t%s%s\n' \
+            "$n" "$served" "$rows" "$c" "$idle" "$n" "$served" "$rows" "$c" "$busy" >>"$OUT/density.tsv"
+        tail -2 "$OUT/density.tsv" | awk -F'\t' '{ printf "    %2d instances, %-10s (%s served): VmRSS %5.0f MiB, VmHWM %5.0f MiB, PSS %4.0f MiB\n", $1, $3, $2, $6/1024, $7/1024, $11/1024 }' >&2
+        ((served >= n)) || say "warning: only $served of $n instances served a request"
+        stop
+    done
+}
+
+# The fewest rows per request with which every instance of the largest N
+# serves a request. The pool hands out the instance returned last, and a
+# call holds its thread until it yields at an epoch tick (5 ms), so calls
+# that end sooner leave most instances idle however many connections wait.
+# The start-up also fills the compile cache, so every run after it starts alike.
+DENSITY_ROWS=1
+density_rows() { # density_rows N CONNECTIONS: sets DENSITY_ROWS
+    local n=$1 c=$2 rows served port=$((PORT + 49))
+    start "$OUT/density-calibration.log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" \
+        --memory-limit 64MiB --bind "127.0.0.1:$port" "$WASM/big_model.wasm"
+    wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/density-calibration.log"
+    for rows in 1 2 4 8 16; do
+        WRK_IDS=1 WRK_BODY=$OUT/big-$rows.json wrk -t2 -c"$c" -d2s --timeout 30s -s "$LUA" \
+            "http://127.0.0.1:$port/predict" >"$OUT/wrk-density-calibration.txt"
+        served=$(grep '^BENCH ' "$OUT/wrk-density-calibration.txt" | sed 's/.*"ids":\([0-9]*\).*/\1/')
+        say "density: with $rows row(s) per request, $served of $n instances served"
+        ((served >= n)) && break
+    done
+    stop
+    DENSITY_ROWS=$rows
+}
+
+# --- 3. start-up ------------------------------------------------------------------
+
+startup() {
+    local cache=$OUT/cache model
+    printf 'case\tmedian_ms\truns_ms\n' >"$OUT/startup.tsv"
+    if "$HOST" --help | grep -q -- '--cache-dir'; then
+        say "start-up to ready: with the compiled-artifact cache, then --no-cache"
+        rm -rf "$cache"
+        for model in guest_model big_model; do
+            time_startup 1 --cache-dir "$cache" "$WASM/$model.wasm" >/dev/null # fills the cache
+            record_startup "$model, cache warm (--cache-dir)" \
+                "$(time_startup "$STARTUP_RUNS" --cache-dir "$cache" "$WASM/$model.wasm")"
+            record_startup "$model, no cache (--no-cache)" \
+                "$(time_startup "$STARTUP_RUNS" --no-cache "$WASM/$model.wasm")"
+        done
+    else
+        say "start-up to ready (this wasm-host has no --cache-dir yet: it compiles every time)"
+        for model in guest_model big_model; do
+            record_startup "$model, cache warm (--cache-dir)" '{"median_ms": "", "runs": []}'
+            record_startup "$model, no cache (no --cache-dir flag yet)" \
+                "$(time_startup "$STARTUP_RUNS" "$WASM/$model.wasm")"
+        done
+    fi
+}
+
+# Median time from spawning wasm-host (2 instances) to its first ready answer.
+time_startup() { # time_startup RUNS FLAGS... MODEL
+    local runs=$1 port=$((PORT + 40))
+    shift
+    wait_quiet
+    python3 bench/startup.py "$runs" "$port" "$OUT/startup.log" -- \
+        "$HOST" --instances 2 --bind "127.0.0.1:$port" "$@"
+}
+
+record_startup() { # record_startup CASE JSON
+    python3 - "$1" "$2" >>"$OUT/startup.tsv" <<'PY'
+import json, sys
+case, r = sys.argv[1], json.loads(sys.argv[2])
+print(f"{case}\t{r['median_ms']}\t{' '.join(map(str, r['runs']))}")
+if r["runs"]:
+    print(f"    {case}: median {r['median_ms']} ms of {r['runs']}", file=sys.stderr)
+else:
+    print(f"    {case}: not measured", file=sys.stderr)
+PY
+}
+
+# --- 4. micro-benchmarks -------------------------------------------------------------
+
+micro() {
+    say "micro-benchmarks: cargo bench -p wasm-host --bench micro"
+    local bench=(cargo bench -q -p wasm-host --bench micro)
+    if [[ $BUILD != 1 ]]; then
+        # The newest micro-benchmark binary cargo built.
+        bench=("$(find target/release/deps -maxdepth 1 -name 'micro-*' -type f -executable -printf '%T@ %p\n' \
+            | sort -rn | head -1 | cut -d' ' -f2)")
+    fi
+    wait_quiet
+    MICRO_SAMPLES=$MICRO_SAMPLES MICRO_TSV=$PWD/$OUT/micro.tsv \
+        "${bench[@]}" 2>"$OUT/micro.log" | tee "$OUT/micro.txt" >&2
+    if [[ $SCALAR == 1 && -d $OUT/scalar-target/wasm32-wasip2/release ]]; then
+        say "micro-benchmarks again, guests built without SIMD"
+        wait_quiet
+        MICRO_SAMPLES=$MICRO_SAMPLES MICRO_TSV=$PWD/$OUT/micro-scalar.tsv \
+            MICRO_WASM_DIR=$PWD/$OUT/scalar-target/wasm32-wasip2/release \
+            "${bench[@]}" 2>>"$OUT/micro.log" | tee "$OUT/micro-scalar.txt" >&2
+    else
+        rm -f "$OUT/micro-scalar.tsv"
+    fi
+}
+
+# --- the run ---------------------------------------------------------------------------
+
+machine() {
+    {
+        echo "nproc=$NPROC"
+        echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+        echo "kernel=$(uname -sr)"
+        echo "memory_gib=$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
+        echo "date=$(date -u +%Y-%m-%d)"
+        echo "loadavg=$(cut -d" " -f1-3 /proc/loadavg)"
+        local commit
+        if commit=$(git rev-parse --short HEAD 2>/dev/null); then
+            git diff --quiet HEAD 2>/dev/null || commit+=" (with local changes)"
+        else
+            commit="unknown (not a git checkout)"
+        fi
+        echo "commit=$commit"
+        echo "rustc=$(rustc --version)"
+        echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }')"
+        echo "python=$(python3 --version 2>&1)"
+        if [[ $GUNICORN == 1 ]]; then
+            echo "python_packages=$("$VENV/bin/pip" list --format=freeze 2>/dev/null | grep -iE '^(gunicorn|uvicorn|fastapi|numpy)==' | tr '\n' ' ')"
+        fi
+        echo "build_seconds=$BUILD_SECONDS"
+        echo "seconds=$SECONDS_PER_RUN"
+        echo "connections=$CONNECTIONS"
+        echo "instances=$BENCH_INSTANCES"
+        echo "density=$DENSITY"
+        echo "startup_runs=$STARTUP_RUNS"
+        echo "micro_samples=$MICRO_SAMPLES"
+    } >"$OUT/machine.txt"
+}
+
+main() {
+    local started=$SECONDS
+    mkdir -p "$OUT"
+    install_tools
+    BUILD_SECONDS=$SECONDS
+    [[ $BUILD == 1 ]] && build
+    BUILD_SECONDS=$((SECONDS - BUILD_SECONDS))
+    [[ $GUNICORN == 1 ]] && setup_venv
+    write_bodies
+    # Every wasm-host run keeps its compiled-artifact cache here, not in ~/.cache.
+    CACHE_FLAGS=()
+    "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
+    machine
+    local part
+    for part in throughput density startup micro; do
+        [[ " $ONLY " == *" $part "* ]] && "$part"
+    done
+    python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
+}
+
+main "$@"
