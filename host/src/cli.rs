@@ -143,11 +143,11 @@ pub struct ServeArgs {
     #[arg(value_name = "MODEL.wasm", env = "WASM_HOST_MODEL", required = true)]
     pub model: Option<PathBuf>,
 
-    /// A TOML file of settings, keys named as the long flags; flags and environment win over it.
+    /// A TOML file of settings (e.g. wasm-host.toml), keys named as the long flags; flags and environment win over it.
     #[arg(short = 'c', long, env = "WASM_HOST_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Instances serving in parallel, like gunicorn's --workers [default: the cores this process may use]
+    /// Instances serving in parallel, like gunicorn's --workers (e.g. 8) [default: the cores this process may use]
     #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub instances: Option<u32>,
 
@@ -168,39 +168,39 @@ pub struct ServeArgs {
     #[arg(short = 't', long, env = "WASM_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Most requests that may wait for a free instance; past it, 503 with Retry-After.
+    /// Most requests that may wait for a free instance (e.g. 256); past it, 503 with Retry-After.
     #[arg(long, env = "WASM_HOST_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
 
-    /// Longest a request may wait for a free instance before it gets a 503.
+    /// Longest a request may wait for a free instance (e.g. 5s) before it gets a 503.
     #[arg(long, env = "WASM_HOST_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
-    /// Largest request body accepted; larger ones get a 413.
+    /// Largest request body accepted (e.g. 1MiB); larger ones get a 413.
     #[arg(long, env = "WASM_HOST_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
 
-    /// Recycle an instance after it served this many requests, like gunicorn's --max-requests [default: never]
+    /// Recycle an instance after it served this many requests (e.g. 10000), like gunicorn's --max-requests [default: never]
     #[arg(long, env = "WASM_HOST_MAX_REQUESTS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_requests: Option<u64>,
 
-    /// Add up to this many requests to --max-requests, per instance, so instances do not all recycle together.
+    /// Add up to this many requests (e.g. 500) to --max-requests, per instance, so instances do not all recycle together.
     #[arg(long, env = "WASM_HOST_MAX_REQUESTS_JITTER", default_value_t = 0)]
     pub max_requests_jitter: u64,
 
-    /// Most client connections open at once; more wait in the kernel's accept backlog.
+    /// Most client connections open at once (e.g. 4096); more wait in the kernel's accept backlog.
     #[arg(long, env = "WASM_HOST_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Longest a client may take to send a request's headers; a slow client is cut off within twice this. Also bounds keep-alive.
+    /// Longest a client may take to send a request's headers (e.g. 5s); a slow client is cut off within twice this. Also bounds keep-alive.
     #[arg(long, env = "WASM_HOST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
-    /// How long an idle keep-alive connection stays open waiting for its next request.
+    /// How long an idle keep-alive connection stays open waiting for its next request (e.g. 2s).
     #[arg(long, env = "WASM_HOST_KEEP_ALIVE", default_value = "5s", value_parser = parse_duration)]
     pub keep_alive: Duration,
 
-    /// How long TERM or INT waits for in-flight requests before exiting.
+    /// How long TERM or INT waits for in-flight and queued requests before exiting (e.g. 10s).
     #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graceful_timeout: Duration,
 
@@ -208,7 +208,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
     pub access_log: bool,
 
-    /// Where compiled models are cached [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
+    /// Where compiled models are cached (e.g. /var/cache/wasm-host) [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
     #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
