@@ -590,3 +590,44 @@ fn binary_tensor_data_round_trips_through_the_infer_endpoint() {
             .contains(&json!("binary_tensor_data"))
     );
 }
+
+#[test]
+fn request_parameters_reach_the_model_and_come_back() {
+    let host = Host::start(&guest("echo_model"), &["--instances", "1"]);
+    let request = |parameters: Value| {
+        json!({
+            "parameters": parameters,
+            "inputs": [{ "name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, -2.0, 0.5] }],
+        })
+    };
+    let scaled = host.post_json(
+        "/v2/models/echo/infer",
+        &request(json!({ "scale": 2, "note": "hi" })),
+    );
+    assert_eq!(
+        scaled.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&scaled.body)
+    );
+    let body = scaled.json();
+    assert_eq!(
+        body["outputs"][0]["data"],
+        json!([2.0, -4.0, 1.0]),
+        "the model used scale"
+    );
+    assert_eq!(body["parameters"], json!({ "scale": 2, "note": "hi" }));
+
+    let plain = host.post_json("/v2/models/echo/infer", &request(json!({})));
+    assert_eq!(plain.json()["outputs"][0]["data"], json!([1.0, -2.0, 0.5]));
+    let bad = host.post_json(
+        "/v2/models/echo/infer",
+        &request(json!({ "scale": "lots" })),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.error().contains("scale: lots is not a number"),
+        "{}",
+        bad.error()
+    );
+}

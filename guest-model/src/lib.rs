@@ -35,7 +35,10 @@ mod component {
             }
         }
 
-        fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        fn predict(
+            inputs: Vec<Tensor>,
+            _parameters: Vec<(String, String)>,
+        ) -> Result<Vec<Tensor>, Error> {
             let mlp = Mlp::embedded();
             let x = wasm_host_guest::input(&inputs, "x")?;
             if !matches!(x.shape[..], [_, cols] if cols == mlp.input_size() as u64) {

@@ -22,7 +22,7 @@
 //!         }
 //!     }
 //!
-//!     fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+//!     fn predict(inputs: Vec<Tensor>, _parameters: Vec<(String, String)>) -> Result<Vec<Tensor>, Error> {
 //!         let x = wasm_host_guest::input(&inputs, "x")?.to_f32()?;
 //!         let y: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
 //!         Ok(vec![Tensor::from_f32("y", vec![y.len() as u64], &y)])

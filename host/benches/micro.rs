@@ -226,7 +226,10 @@ async fn run(samples: usize) -> Vec<Row> {
     let mut instance = Instance::new(&engine, Arc::clone(&digits), 1, MEMORY_LIMIT, None)
         .await
         .expect("a digits instance");
-    let guest = instance.predict(&inputs, TIMEOUT).await.expect("predict");
+    let guest = instance
+        .predict(&inputs, &[], TIMEOUT)
+        .await
+        .expect("predict");
     let same = |a: &[Tensor], b: &[Tensor]| {
         a.len() == b.len()
             && a.iter()
@@ -241,7 +244,12 @@ async fn run(samples: usize) -> Vec<Row> {
     for _ in 0..samples {
         let started = Instant::now();
         for _ in 0..CALLS_PER_SAMPLE {
-            black_box(instance.predict(black_box(&inputs), TIMEOUT).await.unwrap());
+            black_box(
+                instance
+                    .predict(black_box(&inputs), &[], TIMEOUT)
+                    .await
+                    .unwrap(),
+            );
         }
         times.push(started.elapsed());
     }
@@ -256,7 +264,12 @@ async fn run(samples: usize) -> Vec<Row> {
     for _ in 0..samples {
         let started = Instant::now();
         for _ in 0..CALLS_PER_SAMPLE {
-            black_box(instance.predict(black_box(&inputs), TIMEOUT).await.unwrap());
+            black_box(
+                instance
+                    .predict(black_box(&inputs), &[], TIMEOUT)
+                    .await
+                    .unwrap(),
+            );
         }
         times.push(started.elapsed());
     }
@@ -317,7 +330,7 @@ async fn run(samples: usize) -> Vec<Row> {
     let (mut trap_times, mut drop_times, mut replace_times) = (Vec::new(), Vec::new(), Vec::new());
     for id in 1..=samples as u64 {
         let started = Instant::now();
-        let trap = instance.predict(&panic, TIMEOUT).await.unwrap_err();
+        let trap = instance.predict(&panic, &[], TIMEOUT).await.unwrap_err();
         trap_times.push(started.elapsed());
         assert!(trap.poisons_instance(), "kind 1 traps: {trap}");
 

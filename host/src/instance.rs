@@ -143,6 +143,7 @@ impl Instance {
     pub async fn predict(
         &mut self,
         inputs: &[Tensor],
+        parameters: &[(String, String)],
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
         self.served += 1;
@@ -150,10 +151,11 @@ impl Instance {
         self.store.data_mut().deadline = deadline;
         self.store.set_epoch_deadline(1);
         let result = {
-            let call = self
-                .bindings
-                .wasm_host_model_model()
-                .call_predict(&mut self.store, inputs);
+            let call = self.bindings.wasm_host_model_model().call_predict(
+                &mut self.store,
+                inputs,
+                parameters,
+            );
             let mut call = std::pin::pin!(call);
             // Most calls finish in their first poll: only a call that yields
             // (an epoch tick, a WASI wait) gets a timer. The profile showed

@@ -494,6 +494,7 @@ impl Lease {
     pub async fn predict(
         &mut self,
         inputs: &[Tensor],
+        parameters: &[(String, String)],
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
         self.replace_because = Some(("cancelled", "the request was cancelled mid-call".into()));
@@ -503,7 +504,7 @@ impl Lease {
             .instance
             .as_mut()
             .expect("a live lease holds an instance");
-        let result = instance.predict(inputs, timeout).await;
+        let result = instance.predict(inputs, parameters, timeout).await;
         self.pool.metrics.computed(started.elapsed());
         self.replace_because = match &result {
             Err(fault) if fault.poisons_instance() => Some((fault.kind(), fault.to_string())),

@@ -238,7 +238,11 @@ async fn infer(
         inference = decode(&model).map_err(|err| err.served_by(instance))?;
     }
     let outputs = lease
-        .predict(&inference.inputs, app.config.timeout)
+        .predict(
+            &inference.inputs,
+            &inference.model_parameters(),
+            app.config.timeout,
+        )
         .await
         .map_err(|fault| ApiError::from(fault).served_by(instance))?;
     // Give the instance back before encoding: the next request need not wait.

@@ -41,7 +41,10 @@ impl Model for Big {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    fn predict(
+        inputs: Vec<Tensor>,
+        _parameters: Vec<(String, String)>,
+    ) -> Result<Vec<Tensor>, Error> {
         let x = wasm_host_guest::input(&inputs, "x")?;
         if !matches!(x.shape[..], [_, cols] if cols == INPUTS as u64) {
             return Err(Error::invalid_input(format!(

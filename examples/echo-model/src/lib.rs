@@ -1,4 +1,5 @@
-//! The smallest useful model: it returns its input. A template to copy when
+//! The smallest useful model: it returns its input (scaled by the request
+//! parameter `scale`, to show parameters reaching a model). A template to copy when
 //! writing a model, and the stand-in the reload tests swap in for the digits
 //! model (it takes the same rows and answers differently).
 
@@ -17,9 +18,19 @@ impl Model for Echo {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    /// `y = x`, or `y = scale × x` with the request parameter `scale`.
+    fn predict(
+        inputs: Vec<Tensor>,
+        parameters: Vec<(String, String)>,
+    ) -> Result<Vec<Tensor>, Error> {
         let x = wasm_host_guest::input(&inputs, "x")?;
-        let values = x.to_f32()?;
+        let scale = match parameters.iter().find(|(name, _)| name == "scale") {
+            Some((_, value)) => value
+                .parse::<f32>()
+                .map_err(|_| Error::invalid_input(format!("scale: {value} is not a number")))?,
+            None => 1.0,
+        };
+        let values: Vec<f32> = x.to_f32()?.iter().map(|v| v * scale).collect();
         Ok(vec![Tensor::from_f32("y", x.shape.clone(), &values)])
     }
 }

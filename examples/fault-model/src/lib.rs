@@ -33,7 +33,10 @@ impl Model for Fault {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    fn predict(
+        inputs: Vec<Tensor>,
+        _parameters: Vec<(String, String)>,
+    ) -> Result<Vec<Tensor>, Error> {
         let action = wasm_host_guest::input(&inputs, "action")?.to_i64()?;
         let [kind, arg] = action[..] else {
             return Err(Error::invalid_input("action: expected [kind, arg]"));

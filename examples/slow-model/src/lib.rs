@@ -24,7 +24,10 @@ impl Model for Slow {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    fn predict(
+        inputs: Vec<Tensor>,
+        _parameters: Vec<(String, String)>,
+    ) -> Result<Vec<Tensor>, Error> {
         let ms = wasm_host_guest::input(&inputs, "ms")?.to_i64()?;
         let ms = match ms.first().copied().unwrap_or(0) {
             0 => DEFAULT_MS,

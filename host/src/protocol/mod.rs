@@ -33,9 +33,26 @@ pub struct Inference {
     /// Whether outputs not named in `outputs` come back as binary data
     /// (the request-level `binary_data_output` parameter).
     pub binary_outputs: bool,
-    /// Request-level parameters wasm-host does not act on, echoed in the
-    /// response.
+    /// Request-level parameters wasm-host does not act on: passed to the
+    /// model, and echoed in the response.
     pub parameters: serde_json::Map<String, Value>,
+}
+
+impl Inference {
+    /// The parameters as the contract carries them: names and JSON values
+    /// (a string parameter arrives as its bare text).
+    pub fn model_parameters(&self) -> Vec<(String, String)> {
+        self.parameters
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    }
 }
 
 /// An output the client asked for, and in which form.
