@@ -240,19 +240,7 @@ async fn run(samples: usize) -> Vec<Row> {
         same(&guest, &native_predict(mlp, &inputs)),
         "the guest and the native code disagree"
     );
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        for _ in 0..CALLS_PER_SAMPLE {
-            black_box(
-                instance
-                    .predict(black_box(&inputs), &[], TIMEOUT)
-                    .await
-                    .unwrap(),
-            );
-        }
-        times.push(started.elapsed());
-    }
+    let times = time_predict(&mut instance, &inputs, samples).await;
     rows.push(Row::new(GUEST_PREDICT, times, CALLS_PER_SAMPLE));
     drop(instance);
 
@@ -260,19 +248,7 @@ async fn run(samples: usize) -> Vec<Row> {
     let mut instance = Instance::new(&engine, Arc::clone(&echo), 1, MEMORY_LIMIT, None)
         .await
         .expect("an echo instance");
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        for _ in 0..CALLS_PER_SAMPLE {
-            black_box(
-                instance
-                    .predict(black_box(&inputs), &[], TIMEOUT)
-                    .await
-                    .unwrap(),
-            );
-        }
-        times.push(started.elapsed());
-    }
+    let times = time_predict(&mut instance, &inputs, samples).await;
     rows.push(Row::new(ECHO_PREDICT, times, CALLS_PER_SAMPLE));
     drop(instance);
 
@@ -358,4 +334,22 @@ async fn run(samples: usize) -> Vec<Row> {
         1,
     ));
     rows
+}
+
+/// `samples` timings of `CALLS_PER_SAMPLE` guest calls each.
+async fn time_predict(instance: &mut Instance, inputs: &[Tensor], samples: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        for _ in 0..CALLS_PER_SAMPLE {
+            black_box(
+                instance
+                    .predict(black_box(inputs), &[], TIMEOUT)
+                    .await
+                    .unwrap(),
+            );
+        }
+        times.push(started.elapsed());
+    }
+    times
 }
