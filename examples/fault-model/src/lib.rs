@@ -15,6 +15,14 @@
 //! | 6 | recurses until the stack overflows | - |
 //! | 7 | writes `arg` lines of 100 bytes to stdout, then `arg` to stderr | `arg` |
 //! | 8 | returns `Error::Internal("fault-model: asked to fail")` | - |
+//! | 9 | tries to reserve `arg` MiB and survives a refusal | 1 if refused, else 0 |
+//! | 10 | returns outputs that break the contract in way `arg` (see [`bad_outputs`]) | - |
+//! | 11 | returns `blob` of `arg` MiB | `arg` |
+//! | 12 | writes `arg` bytes of newlines to stdout and stderr | `arg` |
+//! | 13 | writes a line with terminal escapes, `\r` and a bidi override to stderr | 13 |
+//!
+//! Every answer has three outputs, as declared: `result`, `blob` (UINT8, any
+//! shape; empty unless asked for) and `text` (BYTES; empty).
 
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
@@ -29,7 +37,11 @@ impl Model for Fault {
             name: "fault".into(),
             version: "1".into(),
             inputs: vec![TensorSpec::new("action", Datatype::Int64, &[2])],
-            outputs: vec![TensorSpec::new("result", Datatype::Int64, &[1])],
+            outputs: vec![
+                TensorSpec::new("result", Datatype::Int64, &[1]),
+                TensorSpec::new("blob", Datatype::Uint8, &[-1, -1]),
+                TensorSpec::new("text", Datatype::Bytes, &[-1]),
+            ],
         }
     }
 
@@ -54,14 +66,118 @@ impl Model for Fault {
             6 => recurse(0) as i64,
             7 => flood_logs(arg)?,
             8 => return Err(Error::internal("fault-model: asked to fail")),
+            9 => survive_refused_reserve(arg)?,
+            10 => return Ok(bad_outputs(arg)),
+            11 => {
+                let mib = usize::try_from(non_negative(arg)?).unwrap_or(usize::MAX);
+                let blob = Tensor {
+                    name: "blob".into(),
+                    datatype: Datatype::Uint8,
+                    shape: vec![mib as u64, 1 << 20],
+                    data: vec![1; mib << 20],
+                };
+                return Ok(vec![result_tensor(arg), blob, empty_text()]);
+            }
+            12 => flood_newlines(arg)?,
+            13 => {
+                eprintln!("\x1b[31mred\x1b[0m\rforged line \u{202e}txt.exe");
+                13
+            }
             _ => {
                 return Err(Error::invalid_input(format!(
-                    "action: unknown kind {kind}, expected 0..=8"
+                    "action: unknown kind {kind}, expected 0..=13"
                 )));
             }
         };
-        Ok(vec![Tensor::from_i64("result", vec![1], &[result])])
+        Ok(vec![result_tensor(result), empty_blob(), empty_text()])
     }
+}
+
+fn result_tensor(result: i64) -> Tensor {
+    Tensor::from_i64("result", vec![1], &[result])
+}
+
+fn empty_blob() -> Tensor {
+    Tensor::from_u8("blob", vec![0, 0], &[])
+}
+
+fn empty_text() -> Tensor {
+    Tensor {
+        name: "text".into(),
+        datatype: Datatype::Bytes,
+        shape: vec![0],
+        data: Vec::new(),
+    }
+}
+
+/// Outputs that break the contract, one way per `how`, for the host's
+/// output checks and encoders:
+/// 0 a shape whose element count overflows (2^63 × 2) with no data;
+/// 1 a shape of 10^8 empty rows; 2 `result` as FP64 where INT64 is declared;
+/// 3 an undeclared output; 4 `result` twice; 5 a shape and data that
+/// disagree; 6 a truncated BYTES element; 7 `text` missing.
+fn bad_outputs(how: i64) -> Vec<Tensor> {
+    let blob = |shape: Vec<u64>| Tensor {
+        name: "blob".into(),
+        datatype: Datatype::Uint8,
+        shape,
+        data: Vec::new(),
+    };
+    match how {
+        0 => vec![result_tensor(0), blob(vec![1 << 63, 2]), empty_text()],
+        1 => vec![result_tensor(1), blob(vec![100_000_000, 0]), empty_text()],
+        2 => vec![
+            Tensor::from_f64("result", vec![1], &[2.0]),
+            empty_blob(),
+            empty_text(),
+        ],
+        3 => vec![
+            result_tensor(3),
+            empty_blob(),
+            empty_text(),
+            Tensor::from_i64("extra", vec![1], &[3]),
+        ],
+        4 => vec![result_tensor(4), result_tensor(4), empty_blob(), empty_text()],
+        5 => vec![
+            Tensor::from_i64("result", vec![1], &[5, 5]),
+            empty_blob(),
+            empty_text(),
+        ],
+        6 => vec![
+            result_tensor(6),
+            empty_blob(),
+            Tensor {
+                name: "text".into(),
+                datatype: Datatype::Bytes,
+                shape: vec![1],
+                // Says 100 bytes follow; 3 do.
+                data: vec![100, 0, 0, 0, b'a', b'b', b'c'],
+            },
+        ],
+        _ => vec![result_tensor(7), empty_blob()],
+    }
+}
+
+/// Asks for `mib` MiB the fallible way: a refused `memory.grow` is then an
+/// error the model handles, not an abort.
+fn survive_refused_reserve(mib: i64) -> Result<i64, Error> {
+    let bytes = usize::try_from(non_negative(mib)?)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20);
+    let mut buffer: Vec<u8> = Vec::new();
+    Ok(match buffer.try_reserve_exact(bytes) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    })
+}
+
+/// Writes `count` newlines to stdout and to stderr: empty lines are the
+/// cheapest way to make many log events.
+fn flood_newlines(count: i64) -> Result<i64, Error> {
+    let newlines = vec![b'\n'; usize::try_from(non_negative(count)?).unwrap_or(0)];
+    let _ = std::io::stdout().write_all(&newlines);
+    let _ = std::io::stderr().write_all(&newlines);
+    Ok(count)
 }
 
 fn non_negative(arg: i64) -> Result<u64, Error> {
