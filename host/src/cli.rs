@@ -176,9 +176,21 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
-    /// Largest request body accepted (e.g. 1MiB); larger ones get a 413.
+    /// Largest request body accepted (e.g. 1MiB), also once decompressed (gzip, deflate); larger ones get a 413.
     #[arg(long, env = "WASM_HOST_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
+
+    /// Longest a request's body may take to arrive (e.g. 10s); past it, 408 and the connection is closed.
+    #[arg(long, env = "WASM_HOST_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Most bytes of request bodies held at once across all connections (e.g. 1GiB); past it, 503 with Retry-After.
+    #[arg(long, env = "WASM_HOST_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size)]
+    pub body_budget: u64,
+
+    /// Largest response the host builds from a model's outputs (e.g. 16MiB); past it, 500 saying so.
+    #[arg(long, env = "WASM_HOST_MAX_RESPONSE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_response: u64,
 
     /// Recycle an instance after it served this many requests (e.g. 10000), like gunicorn's --max-requests [default: never]
     #[arg(long, env = "WASM_HOST_MAX_REQUESTS", value_parser = clap::value_parser!(u64).range(1..))]

@@ -17,6 +17,9 @@ pub struct ApiError {
     pub allow: Option<Method>,
     /// The metrics label for what happened.
     pub outcome: &'static str,
+    /// Close the connection after this response (a body that timed out:
+    /// what the client sends next cannot be trusted to start a request).
+    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -27,6 +30,7 @@ impl ApiError {
             retry_after: None,
             instance: None,
             allow: None,
+            close_connection: false,
             outcome: match status.as_u16() {
                 400..=499 => "bad_input",
                 503 => "overloaded",

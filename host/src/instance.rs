@@ -16,7 +16,8 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::contract::{ModelError, Predictor, Tensor};
 use crate::model::Model;
-use crate::sandbox::GuestState;
+use crate::escape;
+use crate::sandbox::{GuestState, OUTPUT_LIMIT, OUTPUT_LINES};
 
 /// Names one incarnation of an instance, like a worker's PID: a replacement
 /// gets a new id.
@@ -82,7 +83,21 @@ pub struct Instance {
 
 /// How long a guest may take to start (its start functions) or to answer
 /// `metadata()`; generous, since it is not on any request's path.
-const SETUP_DEADLINE: Duration = Duration::from_secs(10);
+pub const SETUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs a set-up step (instantiation, `metadata()`) within [`SETUP_DEADLINE`]
+/// of wall-clock time. The epoch check stops a guest that computes too long;
+/// only this stops one that sleeps on a WASI clock, where no epoch check runs.
+pub async fn set_up<T>(
+    step: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(SETUP_DEADLINE, step).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::msg(format!(
+            "it did not finish within the set-up deadline of {SETUP_DEADLINE:?}"
+        ))),
+    }
+}
 
 /// A store with the sandbox, the memory cap and the deadline check installed,
 /// its deadline set for setting up.
@@ -116,7 +131,7 @@ impl Instance {
         recycle_after: Option<u64>,
     ) -> wasmtime::Result<Instance> {
         let mut store = new_store(engine, memory_limit);
-        let bindings = model.pre.instantiate_async(&mut store).await?;
+        let bindings = set_up(model.pre.instantiate_async(&mut store)).await?;
         Ok(Instance {
             id,
             model,
@@ -147,6 +162,9 @@ impl Instance {
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
         self.served += 1;
+        // The cap's flag is about this call: a refused grow that an earlier
+        // call survived must not turn this call's trap into a 507.
+        self.store.data_mut().memory.hit = false;
         let deadline = Instant::now() + timeout;
         self.store.data_mut().deadline = deadline;
         self.store.set_epoch_deadline(1);
@@ -198,20 +216,25 @@ impl Instance {
     }
 
     /// Moves what the guest printed during the call into the host log, tagged
-    /// with its id, and returns its stderr for a trap message.
+    /// with its id, escaped, and bounded by [`OUTPUT_LIMIT`] bytes and
+    /// [`OUTPUT_LINES`] lines per stream; returns its stderr for a trap message.
     fn log_guest_output(&self) -> Option<String> {
         let data = self.store.data();
         let mut stderr = None;
         for (stream, output) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
-            let Some((text, dropped)) = output.take() else {
+            let Some((text, dropped_bytes)) = output.take() else {
                 continue;
             };
-            for line in text.lines() {
-                tracing::info!(target: "guest", instance = self.id, stream, "{line}");
+            let mut lines = text.lines().filter(|line| !line.trim().is_empty());
+            for line in lines.by_ref().take(OUTPUT_LINES) {
+                tracing::info!(target: "guest", instance = self.id, stream, "{}", escape::for_log(line));
             }
-            if dropped > 0 {
+            let dropped_lines = lines.count();
+            if dropped_bytes > 0 || dropped_lines > 0 {
                 tracing::warn!(target: "guest", instance = self.id, stream,
-                    "dropped {dropped} bytes of guest output past the per-call limit");
+                    "dropped {dropped_lines} lines and {dropped_bytes} bytes of guest output \
+                     past the per-call limits ({OUTPUT_LINES} lines, {} KiB per stream)",
+                    OUTPUT_LIMIT / 1024);
             }
             if stream == "stderr" {
                 stderr = Some(text);
@@ -231,5 +254,6 @@ fn panic_message(stderr: &str) -> Option<String> {
         .take_while(|line| !line.starts_with("note: "))
         .map(str::trim)
         .collect();
-    Some(message.join(" ").chars().take(500).collect())
+    let message: String = message.join(" ").chars().take(500).collect();
+    Some(escape::for_log(&message).into_owned())
 }

@@ -10,6 +10,7 @@
 //! [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
 //! flags, environment and a TOML file into settings.
 
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod contract;
 pub mod engine;
 pub mod error;
+pub mod escape;
 pub mod instance;
 pub mod metrics;
 pub mod model;

@@ -33,7 +33,7 @@ type Seconds = Family<Outcome, Histogram, fn() -> Histogram>;
 /// Every outcome a request can have, each with its counter and histogram
 /// made once: a family lookup (a lock and a hash) per request showed in the
 /// profile.
-const OUTCOMES: [&str; 7] = [
+const OUTCOMES: [&str; 8] = [
     "success",
     "bad_input",
     "model_error",
@@ -41,7 +41,12 @@ const OUTCOMES: [&str; 7] = [
     "timeout",
     "memory_cap",
     "overloaded",
+    "cancelled",
 ];
+
+/// Why instances are replaced; each counter exists from the start at zero,
+/// so a query over it never meets a missing series.
+const CAUSES: [&str; 5] = ["trap", "timeout", "memory_cap", "cancelled", "recycled"];
 
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +58,9 @@ pub struct Metrics {
     busy: Gauge,
     replacements: Family<Cause, Counter>,
     instance_memory: Family<InstanceLabel, Gauge>,
+    missing: Gauge,
+    boot_failures: Counter,
+    body_timeouts: Counter,
 }
 
 /// 50 µs to ~100 s, doubling: covers a tiny MLP and a model that sleeps.
@@ -72,7 +80,7 @@ impl Metrics {
         let requests = Family::<Outcome, Counter>::default();
         registry.register(
             "inference_requests",
-            "Inference requests by outcome: success, bad_input, model_error, trap, timeout, memory_cap, overloaded",
+            "Inference requests by outcome: success, bad_input, model_error, trap, timeout, memory_cap, overloaded, cancelled (the client left first)",
             requests.clone(),
         );
         let request_duration: Seconds = Family::new_with_constructor(latency_histogram);
@@ -127,6 +135,27 @@ impl Metrics {
             Unit::Bytes,
             instance_memory.clone(),
         );
+        for cause in CAUSES {
+            let _ = replacements.get_or_create(&Cause { cause });
+        }
+        let missing = Gauge::default();
+        registry.register(
+            "instances_missing",
+            "Instances the pool should have but could not boot; it retries with backoff",
+            missing.clone(),
+        );
+        let boot_failures = Counter::default();
+        registry.register(
+            "instance_boot_failures",
+            "Attempts to boot an instance that failed",
+            boot_failures.clone(),
+        );
+        let body_timeouts = Counter::default();
+        registry.register(
+            "request_body_timeouts",
+            "Connections closed because a request body did not arrive within --body-timeout",
+            body_timeouts.clone(),
+        );
         let by_outcome = OUTCOMES
             .iter()
             .map(|&outcome| {
@@ -146,6 +175,9 @@ impl Metrics {
             busy,
             replacements,
             instance_memory,
+            missing,
+            boot_failures,
+            body_timeouts,
         }
     }
 
@@ -182,9 +214,18 @@ impl Metrics {
         PendingGuard(&self.pending)
     }
 
-    pub fn set_instances(&self, total: usize, busy: usize) {
+    pub fn set_instances(&self, total: usize, busy: usize, missing: usize) {
         self.instances.set(total as i64);
         self.busy.set(busy as i64);
+        self.missing.set(missing as i64);
+    }
+
+    pub fn boot_failed(&self) {
+        self.boot_failures.inc();
+    }
+
+    pub fn body_timed_out(&self) {
+        self.body_timeouts.inc();
     }
 
     pub fn replaced(&self, cause: &'static str) {

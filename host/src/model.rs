@@ -179,20 +179,17 @@ pub async fn prepare(
         ),
     };
     let mut store = crate::instance::new_store(engine, memory_limit);
-    let bindings = match pre.instantiate_async(&mut store).await {
+    let bindings = match crate::instance::set_up(pre.instantiate_async(&mut store)).await {
         Ok(bindings) => bindings,
         Err(err) => bail!(
             "{shown} failed to start: {} (if it ran out of memory, raise --memory-limit)",
             root_cause(&err)
         ),
     };
-    let metadata = match bindings
-        .wasm_host_model_model()
-        .call_metadata(&mut store)
-        .await
-    {
+    let call = bindings.wasm_host_model_model().call_metadata(&mut store);
+    let metadata = match crate::instance::set_up(call).await {
         Ok(metadata) => metadata,
-        Err(err) => bail!("{shown} trapped in metadata(): {}", root_cause(&err)),
+        Err(err) => bail!("{shown} failed in metadata(): {}", root_cause(&err)),
     };
     check_metadata(&metadata).map_err(|why| anyhow::anyhow!("{shown}: {why}"))?;
     Ok((pre, metadata))

@@ -65,6 +65,10 @@ pub struct Pool {
     /// Instances of a model replaced by a reload no longer count.
     total: AtomicUsize,
     replaced: AtomicU64,
+    /// Instances of the current model that failed to boot as replacements
+    /// and are being retried: the pool's shortfall, shown in `/health`,
+    /// readiness and metrics.
+    missing: AtomicUsize,
     /// Guest calls made, whatever their outcome.
     calls: AtomicU64,
     next_id: AtomicU64,
@@ -81,6 +85,7 @@ pub struct Status {
     pub idle: usize,
     pub queued: usize,
     pub replaced: u64,
+    pub missing: usize,
     pub calls: u64,
 }
 
@@ -108,6 +113,7 @@ impl Pool {
             busy: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
+            missing: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             reshaping: tokio::sync::Mutex::new(()),
@@ -141,6 +147,7 @@ impl Pool {
             idle: self.free.available_permits(),
             queued: self.queued.load(Ordering::SeqCst),
             replaced: self.replaced.load(Ordering::SeqCst),
+            missing: self.missing.load(Ordering::SeqCst),
             calls: self.calls.load(Ordering::SeqCst),
         }
     }
@@ -265,31 +272,51 @@ impl Pool {
             // replacement.
             drop(old);
             let started = Instant::now();
-            match pool.new_instance(Arc::clone(&model)).await {
-                Ok(new) => {
-                    pool.replaced.fetch_add(1, Ordering::SeqCst);
-                    tracing::warn!(
-                        old = old_id,
-                        new = new.id,
-                        "replaced instance {old_id} with {} in {:?}: {cause}",
-                        new.id,
-                        started.elapsed()
-                    );
-                    pool.metrics.instance_memory(new.id, new.memory_in_use());
-                    pool.give_back(new);
+            let mut missing = false;
+            let boot = || pool.new_instance(Arc::clone(&model));
+            let booted = retry_with_backoff(boot, |err, delay| {
+                pool.metrics.boot_failed();
+                if !Arc::ptr_eq(&model, &pool.model()) {
+                    // A reload booted a full set of the new model; this
+                    // one is no longer wanted.
+                    return false;
                 }
-                Err(err) => {
-                    if Arc::ptr_eq(&model, &pool.model()) {
-                        pool.total.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    tracing::error!(
-                        old = old_id,
-                        "could not replace instance {old_id} ({cause}): {}; \
-                         serving with one instance fewer",
-                        crate::model::root_cause(&err)
-                    );
+                if !missing {
+                    missing = true;
+                    pool.total.fetch_sub(1, Ordering::SeqCst);
+                    pool.missing.fetch_add(1, Ordering::SeqCst);
                 }
+                tracing::error!(
+                    old = old_id,
+                    "could not replace instance {old_id} ({cause}): {}; \
+                     retrying in {delay:?}, one instance short until then",
+                    crate::model::root_cause(err)
+                );
+                true
+            })
+            .await;
+            if missing {
+                pool.missing.fetch_sub(1, Ordering::SeqCst);
             }
+            let Some(new) = booted else {
+                return;
+            };
+            if !Arc::ptr_eq(&model, &pool.model()) {
+                return pool.retire(new, "the model was reloaded");
+            }
+            if missing {
+                pool.total.fetch_add(1, Ordering::SeqCst);
+            }
+            pool.replaced.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(
+                old = old_id,
+                new = new.id,
+                "replaced instance {old_id} with {} in {:?}: {cause}",
+                new.id,
+                started.elapsed()
+            );
+            pool.metrics.instance_memory(new.id, new.memory_in_use());
+            pool.give_back(new);
         });
     }
 
@@ -427,6 +454,37 @@ impl Pool {
     }
 }
 
+/// The first wait after a failed boot; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Calls `attempt` until it succeeds, waiting between failures with
+/// exponential backoff. `failed` sees each error and the wait before the
+/// next try, and returns whether to keep trying. A boot that failed once
+/// (the pooling allocator out of slots, a transient host error) usually
+/// succeeds later; giving up for good would leave the pool short forever.
+async fn retry_with_backoff<T, E, F>(
+    mut attempt: impl FnMut() -> F,
+    mut failed: impl FnMut(&E, Duration) -> bool,
+) -> Option<T>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = FIRST_BACKOFF;
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(err) => {
+                if !failed(&err, delay) {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
 /// A deterministic spread in `0..=max`, from the instance id: no random
 /// number generator needed to keep instances from recycling in lockstep.
 fn jitter(id: u64, max: u64) -> u64 {
@@ -524,7 +582,48 @@ impl Drop for Lease {
 
 #[cfg(test)]
 mod tests {
-    use super::jitter;
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use super::{jitter, retry_with_backoff};
+
+    #[tokio::test]
+    async fn a_failed_boot_is_retried_with_doubling_backoff_until_it_succeeds() {
+        let attempts = RefCell::new(Vec::new());
+        let started = tokio::time::Instant::now();
+        let booted = retry_with_backoff(
+            || {
+                attempts.borrow_mut().push(started.elapsed());
+                let n = attempts.borrow().len();
+                async move { if n < 4 { Err("no slot") } else { Ok(n) } }
+            },
+            |_, _| true,
+        )
+        .await;
+        assert_eq!(booted, Some(4));
+        // Waits of 10, 20 and 40 ms between the four tries (real time: a
+        // busy machine may stretch them, never shorten them).
+        let at: Vec<Duration> = attempts.borrow().clone();
+        for (gap, want) in at.windows(2).zip([10, 20, 40]) {
+            let gap = gap[1] - gap[0];
+            assert!(gap >= Duration::from_millis(want), "{at:?}");
+        }
+        assert!(at[3] < Duration::from_secs(2), "{at:?}");
+    }
+
+    #[tokio::test]
+    async fn retrying_stops_when_the_instance_is_no_longer_wanted() {
+        let mut tries = 0;
+        let booted: Option<()> = retry_with_backoff(
+            || async { Err("no slot") },
+            |_, _| {
+                tries += 1;
+                tries < 3
+            },
+        )
+        .await;
+        assert_eq!((booted, tries), (None, 3));
+    }
 
     #[test]
     fn jitter_spreads_instances_within_its_bound() {

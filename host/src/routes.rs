@@ -3,17 +3,20 @@
 //! guest (instance), encode the outputs. Every outcome becomes a response
 //! here, errors as `{"error": "..."}` with the status that says who must act.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::body::{self, Coding};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::protocol;
 use crate::server::App;
@@ -26,13 +29,15 @@ enum Route<'a> {
     Server,
     Live,
     Ready,
-    ModelMetadata(&'a str),
-    ModelReady(&'a str),
-    Infer(&'a str),
+    ModelMetadata(Cow<'a, str>),
+    ModelReady(Cow<'a, str>),
+    Infer(Cow<'a, str>),
     Metrics,
 }
 
 impl Route<'_> {
+    /// `None` for an unknown path. Model names are percent-decoded, so
+    /// `/v2/models/a%20b/infer` reaches a model named `a b`.
     fn parse(path: &str) -> Option<Route<'_>> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         // `/v2/models/{m}/versions/{v}/...` addresses the same (only) version.
@@ -49,9 +54,9 @@ impl Route<'_> {
             ["v2"] => Route::Server,
             ["v2", "health", "live"] => Route::Live,
             ["v2", "health", "ready"] => Route::Ready,
-            ["v2", "models", m] => Route::ModelMetadata(m),
-            ["v2", "models", m, "ready"] => Route::ModelReady(m),
-            ["v2", "models", m, "infer"] => Route::Infer(m),
+            ["v2", "models", m] => Route::ModelMetadata(percent_decode(m)?),
+            ["v2", "models", m, "ready"] => Route::ModelReady(percent_decode(m)?),
+            ["v2", "models", m, "infer"] => Route::Infer(percent_decode(m)?),
             _ => return None,
         })
     }
@@ -62,6 +67,28 @@ impl Route<'_> {
             _ => Method::GET,
         }
     }
+}
+
+/// A path segment with its `%XX` escapes decoded; `None` if an escape is
+/// malformed or the result is not UTF-8.
+fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(Cow::Borrowed(segment));
+    }
+    let mut bytes = Vec::with_capacity(segment.len());
+    let mut rest = segment.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok().map(Cow::Owned)
 }
 
 pub(crate) async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -135,8 +162,15 @@ async fn route_request(
     match route {
         Route::Health => {
             let status = app.pool.status();
+            let state = if !app.ready() {
+                "unavailable"
+            } else if status.missing > 0 {
+                "degraded"
+            } else {
+                "ok"
+            };
             let body = serde_json::json!({
-                "status": if app.ready() { "ok" } else { "unavailable" },
+                "status": state,
                 "model": metadata.name,
                 "instances": {
                     "total": status.total,
@@ -144,16 +178,21 @@ async fn route_request(
                     "idle": status.idle,
                     "target": status.target,
                     "replaced": status.replaced,
+                    "missing": status.missing,
                 },
                 "calls": status.calls,
                 "queue": { "depth": status.queued, "max": app.pool.max_queue() },
+                "bodies": {
+                    "held_bytes": app.body.budget_in_use(),
+                    "budget_bytes": app.config.body_budget,
+                },
             });
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
         Route::Metrics => {
             let status = app.pool.status();
             let metrics = app.pool.metrics();
-            metrics.set_instances(status.total, status.busy);
+            metrics.set_instances(status.total, status.busy, status.missing);
             let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -172,16 +211,16 @@ async fn route_request(
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
         Route::ModelMetadata(name) => {
-            check_model(name)?;
+            check_model(&name)?;
             let body = protocol::model_metadata(metadata).to_string();
             Ok(json(StatusCode::OK, body.into()))
         }
         Route::ModelReady(name) => {
-            check_model(name)?;
+            check_model(&name)?;
             Ok(ready_response(app))
         }
         Route::Infer(name) => {
-            check_model(name)?;
+            check_model(&name)?;
             measured(app, infer(app, request, Form::OpenInference)).await
         }
         Route::Predict => measured(app, infer(app, request, Form::Simple)).await,
@@ -189,22 +228,39 @@ async fn route_request(
 }
 
 /// Counts an inference request as pending while it runs, then records its
-/// outcome and duration.
+/// outcome and duration; a request whose client left before its answer (its
+/// future dropped) is recorded as `cancelled`.
 async fn measured(
     app: &App,
     inference: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let metrics = app.pool.metrics();
-    let started = Instant::now();
-    let pending = metrics.pending();
+    let mut record = Recorder {
+        metrics: app.pool.metrics(),
+        started: Instant::now(),
+        outcome: "cancelled",
+    };
+    let pending = record.metrics.pending();
     let result = inference.await;
     drop(pending);
-    let outcome = match &result {
+    record.outcome = match &result {
         Ok(_) => "success",
         Err(err) => err.outcome,
     };
-    metrics.request_done(outcome, started.elapsed());
     result
+}
+
+/// Records a request's outcome when dropped, whether it finished or not.
+struct Recorder<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    outcome: &'static str,
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .request_done(self.outcome, self.started.elapsed());
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -222,7 +278,13 @@ async fn infer(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let json_len = binary_header_length(&request)?;
     check_content_type(&request, json_len.is_some())?;
-    let body = read_body(request, app.config.max_body).await?;
+    let compression = Coding::accepted(request.headers());
+    // `_held` is this body's share of --body-budget, kept until the end.
+    let (body, _held) = body::read(request, &app.body).await.inspect_err(|err| {
+        if err.status == StatusCode::REQUEST_TIMEOUT {
+            app.pool.metrics().body_timed_out();
+        }
+    })?;
     let decode = |model: &Model| match form {
         Form::OpenInference => protocol::decode_infer(&body, json_len, &model.metadata),
         Form::Simple => protocol::decode_predict(&body, &model.metadata),
@@ -248,33 +310,42 @@ async fn infer(
     // Give the instance back before encoding: the next request need not wait.
     drop(lease);
 
-    for output in &outputs {
-        protocol::check_output(output).map_err(|why| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance)
-        })?;
-    }
-    let mut response = match form {
+    let model_error =
+        |why: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance);
+    protocol::check_outputs(&outputs, &model.metadata).map_err(model_error)?;
+    let limit = app.config.max_response;
+    let (body, json_len) = match form {
         Form::OpenInference => {
-            let encoded = protocol::encode_infer_response(&model.metadata, &inference, &outputs);
-            let mut response = json(StatusCode::OK, encoded.body.into());
-            if let Some(len) = encoded.json_len {
-                let headers = response.headers_mut();
-                headers.insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(len));
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-            }
-            response
+            let encoded =
+                protocol::encode_infer_response(&model.metadata, &inference, &outputs, limit)
+                    .map_err(|err| err.served_by(instance))?;
+            (encoded.body, encoded.json_len)
         }
         Form::Simple => {
-            let body = protocol::encode_predict_response(&model.metadata, &outputs, instance);
-            json(StatusCode::OK, body.into())
+            let body = protocol::encode_predict_response(&model.metadata, &outputs, instance, limit)
+                .map_err(|err| err.served_by(instance))?;
+            (body, None)
         }
     };
-    response
-        .headers_mut()
-        .insert("x-instance-id", HeaderValue::from(instance));
+    drop(outputs);
+    let body = match compression {
+        Some(coding) => body::compress(body, coding).await,
+        None => body,
+    };
+    let mut response = json(StatusCode::OK, body.into());
+    let headers = response.headers_mut();
+    if let Some(len) = json_len {
+        headers.insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(len));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    if let Some(coding) = compression {
+        headers.insert(header::CONTENT_ENCODING, body::header_value(coding));
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    headers.insert("x-instance-id", HeaderValue::from(instance));
     Ok(response)
 }
 
@@ -286,13 +357,18 @@ fn binary_header_length(request: &Request<Incoming>) -> Result<Option<usize>, Ap
     let Some(value) = request.headers().get(INFERENCE_HEADER_LENGTH) else {
         return Ok(None);
     };
+    // Digits only: `parse` would also take a sign ("+362").
     value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().parse().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
         .map(Some)
         .ok_or_else(|| {
-            ApiError::bad_request("Inference-Header-Content-Length must be a number of bytes")
+            ApiError::bad_request(
+                "Inference-Header-Content-Length must be a number of bytes, digits only",
+            )
         })
 }
 
@@ -317,32 +393,6 @@ fn check_content_type(request: &Request<Incoming>, binary: bool) -> Result<(), A
                 "content type {mime:?} is not supported; send JSON with Content-Type: application/json"
             ),
         ))
-    }
-}
-
-async fn read_body(request: Request<Incoming>, max_body: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than {max_body} bytes; send less, or raise --max-body"
-            ),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(request.into_body(), max_body).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {err}"
-        ))),
     }
 }
 
@@ -382,6 +432,9 @@ fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     }
     if let Some(instance) = err.instance {
         headers.insert("x-instance-id", HeaderValue::from(instance));
+    }
+    if err.close_connection {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(method) = &err.allow {
         headers.insert(

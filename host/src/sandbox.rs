@@ -19,6 +19,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Most bytes of guest output kept per stream between two drains.
 pub const OUTPUT_LIMIT: usize = 16 * 1024;
 
+/// Most lines of guest output logged per stream per call: a guest that
+/// writes 16 KiB of newlines must not make 16,384 log events.
+pub const OUTPUT_LINES: usize = 64;
+
 /// The data every guest store carries.
 pub struct GuestState {
     wasi: WasiCtx,

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use crate::body::BodyLimits;
 use crate::pool::Pool;
 use crate::routes::handle;
 
@@ -21,6 +22,12 @@ use crate::routes::handle;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_body: usize,
+    /// Longest a request's body may take to arrive.
+    pub body_timeout: Duration,
+    /// Most bytes of request bodies held at once, across all connections.
+    pub body_budget: usize,
+    /// Largest response body the host will build from a model's outputs.
+    pub max_response: usize,
     pub timeout: Duration,
     pub graceful_timeout: Duration,
     pub max_connections: usize,
@@ -35,6 +42,8 @@ pub struct ServerConfig {
 pub struct App {
     pub pool: Arc<Pool>,
     pub config: ServerConfig,
+    /// The bounds on request bodies, and the budget they share.
+    pub body: BodyLimits,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     accepting: AtomicBool,
 }
@@ -43,6 +52,7 @@ impl App {
     pub fn new(pool: Arc<Pool>, config: ServerConfig) -> Arc<App> {
         Arc::new(App {
             pool,
+            body: BodyLimits::new(config.max_body, config.body_timeout, config.body_budget),
             config,
             accepting: AtomicBool::new(true),
         })

@@ -3,8 +3,10 @@
 //! and remove one instance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use crate::pool::Pool;
 
@@ -32,23 +34,81 @@ pub async fn shutdown() {
     });
 }
 
+/// What a control signal asks of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Reload,
+    Grow,
+    Shrink,
+}
+
+impl Control {
+    fn signal(self) -> &'static str {
+        match self {
+            Control::Reload => "HUP",
+            Control::Grow => "TTIN",
+            Control::Shrink => "TTOU",
+        }
+    }
+}
+
 /// Listens for HUP, TTIN and TTOU for as long as the process runs.
+///
+/// One task receives the signals and another applies them, in order, one at
+/// a time: a signal that arrives while a reload runs waits its turn (and the
+/// log says so) instead of being lost, and HUPs that pile up during a reload
+/// are folded into one more reload, which reads the newest file anyway.
 pub fn spawn_control(pool: Arc<Pool>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut ttin = signal(SignalKind::from_raw(SIGTTIN))?;
     let mut ttou = signal(SignalKind::from_raw(SIGTTOU))?;
+    let (send, mut receive) = mpsc::unbounded_channel::<Control>();
+    // Set while a command is being applied, and while a reload is queued.
+    let applying = Arc::new(AtomicBool::new(false));
+    let reload_queued = Arc::new(AtomicBool::new(false));
+    {
+        let (applying, reload_queued) = (Arc::clone(&applying), Arc::clone(&reload_queued));
+        tokio::spawn(async move {
+            loop {
+                let control = tokio::select! {
+                    _ = hup.recv() => Control::Reload,
+                    _ = ttin.recv() => Control::Grow,
+                    _ = ttou.recv() => Control::Shrink,
+                };
+                let name = control.signal();
+                if control == Control::Reload && reload_queued.swap(true, Ordering::SeqCst) {
+                    tracing::info!("received HUP with a reload already queued: that reload covers it");
+                    continue;
+                }
+                if applying.load(Ordering::SeqCst) {
+                    tracing::info!(
+                        "received {name} while another signal is being applied: \
+                         it will be applied next"
+                    );
+                }
+                if send.send(control).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
+        while let Some(control) = receive.recv().await {
+            applying.store(true, Ordering::SeqCst);
+            match control {
+                Control::Reload => {
+                    reload_queued.store(false, Ordering::SeqCst);
                     tracing::info!("received HUP: reloading the model");
                     if let Err(err) = pool.reload().await {
-                        tracing::error!("reload failed, still serving the previous model: {err:#}");
+                        tracing::error!(
+                            "reload failed, still serving the previous model: {err:#}"
+                        );
                     }
                 }
-                _ = ttin.recv() => pool.grow().await,
-                _ = ttou.recv() => pool.shrink().await,
+                Control::Grow => pool.grow().await,
+                Control::Shrink => pool.shrink().await,
             }
+            applying.store(false, Ordering::SeqCst);
         }
     });
     Ok(())

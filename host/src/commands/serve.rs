@@ -15,6 +15,16 @@ use crate::{contract, engine, model, server, signals};
 /// Binds, loads the model, boots the instances and serves until TERM or INT.
 pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
+    if cli.body_budget < cli.max_body {
+        return Err(Failure::new(
+            2,
+            format!(
+                "--body-budget ({} bytes) must be at least --max-body ({} bytes): \
+                 otherwise a body of the largest accepted size could never be read",
+                cli.body_budget, cli.max_body
+            ),
+        ));
+    }
     // Bind first: a port in use is found before a long compile, not after.
     let listener = bind(&cli)?;
     let instances = cli.instances();
@@ -83,6 +93,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         pool,
         ServerConfig {
             max_body: usize::try_from(cli.max_body).unwrap_or(usize::MAX),
+            body_timeout: cli.body_timeout,
+            body_budget: usize::try_from(cli.body_budget).unwrap_or(usize::MAX),
+            max_response: usize::try_from(cli.max_response).unwrap_or(usize::MAX),
             timeout: cli.timeout,
             graceful_timeout: cli.graceful_timeout,
             max_connections: cli.max_connections as usize,

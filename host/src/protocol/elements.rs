@@ -71,15 +71,21 @@ fn encode_into(
         Datatype::Int32 => int!(i32),
         Datatype::Int64 => int!(i64),
         Datatype::Fp16 => {
-            let v = value.as_f64().ok_or_else(wrong)?;
-            b.extend_from_slice(&f32_to_f16(v as f32).to_le_bytes());
+            let half = f32_to_f16(float(value).ok_or_else(wrong)? as f32);
+            if f16_to_f32(half).is_infinite() && value.is_number() {
+                return Err(out_of_range(index, name, value, datatype));
+            }
+            b.extend_from_slice(&half.to_le_bytes());
         }
         Datatype::Fp32 => {
-            let v = value.as_f64().ok_or_else(wrong)?;
-            b.extend_from_slice(&(v as f32).to_le_bytes());
+            let v = float(value).ok_or_else(wrong)? as f32;
+            if v.is_infinite() && value.is_number() {
+                return Err(out_of_range(index, name, value, datatype));
+            }
+            b.extend_from_slice(&v.to_le_bytes());
         }
         Datatype::Fp64 => {
-            let v = value.as_f64().ok_or_else(wrong)?;
+            let v = float(value).ok_or_else(wrong)?;
             b.extend_from_slice(&v.to_le_bytes());
         }
         Datatype::Bytes => {
@@ -93,33 +99,99 @@ fn encode_into(
     Ok(())
 }
 
-/// Checks that a tensor the model returned holds as many elements as its shape
-/// says, so that encoding it cannot read past its data.
-pub fn check_output(tensor: &Tensor) -> Result<(), String> {
-    let count: u64 = tensor.shape.iter().product();
-    let ok = match tensor.datatype.element_size() {
-        Some(size) => tensor.data.len() as u64 == count * size as u64,
-        None => {
-            bytes_elements(&tensor.data).count() as u64 == count
-                && bytes_elements(&tensor.data).all(|e| e.is_some())
-        }
+/// How JSON carries the floats it has no number for. JSON numbers cannot be
+/// NaN or infinite, so these travel as strings (as in protobuf's JSON
+/// mapping), both ways; numpy reads them with a float dtype, and binary
+/// tensor data carries them exactly.
+pub const NAN: &str = "NaN";
+pub const INFINITY: &str = "Infinity";
+pub const NEG_INFINITY: &str = "-Infinity";
+
+/// A float element: a JSON number, or one of the non-finite strings.
+fn float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if s == NAN => Some(f64::NAN),
+        Value::String(s) if s == INFINITY => Some(f64::INFINITY),
+        Value::String(s) if s == NEG_INFINITY => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+fn out_of_range(index: usize, name: &str, value: &Value, datatype: Datatype) -> ApiError {
+    let max = match datatype {
+        Datatype::Fp16 => "65504",
+        _ => "3.4028235e38",
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "the model returned output {:?} with shape {:?} and {} bytes of {} data, which do not agree",
+    ApiError::bad_request(format!(
+        "element {index} of input {name:?} is {value}, outside {datatype}'s range (±{max}); \
+         send a smaller value, or \"Infinity\" if you mean it"
+    ))
+}
+
+/// Checks that a tensor's data holds exactly the elements its shape says,
+/// in checked arithmetic (a shape of 2^63 × 2 must not wrap around to match
+/// empty data), and that `BYTES` elements are whole. Encoding a tensor that
+/// passes cannot read past its data.
+pub fn check_data(tensor: &Tensor) -> Result<(), String> {
+    let what = || {
+        format!(
+            "output {:?} has shape {:?} but {} bytes of {} data",
             tensor.name,
             tensor.shape,
             tensor.data.len(),
             tensor.datatype
-        ))
+        )
+    };
+    let Some(count) = element_count(&tensor.shape) else {
+        return Err(format!("{}: the shape holds more than 2^64 elements", what()));
+    };
+    match tensor.datatype.element_size() {
+        Some(size) => {
+            if count.checked_mul(size as u64) != Some(tensor.data.len() as u64) {
+                return Err(format!("{}, which do not agree", what()));
+            }
+        }
+        None => {
+            let mut elements = 0u64;
+            for element in bytes_elements(&tensor.data) {
+                if element.is_none() {
+                    return Err(format!("{}: a BYTES element is truncated", what()));
+                }
+                elements += 1;
+            }
+            if elements != count {
+                return Err(format!("{}: {elements} BYTES elements, which do not agree", what()));
+            }
+        }
     }
+    Ok(())
+}
+
+/// The fewest bytes a tensor's JSON can take: one character and a comma per
+/// element (three for a BYTES string), and `[],` for every array a nested
+/// encoding opens. Saturates rather than wraps. Lets an encoder refuse a
+/// response that would pass its size limit before writing any of it: a shape
+/// of 10^8 empty rows holds no data but nests into 300 MB of `[],`.
+pub fn json_size_floor(tensor: &Tensor, nested: bool) -> u64 {
+    let per_element = if tensor.datatype == Datatype::Bytes { 3 } else { 2 };
+    let elements = element_count(&tensor.shape).unwrap_or(u64::MAX);
+    let mut arrays = 1u64;
+    if nested && tensor.shape.len() > 1 {
+        let mut rows = 1u64;
+        for &d in &tensor.shape[..tensor.shape.len() - 1] {
+            rows = rows.saturating_mul(d);
+            arrays = arrays.saturating_add(rows);
+        }
+    }
+    elements
+        .saturating_mul(per_element)
+        .saturating_add(arrays.saturating_mul(3))
 }
 
 /// The number of elements a shape holds; `None` if it overflows, which no
 /// real tensor does (and which must not wrap around to pass a check).
-pub(super) fn element_count(shape: &[u64]) -> Option<u64> {
+pub fn element_count(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
 }
 
@@ -213,19 +285,45 @@ impl Serialize for Chunk<'_> {
                 Datatype::Int8 => seq.serialize_element(&(e[0] as i8))?,
                 Datatype::Uint16 => seq.serialize_element(&u16::from_le_bytes([e[0], e[1]]))?,
                 Datatype::Int16 => seq.serialize_element(&i16::from_le_bytes([e[0], e[1]]))?,
-                Datatype::Fp16 => {
-                    seq.serialize_element(&f16_to_f32(u16::from_le_bytes([e[0], e[1]])))?
-                }
+                Datatype::Fp16 => float32(&mut seq, f16_to_f32(u16::from_le_bytes([e[0], e[1]])))?,
                 Datatype::Uint32 => seq.serialize_element(&u32::from_le_bytes(arr(e)))?,
                 Datatype::Int32 => seq.serialize_element(&i32::from_le_bytes(arr(e)))?,
-                Datatype::Fp32 => seq.serialize_element(&f32::from_le_bytes(arr(e)))?,
+                Datatype::Fp32 => float32(&mut seq, f32::from_le_bytes(arr(e)))?,
                 Datatype::Uint64 => seq.serialize_element(&u64::from_le_bytes(arr(e)))?,
                 Datatype::Int64 => seq.serialize_element(&i64::from_le_bytes(arr(e)))?,
-                Datatype::Fp64 => seq.serialize_element(&f64::from_le_bytes(arr(e)))?,
+                Datatype::Fp64 => {
+                    let v = f64::from_le_bytes(arr(e));
+                    match non_finite(v) {
+                        None => seq.serialize_element(&v)?,
+                        Some(name) => seq.serialize_element(name)?,
+                    }
+                }
                 Datatype::Bytes => unreachable!("BYTES has no fixed element size"),
             }
         }
         seq.end()
+    }
+}
+
+/// An FP16 or FP32 element, written from its own precision so that it
+/// round-trips without float64 noise digits.
+fn float32<S: SerializeSeq>(seq: &mut S, v: f32) -> Result<(), S::Error> {
+    match non_finite(v as f64) {
+        None => seq.serialize_element(&v),
+        Some(name) => seq.serialize_element(name),
+    }
+}
+
+/// The string JSON carries for a float it has no number for.
+fn non_finite(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some(NAN)
+    } else if v == f64::INFINITY {
+        Some(INFINITY)
+    } else if v == f64::NEG_INFINITY {
+        Some(NEG_INFINITY)
+    } else {
+        None
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::contract::{Metadata, Tensor, TensorSpec};
 use crate::error::ApiError;
 
-pub use elements::{Elements, check_output};
+pub use elements::{Elements, check_data, element_count, json_size_floor};
 pub use oip::{InferResponse, decode_infer, encode_infer_response};
 pub use simple::{decode_predict, encode_predict_response};
 
@@ -150,6 +150,123 @@ pub(crate) fn describe_specs(specs: &[TensorSpec]) -> String {
     described.join(", ")
 }
 
+/// Checks what a model returned against what its metadata declares, before
+/// anything is encoded: every output declared and returned once, with the
+/// declared datatype and rank, fixed dimensions as declared, and data that
+/// agrees with its shape. A guest is untrusted; an output that breaks the
+/// contract is the model's fault (a 500 that names the violation), and the
+/// instance itself is fine.
+pub fn check_outputs(outputs: &[Tensor], metadata: &Metadata) -> Result<(), String> {
+    let model = &metadata.name;
+    for (i, output) in outputs.iter().enumerate() {
+        let Some(spec) = metadata.outputs.iter().find(|s| s.name == output.name) else {
+            return Err(format!(
+                "model {model} returned output {:?}, which its metadata does not declare \
+                 (it declares {})",
+                output.name,
+                describe_specs(&metadata.outputs)
+            ));
+        };
+        if outputs[..i].iter().any(|o| o.name == output.name) {
+            return Err(format!("model {model} returned output {:?} twice", output.name));
+        }
+        if output.datatype != spec.datatype {
+            return Err(format!(
+                "model {model} returned output {:?} as {} but declares {}",
+                output.name, output.datatype, spec.datatype
+            ));
+        }
+        let fits = output.shape.len() == spec.shape.len()
+            && output
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(&got, &want)| want == -1 || i64::try_from(got) == Ok(want));
+        if !fits {
+            return Err(format!(
+                "model {model} returned output {:?} with shape {:?} but declares {:?}",
+                output.name, output.shape, spec.shape
+            ));
+        }
+        check_data(output).map_err(|why| format!("model {model} returned {why}"))?;
+    }
+    if let Some(missing) = metadata
+        .outputs
+        .iter()
+        .find(|spec| !outputs.iter().any(|o| o.name == spec.name))
+    {
+        return Err(format!(
+            "model {model} did not return output {:?}, which its metadata declares",
+            missing.name
+        ));
+    }
+    Ok(())
+}
+
+/// A response body that grows to its limit and no further, so a model's
+/// output cannot make the host build a body of any size: encoding stops
+/// with an error at the limit instead.
+pub(crate) struct Capped {
+    pub body: Vec<u8>,
+    limit: usize,
+}
+
+impl Capped {
+    /// A body expected to take about `estimate` bytes, allowed `limit`.
+    pub fn new(estimate: u64, limit: usize) -> Capped {
+        let estimate = usize::try_from(estimate).unwrap_or(usize::MAX);
+        Capped {
+            body: Vec::with_capacity(estimate.min(limit)),
+            limit,
+        }
+    }
+
+    /// Appends raw bytes (binary tensor data) within the limit.
+    pub fn extend(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
+        std::io::Write::write_all(self, bytes).map_err(|_| too_large(self.limit))
+    }
+
+    /// Serializes `value` as JSON into the body, within the limit.
+    pub fn json(&mut self, value: &impl serde::Serialize) -> Result<(), ApiError> {
+        serde_json::to_writer(&mut *self, value).map_err(|err| {
+            if err.is_io() {
+                too_large(self.limit)
+            } else {
+                ApiError::new(
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot encode the response: {err}"),
+                )
+            }
+        })
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.body.len() + bytes.len() > self.limit {
+            return Err(std::io::Error::other("over the response limit"));
+        }
+        self.body.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The error for a response past `--max-response`.
+pub(crate) fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        hyper::StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "the model's outputs make a response larger than {} MiB (--max-response); \
+             ask for fewer outputs, use binary tensor data, or raise --max-response",
+            limit >> 20
+        ),
+    )
+}
+
 /// Model metadata in the OIP form of `GET /v2/models/{name}`.
 pub fn model_metadata(metadata: &Metadata) -> Value {
     let specs = |specs: &[TensorSpec]| -> Value {
@@ -230,7 +347,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(nested, "[[0.1,0.2],[0.3,0.4]]");
-        check_output(&tensor).unwrap();
+        check_data(&tensor).unwrap();
     }
 
     #[test]

@@ -5,8 +5,12 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::elements::{Elements, bytes_elements, element_count, encode_elements};
-use super::{Inference, RequestedOutput, describe_specs, order_and_check, parse_json};
+use super::elements::{
+    Elements, bytes_elements, element_count, encode_elements, json_size_floor,
+};
+use super::{
+    Capped, Inference, RequestedOutput, describe_specs, order_and_check, parse_json, too_large,
+};
 use crate::contract::{Datatype, Metadata, Tensor};
 use crate::error::ApiError;
 
@@ -229,12 +233,13 @@ pub struct InferResponse {
 }
 
 /// The OIP infer response, with only the outputs the client asked for, each
-/// in the form it asked for.
+/// in the form it asked for, within `limit` bytes (`--max-response`).
 pub fn encode_infer_response(
     metadata: &Metadata,
     inference: &Inference,
     outputs: &[Tensor],
-) -> InferResponse {
+    limit: usize,
+) -> Result<InferResponse, ApiError> {
     let selected: Vec<OipOutput> = outputs
         .iter()
         .filter_map(|tensor| {
@@ -245,6 +250,16 @@ pub fn encode_infer_response(
             Some(OipOutput { tensor, binary })
         })
         .collect();
+    let estimate = selected.iter().fold(256u64, |sum, o| {
+        sum.saturating_add(if o.binary {
+            o.tensor.data.len() as u64 + 64
+        } else {
+            json_size_floor(o.tensor, false)
+        })
+    });
+    if estimate > limit as u64 {
+        return Err(too_large(limit));
+    }
     #[derive(serde::Serialize)]
     struct Response<'a> {
         model_name: &'a str,
@@ -255,22 +270,22 @@ pub fn encode_infer_response(
         parameters: &'a serde_json::Map<String, Value>,
         outputs: &'a [OipOutput<'a>],
     }
-    let mut body = serde_json::to_vec(&Response {
+    let mut body = Capped::new(estimate, limit);
+    body.json(&Response {
         model_name: &metadata.name,
         model_version: &metadata.version,
         id: inference.id.as_deref(),
         parameters: &inference.parameters,
         outputs: &selected,
-    })
-    .expect("serializing to memory cannot fail");
-    let json_len = body.len();
+    })?;
+    let json_len = body.body.len();
     let mut binary = false;
     for output in selected.iter().filter(|o| o.binary) {
-        body.extend_from_slice(&output.tensor.data);
+        body.extend(&output.tensor.data)?;
         binary = true;
     }
-    InferResponse {
-        body,
+    Ok(InferResponse {
+        body: body.body,
         json_len: binary.then_some(json_len),
-    }
+    })
 }

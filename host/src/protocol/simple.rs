@@ -5,8 +5,10 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::elements::{Elements, encode_elements};
-use super::{Inference, describe_specs, order_and_check, parse_json, unknown_input};
+use super::elements::{Elements, element_count, encode_elements, json_size_floor};
+use super::{
+    Capped, Inference, describe_specs, order_and_check, parse_json, too_large, unknown_input,
+};
 use crate::contract::{Metadata, Tensor};
 use crate::error::ApiError;
 
@@ -98,8 +100,13 @@ fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, ApiError> {
 
 /// The `/predict` response: outputs by name, nested by shape; `prediction`
 /// when the model has a `label` output (a scalar for one example, else a list);
-/// and the id of the instance that served it.
-pub fn encode_predict_response(metadata: &Metadata, outputs: &[Tensor], instance: u64) -> Vec<u8> {
+/// and the id of the instance that served it. At most `limit` bytes.
+pub fn encode_predict_response(
+    metadata: &Metadata,
+    outputs: &[Tensor],
+    instance: u64,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     struct Outputs<'a>(&'a [Tensor]);
     impl Serialize for Outputs<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -121,9 +128,13 @@ pub fn encode_predict_response(metadata: &Metadata, outputs: &[Tensor], instance
                 tensor: self.0,
                 nested: false,
             };
+            if element_count(&self.0.shape) != Some(1) {
+                return flat.serialize(serializer);
+            }
+            // One example: the bare element rather than a list of one.
             match serde_json::to_value(flat).map_err(serde::ser::Error::custom)? {
                 Value::Array(mut one) if one.len() == 1 => one.pop().unwrap().serialize(serializer),
-                many => many.serialize(serializer),
+                other => other.serialize(serializer),
             }
         }
     }
@@ -135,11 +146,20 @@ pub fn encode_predict_response(metadata: &Metadata, outputs: &[Tensor], instance
         prediction: Option<Prediction<'a>>,
         outputs: Outputs<'a>,
     }
-    serde_json::to_vec(&Response {
+    let label = outputs.iter().find(|t| t.name == "label");
+    let estimate = outputs
+        .iter()
+        .chain(label)
+        .fold(256u64, |sum, t| sum.saturating_add(json_size_floor(t, true)));
+    if estimate > limit as u64 {
+        return Err(too_large(limit));
+    }
+    let mut body = Capped::new(estimate, limit);
+    body.json(&Response {
         model: &metadata.name,
         instance,
-        prediction: outputs.iter().find(|t| t.name == "label").map(Prediction),
+        prediction: label.map(Prediction),
         outputs: Outputs(outputs),
-    })
-    .expect("serializing to memory cannot fail")
+    })?;
+    Ok(body.body)
 }
