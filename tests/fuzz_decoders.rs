@@ -4,6 +4,12 @@
 //! decode into tensors that agree with their shapes and the model's metadata,
 //! or be refused with a 4xx; nothing may panic.
 //!
+//! And one for what comes back from a guest, which is as untrusted as a
+//! request: random outputs (names, datatypes, shapes, data lengths) through
+//! the output check and both encoders. Every set of outputs must either be
+//! refused by the check with a message, or encode into valid JSON within the
+//! response limit (or be refused for its size); nothing may panic.
+//!
 //! `FUZZ_SECONDS` sets the budget (default 3 s per decoder); `FUZZ_SEED`
 //! replays a run.
 
@@ -11,8 +17,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasm_host::contract::{Datatype, Metadata, TensorSpec};
-use wasm_host::protocol::{self, Inference};
+use wasm_host::contract::{Datatype, Metadata, Tensor, TensorSpec};
+use wasm_host::protocol::{self, Inference, RequestedOutput};
 
 /// xorshift64*: small, fast and reproducible from its seed.
 struct Rng(u64);
@@ -180,7 +186,7 @@ fn check_decoded(inference: &Inference, metadata: &Metadata) {
         assert_eq!(tensor.name, spec.name);
         assert_eq!(tensor.datatype, spec.datatype);
         assert_eq!(tensor.shape.len(), spec.shape.len());
-        protocol::check_output(tensor).expect("decoded data agrees with its shape");
+        protocol::check_data(tensor).expect("decoded data agrees with its shape");
     }
 }
 
@@ -209,7 +215,8 @@ fn binary_seed() -> (usize, Vec<u8>) {
     (json_len, body)
 }
 
-fn fuzz(name: &str, binary: bool, decode: Decoder) {
+/// The run's time budget and seed, from `FUZZ_SECONDS` and `FUZZ_SEED`.
+fn budget() -> (Duration, u64) {
     let seconds: u64 = std::env::var("FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -218,11 +225,16 @@ fn fuzz(name: &str, binary: bool, decode: Decoder) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::process::id() as u64 * 0x9e37_79b9 + 1);
+    (Duration::from_secs(seconds), seed)
+}
+
+fn fuzz(name: &str, binary: bool, decode: Decoder) {
+    let (seconds, seed) = budget();
     let mut rng = Rng(seed | 1);
     let metadata = metadata();
     let seeds = seeds();
     let (seed_json_len, seed_binary) = binary_seed();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let deadline = Instant::now() + seconds;
     let (mut runs, mut decoded) = (0u64, 0u64);
     while Instant::now() < deadline {
         for _ in 0..256 {
@@ -289,4 +301,162 @@ fn the_predict_decoder_decodes_or_refuses_with_4xx_and_never_panics() {
     fuzz("decode_predict", false, |body, _, metadata| {
         protocol::decode_predict(body, metadata)
     });
+}
+
+/// The model whose outputs are fuzzed: one of each kind of spec.
+fn output_metadata() -> Metadata {
+    let spec = |name: &str, datatype, shape: &[i64]| TensorSpec {
+        name: name.into(),
+        datatype,
+        shape: shape.to_vec(),
+    };
+    Metadata {
+        name: "m".into(),
+        version: "1".into(),
+        inputs: vec![spec("x", Datatype::Fp32, &[-1])],
+        outputs: vec![
+            spec("probabilities", Datatype::Fp32, &[-1, 3]),
+            spec("label", Datatype::Int64, &[-1]),
+            spec("grid", Datatype::Uint8, &[-1, -1, -1]),
+            spec("text", Datatype::Bytes, &[-1]),
+            spec("half", Datatype::Fp16, &[2]),
+        ],
+    }
+}
+
+/// A random dimension: mostly small, sometimes zero, sometimes enormous.
+fn random_dim(rng: &mut Rng) -> u64 {
+    match rng.below(10) {
+        0 => 0,
+        1 => *rng.pick(&[1 << 63, u64::MAX, 100_000_000, 1 << 32]),
+        _ => rng.below(5) as u64,
+    }
+}
+
+/// A random output: usually close to a declared spec, often a little off.
+fn random_output(rng: &mut Rng, metadata: &Metadata) -> Tensor {
+    let spec = rng.pick(&metadata.outputs).clone();
+    let name = match rng.below(12) {
+        0 => "undeclared".to_owned(),
+        _ => spec.name.clone(),
+    };
+    let datatype = if rng.below(10) == 0 {
+        *rng.pick(&Datatype::ALL)
+    } else {
+        spec.datatype
+    };
+    let rank = if rng.below(10) == 0 {
+        rng.below(4)
+    } else {
+        spec.shape.len()
+    };
+    let shape: Vec<u64> = (0..rank)
+        .map(|i| match spec.shape.get(i) {
+            Some(&d) if d >= 0 && rng.below(4) != 0 => d as u64,
+            _ => random_dim(rng),
+        })
+        .collect();
+    let count = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= 4096);
+    let data = match (datatype.element_size(), count, rng.below(5)) {
+        (Some(size), Some(n), 0..=2) => (0..n as usize * size).map(|_| rng.next() as u8).collect(),
+        (None, Some(n), 0..=2) => {
+            let mut data = Vec::new();
+            for _ in 0..n {
+                let len = rng.below(6);
+                data.extend_from_slice(&(len as u32).to_le_bytes());
+                data.extend((0..len).map(|_| rng.next() as u8));
+            }
+            data
+        }
+        _ => (0..rng.below(40)).map(|_| rng.next() as u8).collect(),
+    };
+    Tensor {
+        name,
+        datatype,
+        shape,
+        data,
+    }
+}
+
+#[test]
+fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
+    const LIMIT: usize = 64 << 10;
+    let (seconds, seed) = budget();
+    let mut rng = Rng(seed | 1);
+    let metadata = output_metadata();
+    let deadline = Instant::now() + seconds;
+    let (mut runs, mut accepted, mut encoded) = (0u64, 0u64, 0u64);
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            runs += 1;
+            // Mostly one output per spec, in a random order; sometimes more
+            // or fewer.
+            let mut outputs: Vec<Tensor> = Vec::new();
+            for _ in 0..metadata.outputs.len() + rng.below(3) - 1 {
+                outputs.push(random_output(&mut rng, &metadata));
+            }
+            if rng.below(2) == 0 {
+                // A well-formed set now and then, so the encoders get work.
+                outputs = metadata
+                    .outputs
+                    .iter()
+                    .map(|spec| loop {
+                        let t = random_output(&mut rng, &metadata);
+                        if t.name == spec.name {
+                            break t;
+                        }
+                    })
+                    .collect();
+            }
+            let checked = catch_unwind(AssertUnwindSafe(|| {
+                protocol::check_outputs(&outputs, &metadata)
+            }))
+            .unwrap_or_else(|_| panic!("check_outputs panicked (FUZZ_SEED={seed}) on {outputs:?}"));
+            if let Err(why) = checked {
+                assert!(!why.is_empty());
+                continue;
+            }
+            accepted += 1;
+            let binary = rng.below(2) == 0;
+            let inference = Inference {
+                id: Some("7".into()),
+                inputs: Vec::new(),
+                outputs: (rng.below(2) == 0).then(|| {
+                    vec![RequestedOutput {
+                        name: rng.pick(&metadata.outputs).name.clone(),
+                        binary: rng.below(2) == 0,
+                    }]
+                }),
+                binary_outputs: binary,
+                parameters: serde_json::Map::new(),
+            };
+            let encodings = catch_unwind(AssertUnwindSafe(|| {
+                let oip = protocol::encode_infer_response(&metadata, &inference, &outputs, LIMIT);
+                let simple = protocol::encode_predict_response(&metadata, &outputs, 1, LIMIT);
+                (oip, simple)
+            }))
+            .unwrap_or_else(|_| panic!("an encoder panicked (FUZZ_SEED={seed}) on {outputs:?}"));
+            match encodings.0 {
+                Ok(response) => {
+                    encoded += 1;
+                    assert!(response.body.len() <= LIMIT);
+                    let json = &response.body[..response.json_len.unwrap_or(response.body.len())];
+                    let _: Value = serde_json::from_slice(json).expect("the response is JSON");
+                }
+                Err(err) => assert!(err.message.contains("--max-response"), "{}", err.message),
+            }
+            match encodings.1 {
+                Ok(body) => {
+                    assert!(body.len() <= LIMIT);
+                    let _: Value = serde_json::from_slice(&body).expect("the response is JSON");
+                }
+                Err(err) => assert!(err.message.contains("--max-response"), "{}", err.message),
+            }
+        }
+    }
+    assert!(accepted > 0 && encoded > 0, "{runs} runs, {accepted} accepted, {encoded} encoded");
+    eprintln!("outputs: {runs} sets, {accepted} passed the check, {encoded} encoded, seed {seed}");
 }
