@@ -32,6 +32,9 @@ pub struct GuestState {
     pub stderr: GuestOutput,
     /// When the current call must stop; read by the epoch callback.
     pub deadline: std::time::Instant,
+    /// When the guest last got a thread back after yielding at an epoch
+    /// tick (or its call began); written by the yield's future.
+    pub resumed: Arc<Mutex<std::time::Instant>>,
 }
 
 impl GuestState {
@@ -49,6 +52,7 @@ impl GuestState {
             stdout,
             stderr,
             deadline: std::time::Instant::now(),
+            resumed: Arc::new(Mutex::new(std::time::Instant::now())),
         }
     }
 }

@@ -277,3 +277,19 @@ def test_server_still_healthy_after_errors(client, reference):
         MODEL, [make_input(reference["inputs"][:1], False)], outputs=requested(OUTPUTS, False)
     )
     assert_matches(result, reference, slice(0, 1))
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", MODES)
+def test_compressed_requests_and_responses(client, reference, binary, algorithm):
+    """tritonclient's request_compression_algorithm and response_compression_algorithm: the
+    host decodes the body and compresses the answer, and the values are unchanged."""
+    rows = slice(0, 50)
+    result = client.infer(
+        MODEL,
+        [make_input(reference["inputs"][rows], binary)],
+        outputs=requested(OUTPUTS, binary),
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    assert_matches(result, reference, rows)
