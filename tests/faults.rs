@@ -241,7 +241,11 @@ fn guest_output_goes_to_the_host_log_tagged_and_bounded() {
     // 5,000 lines of 100 bytes per stream, kept to 64 lines (of the 16 KiB
     // kept) each, and one line saying what was dropped.
     assert!(guest_lines.len() > 100, "{}", log.join("\n"));
-    assert!(guest_lines.len() <= 2 * 65, "{} guest lines", guest_lines.len());
+    assert!(
+        guest_lines.len() <= 2 * 65,
+        "{} guest lines",
+        guest_lines.len()
+    );
     assert!(
         guest_lines
             .iter()

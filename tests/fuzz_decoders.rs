@@ -403,10 +403,12 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
                 outputs = metadata
                     .outputs
                     .iter()
-                    .map(|spec| loop {
-                        let t = random_output(&mut rng, &metadata);
-                        if t.name == spec.name {
-                            break t;
+                    .map(|spec| {
+                        loop {
+                            let t = random_output(&mut rng, &metadata);
+                            if t.name == spec.name {
+                                break t;
+                            }
                         }
                     })
                     .collect();
@@ -434,7 +436,7 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
                 parameters: serde_json::Map::new(),
             };
             let encodings = catch_unwind(AssertUnwindSafe(|| {
-                let oip = protocol::encode_infer_response(&metadata, &inference, &outputs, LIMIT);
+                let oip = protocol::encode_infer_response("m", "1", &inference, &outputs, LIMIT);
                 let simple = protocol::encode_predict_response(&metadata, &outputs, 1, LIMIT);
                 (oip, simple)
             }))
@@ -457,6 +459,9 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
             }
         }
     }
-    assert!(accepted > 0 && encoded > 0, "{runs} runs, {accepted} accepted, {encoded} encoded");
+    assert!(
+        accepted > 0 && encoded > 0,
+        "{runs} runs, {accepted} accepted, {encoded} encoded"
+    );
     eprintln!("outputs: {runs} sets, {accepted} passed the check, {encoded} encoded, seed {seed}");
 }

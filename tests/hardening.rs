@@ -87,17 +87,21 @@ fn a_body_that_stops_arriving_is_cut_off_and_liveness_keeps_answering() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("--body-timeout"), "{answer}");
     }
-    assert_eq!(
-        metric(&host, "wasm_host_request_body_timeouts_total "),
-        8.0
-    );
+    assert_eq!(metric(&host, "wasm_host_request_body_timeouts_total "), 8.0);
 }
 
 #[test]
 fn request_bodies_in_flight_share_one_budget_and_the_rest_get_503() {
     let host = Host::start(
         &guest("guest_model"),
-        &["--max-body", "2MiB", "--body-budget", "4MiB", "--body-timeout", "30s"],
+        &[
+            "--max-body",
+            "2MiB",
+            "--body-budget",
+            "4MiB",
+            "--body-timeout",
+            "30s",
+        ],
     );
     // Two bodies of 2 MiB, half sent: the whole budget is spoken for.
     let mut holders: Vec<TcpStream> = (0..2)
@@ -115,9 +119,18 @@ fn request_bodies_in_flight_share_one_budget_and_the_rest_get_503() {
         &body,
     )
     .unwrap();
-    assert_eq!(refused.status, 503, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
     assert!(refused.header("retry-after").is_some());
-    assert!(refused.error().contains("--body-budget"), "{}", refused.error());
+    assert!(
+        refused.error().contains("--body-budget"),
+        "{}",
+        refused.error()
+    );
     // The holders leave; their share comes back.
     for holder in &mut holders {
         holder.shutdown(std::net::Shutdown::Both).unwrap();
@@ -200,7 +213,11 @@ fn gzip_and_deflate_bodies_are_decoded_and_a_bomb_is_held_to_max_body() {
     )
     .unwrap();
     assert_eq!(response.status, 413);
-    assert!(response.error().contains("once decompressed"), "{}", response.error());
+    assert!(
+        response.error().contains("once decompressed"),
+        "{}",
+        response.error()
+    );
     let response = request(
         host.addr,
         "POST",
@@ -210,7 +227,11 @@ fn gzip_and_deflate_bodies_are_decoded_and_a_bomb_is_held_to_max_body() {
     )
     .unwrap();
     assert_eq!(response.status, 415);
-    assert!(response.error().contains("gzip or deflate"), "{}", response.error());
+    assert!(
+        response.error().contains("gzip or deflate"),
+        "{}",
+        response.error()
+    );
     let response = request(
         host.addr,
         "POST",
@@ -220,7 +241,11 @@ fn gzip_and_deflate_bodies_are_decoded_and_a_bomb_is_held_to_max_body() {
     )
     .unwrap();
     assert_eq!(response.status, 400);
-    assert!(response.error().contains("not valid gzip"), "{}", response.error());
+    assert!(
+        response.error().contains("not valid gzip"),
+        "{}",
+        response.error()
+    );
 }
 
 #[test]
@@ -239,21 +264,43 @@ fn outputs_that_break_the_contract_get_a_500_naming_the_violation_and_keep_the_i
     for (how, needle) in cases {
         let response = host.post_json(FAULT_INFER, &fault_action(10, how));
         assert_eq!(response.status, 500, "case {how}");
-        assert!(response.error().contains(needle), "case {how}: {}", response.error());
-        assert_eq!(response.instance(), first, "case {how}: the instance is fine");
+        assert!(
+            response.error().contains(needle),
+            "case {how}: {}",
+            response.error()
+        );
+        assert_eq!(
+            response.instance(),
+            first,
+            "case {how}: the instance is fine"
+        );
     }
     // 10^8 empty rows are a valid tensor: flat, it is a short answer...
     let response = host.post_json(FAULT_INFER, &fault_action(10, 1));
     assert_eq!(response.status, 200);
-    assert_eq!(response.json()["outputs"][1]["shape"], json!([100_000_000, 0]));
+    assert_eq!(
+        response.json()["outputs"][1]["shape"],
+        json!([100_000_000, 0])
+    );
     // ...nested by /predict it would be 300 MB of `[],`: refused unbuilt.
     let asked = Instant::now();
     let response = host.post_json("/predict", &json!({ "inputs": [10, 1] }));
     assert_eq!(response.status, 500);
-    assert!(response.error().contains("--max-response"), "{}", response.error());
-    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    assert!(
+        response.error().contains("--max-response"),
+        "{}",
+        response.error()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(host.get("/health").json()["instances"]["replaced"], 0);
-    assert_eq!(fault_result(&host.post_json(FAULT_INFER, &fault_action(0, 9))), 9);
+    assert_eq!(
+        fault_result(&host.post_json(FAULT_INFER, &fault_action(0, 9))),
+        9
+    );
 }
 
 #[test]
@@ -270,14 +317,21 @@ fn a_response_is_held_to_max_response_and_the_host_stays_small() {
             std::thread::spawn(move || {
                 let mut body = fault_action(11, 48);
                 body["parameters"] = json!({ "binary_data_output": binary });
-                Client::connect(addr).unwrap().post_json(FAULT_INFER, &body).unwrap()
+                Client::connect(addr)
+                    .unwrap()
+                    .post_json(FAULT_INFER, &body)
+                    .unwrap()
             })
         })
         .collect();
     for response in big {
         let response = response.join().unwrap();
         assert_eq!(response.status, 500);
-        assert!(response.error().contains("--max-response"), "{}", response.error());
+        assert!(
+            response.error().contains("--max-response"),
+            "{}",
+            response.error()
+        );
     }
     // Two instances that held 48 MiB each, and the host: not gigabytes.
     let rss = host.rss();
@@ -320,7 +374,10 @@ fn guest_output_is_bounded_in_lines_and_its_control_characters_are_escaped() {
         .find(|l| l.contains("forged line"))
         .unwrap_or_else(|| panic!("{lines:#?}"));
     assert!(forged.contains("\\u{1b}[31mred"), "{forged}");
-    assert!(forged.contains("\\u{d}forged line \\u{202e}txt.exe"), "{forged}");
+    assert!(
+        forged.contains("\\u{d}forged line \\u{202e}txt.exe"),
+        "{forged}"
+    );
     assert!(
         !forged.contains('\x1b') && !forged.contains('\r') && !forged.contains('\u{202e}'),
         "{forged:?}"
@@ -337,7 +394,11 @@ fn a_model_whose_metadata_never_returns_fails_start_up_within_the_set_up_deadlin
     ]);
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("set-up deadline"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -345,7 +406,8 @@ fn a_reload_onto_a_stuck_model_fails_with_a_reason_and_signals_during_it_are_app
     let model = support::scratch_file("model.wasm");
     std::fs::copy(guest("echo_model"), &model).unwrap();
     let host = Host::start(&model, &["--instances", "2"]);
-    let echo = json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3] }] });
+    let echo =
+        json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3] }] });
     std::fs::copy(guest("stuck_model"), &model).unwrap();
     host.signal("HUP");
     wait_for_log(&host, "reloading the model", Duration::from_secs(5));
@@ -376,7 +438,11 @@ fn a_trap_after_a_survived_refused_grow_is_a_500_not_a_507() {
     );
     let survived = host.post_json(FAULT_INFER, &fault_action(9, 64));
     assert_eq!(survived.status, 200);
-    assert_eq!(fault_result(&survived), 1, "the grow was refused and survived");
+    assert_eq!(
+        fault_result(&survived),
+        1,
+        "the grow was refused and survived"
+    );
     let trapped = host.post_json(FAULT_INFER, &fault_action(1, 0));
     assert_eq!(trapped.instance(), survived.instance());
     assert_eq!(trapped.status, 500, "{}", trapped.error());
@@ -386,10 +452,13 @@ fn a_trap_after_a_survived_refused_grow_is_a_500_not_a_507() {
 fn every_metric_label_exists_from_the_start_and_a_client_that_leaves_is_counted() {
     let host = Host::start(&guest("fault_model"), &["--instances", "1"]);
     for cause in ["trap", "timeout", "memory_cap", "cancelled", "recycled"] {
-        let series = format!("wasm_host_instance_replacements_total{{cause=\"{cause}\"}} ");
+        let series = format!(
+            "wasm_host_instance_replacements_total{{model=\"fault\",version=\"1\",cause=\"{cause}\"}} "
+        );
         assert_eq!(metric(&host, &series), 0.0, "{cause}");
     }
-    let cancelled = "wasm_host_inference_requests_total{outcome=\"cancelled\"} ";
+    let cancelled =
+        "wasm_host_inference_requests_total{model=\"fault\",version=\"1\",outcome=\"cancelled\"} ";
     assert_eq!(metric(&host, cancelled), 0.0);
     let mut client = Client::connect(host.addr).unwrap();
     client.send_only(
@@ -401,19 +470,34 @@ fn every_metric_label_exists_from_the_start_and_a_client_that_leaves_is_counted(
     drop(client);
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric(&host, cancelled) != 1.0 {
-        assert!(Instant::now() < deadline, "the cancelled request was not counted");
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled request was not counted"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(&host, "wasm_host_instances_missing "), 0.0);
+    assert_eq!(
+        metric(
+            &host,
+            "wasm_host_instances_missing{model=\"fault\",version=\"1\"} "
+        ),
+        0.0
+    );
     assert_eq!(host.get("/health").json()["instances"]["missing"], 0);
 }
 
 #[test]
 fn model_names_in_paths_are_percent_decoded() {
     let host = Host::start(&guest("echo_model"), &[]);
-    let body = json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [2] }] });
+    let body =
+        json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [2] }] });
     let response = host.post_json("/v2/models/ech%6F/infer", &body);
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     assert_eq!(host.get("/v2/models/%65cho/ready").status, 200);
     assert_eq!(host.get("/v2/models/echo%zz/ready").status, 404);
 }
@@ -423,7 +507,12 @@ fn inference_header_content_length_takes_digits_only() {
     let host = Host::start(&guest("guest_model"), &[]);
     let body = digits_infer_body();
     let len = body.len().to_string();
-    for bad in [format!("+{len}"), format!("-{len}"), " ".into(), "0x10".into()] {
+    for bad in [
+        format!("+{len}"),
+        format!("-{len}"),
+        " ".into(),
+        "0x10".into(),
+    ] {
         let response = request(
             host.addr,
             "POST",
@@ -433,7 +522,11 @@ fn inference_header_content_length_takes_digits_only() {
         )
         .unwrap();
         assert_eq!(response.status, 400, "{bad:?}");
-        assert!(response.error().contains("digits only"), "{}", response.error());
+        assert!(
+            response.error().contains("digits only"),
+            "{}",
+            response.error()
+        );
     }
     let response = request(
         host.addr,
@@ -482,5 +575,9 @@ fn non_finite_floats_travel_as_strings_in_json_and_out_of_range_inputs_are_refus
         &json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1e39] }] }),
     );
     assert_eq!(response.status, 400);
-    assert!(response.error().contains("outside FP32's range"), "{}", response.error());
+    assert!(
+        response.error().contains("outside FP32's range"),
+        "{}",
+        response.error()
+    );
 }

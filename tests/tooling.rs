@@ -69,20 +69,24 @@ fn metrics_count_every_outcome_and_pass_promtool() {
         "bad_input",
         "overloaded",
     ] {
-        let line = format!("wasm_host_inference_requests_total{{outcome=\"{outcome}\"}} 1");
+        let line = format!(
+            "wasm_host_inference_requests_total{{model=\"fault\",version=\"1\",outcome=\"{outcome}\"}} 1"
+        );
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
     for cause in ["trap", "timeout", "memory_cap"] {
-        let line = format!("wasm_host_instance_replacements_total{{cause=\"{cause}\"}} 1");
+        let line = format!(
+            "wasm_host_instance_replacements_total{{model=\"fault\",version=\"1\",cause=\"{cause}\"}} 1"
+        );
         assert!(text.contains(&line), "missing {line}");
     }
     for name in [
         "wasm_host_inference_queue_duration_seconds_count",
         "wasm_host_inference_compute_duration_seconds_count",
-        "wasm_host_pending_requests 1",
-        "wasm_host_instances 1",
-        "wasm_host_instances_busy 1",
-        "wasm_host_instance_memory_bytes{instance=",
+        "wasm_host_pending_requests{model=\"fault\",version=\"1\"} 1",
+        "wasm_host_instances{model=\"fault\",version=\"1\"} 1",
+        "wasm_host_instances_busy{model=\"fault\",version=\"1\"} 1",
+        "wasm_host_instance_memory_bytes{model=\"fault\",instance=",
     ] {
         assert!(text.contains(name), "missing {name}");
     }

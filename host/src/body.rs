@@ -150,7 +150,10 @@ impl Coding {
 /// Reads a request's body within its bounds, decompressed. The body's
 /// share of the budget comes with it and must be kept until the response
 /// is written.
-pub async fn read(request: Request<Incoming>, limits: &BodyLimits) -> Result<(Bytes, Held), ApiError> {
+pub async fn read(
+    request: Request<Incoming>,
+    limits: &BodyLimits,
+) -> Result<(Bytes, Held), ApiError> {
     let coding = Coding::of_request(request.headers())?;
     let max_body = limits.max_body;
     let declared = request
@@ -266,11 +269,15 @@ pub async fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
         let written = match coding {
             Coding::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(&mut out, level);
-                encoder.write_all(&body).and_then(|()| encoder.finish().map(drop))
+                encoder
+                    .write_all(&body)
+                    .and_then(|()| encoder.finish().map(drop))
             }
             Coding::Deflate => {
                 let mut encoder = flate2::write::ZlibEncoder::new(&mut out, level);
-                encoder.write_all(&body).and_then(|()| encoder.finish().map(drop))
+                encoder
+                    .write_all(&body)
+                    .and_then(|()| encoder.finish().map(drop))
             }
         };
         written.expect("compressing into memory cannot fail");

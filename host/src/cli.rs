@@ -20,20 +20,25 @@ its own request; its instance is replaced and nothing else is affected.";
 
 const AFTER_HELP: &str = "\
 Endpoints:
-  POST /predict                    {\"inputs\": [[...]]} in, outputs, prediction and instance out
+  POST /predict                    {\"inputs\": [[...]]} in, outputs, prediction and instance out (one model)
   POST /v2/models/{name}/infer     Open Inference Protocol (KServe v2 / Triton) inference
-  GET  /v2/models/{name}[/ready]   model metadata and readiness
+  GET  /v2/models/{name}[/ready]   model metadata and readiness (also /versions/{v}/...)
+  GET  /v2/models/{name}/config    Triton model configuration; /stats and /v2/models/stats: statistics
+  POST /v2/repository/index        models and their states; /v2/repository/models/{name}/load and
+                                   /unload load, swap and unload them (--model-control explicit)
   GET  /v2, /v2/health/live, /v2/health/ready
   GET  /health                     instances total / busy / replaced, queue depth
 
 Commands (serve is the default):
-  wasm-host [serve] MODEL.wasm           serve a model
+  wasm-host [serve] MODEL.wasm...        serve models (or --model-repository DIR)
   wasm-host compile MODEL.wasm -o M.cwasm compile ahead of time, for fast cold starts on edge nodes
   wasm-host inspect MODEL.wasm           name, inputs, outputs, imports; does it fit the contract?
   wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
 
 Examples:
   wasm-host target/wasm32-wasip2/release/guest_model.wasm
+  wasm-host digits.wasm echo.wasm                two models, each under its own name
+  WASM_HOST_ADMIN_TOKEN=secret wasm-host --model-repository models/ --model-control explicit
   wasm-host --instances 8 --bind 0.0.0.0:8000 --memory-limit 64MiB --timeout 2s model.wasm
   wasm-host --config wasm-host.toml model.wasm
   RUST_LOG=debug wasm-host --log-format json model.wasm
@@ -85,6 +90,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Subcommand)]
+#[allow(clippy::large_enum_variant)] // made once per run
 pub enum Command {
     /// Serve a model over HTTP (the default command).
     Serve(ServeArgs),
@@ -137,11 +143,55 @@ pub struct PlanArgs {
     pub samples: u32,
 }
 
+/// Who may change the served models while the host runs (Triton's --model-control-mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelControl {
+    /// The models given at start serve until the host stops; the repository API only reads.
+    None,
+    /// The repository API loads, swaps and unloads models (POST /v2/repository/models/{m}/load).
+    Explicit,
+    /// As explicit, and the repository folder is rescanned: new folders load, changed files reload, removed folders unload.
+    Poll,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The model: a WebAssembly component exporting wasm-host:model/model (wit/model.wit).
-    #[arg(value_name = "MODEL.wasm", env = "WASM_HOST_MODEL", required = true)]
-    pub model: Option<PathBuf>,
+    /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), each served under its own name.
+    #[arg(
+        value_name = "MODEL.wasm",
+        env = "WASM_HOST_MODEL",
+        required_unless_present = "model_repository"
+    )]
+    pub models: Vec<PathBuf>,
+
+    /// A folder with one folder per model (DIR/NAME/model.wasm or DIR/NAME/1/model.wasm, and an optional DIR/NAME/model.toml of its settings), laid out as a Triton model repository.
+    #[arg(long, env = "WASM_HOST_MODEL_REPOSITORY", value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+
+    /// Who may change the served models: none (those given at start), explicit (the repository API), poll (explicit, and the repository folder is rescanned).
+    #[arg(long, env = "WASM_HOST_MODEL_CONTROL", default_value = "none")]
+    pub model_control: ModelControl,
+
+    /// How often --model-control poll rescans the repository (e.g. 2s).
+    #[arg(long, env = "WASM_HOST_REPOSITORY_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub repository_poll_interval: Duration,
+
+    /// A secret the repository API requires as `Authorization: Bearer TOKEN`; prefer the environment variable to the flag, which `ps` shows.
+    #[arg(
+        long,
+        env = "WASM_HOST_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// Serve the repository API on this address only (e.g. 127.0.0.1:8001), away from the inference port.
+    #[arg(long, env = "WASM_HOST_ADMIN_BIND", value_name = "ADDR")]
+    pub admin_bind: Option<SocketAddr>,
+
+    /// Most memory all models together may reserve, as the sum of instances × memory limit (e.g. 8GiB); a load past it is refused [default: three quarters of this machine's memory]
+    #[arg(long, env = "WASM_HOST_MEMORY_BUDGET", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
 
     /// A TOML file of settings (e.g. wasm-host.toml), keys named as the long flags; flags and environment win over it.
     #[arg(short = 'c', long, env = "WASM_HOST_CONFIG", value_name = "FILE")]
@@ -230,11 +280,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The model path; clap guarantees it for `serve`.
-    pub fn model(&self) -> &std::path::Path {
-        self.model
-            .as_deref()
-            .expect("clap requires MODEL for serve")
+    /// `--memory-budget`, or three quarters of the memory this process may
+    /// use (the machine's, or its cgroup's limit if lower).
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(|| available_memory() / 4 * 3)
     }
 
     pub fn instances(&self) -> u32 {
@@ -244,6 +294,21 @@ impl ServeArgs {
                 .unwrap_or(1)
         })
     }
+}
+
+/// The machine's memory, or the cgroup's limit when it is lower.
+fn available_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(8 << 30, |kib| kib * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    cgroup.map_or(total, |limit| limit.min(total))
 }
 
 /// Parses "256MiB", "1GiB", "512KB", "64M" or a plain number of bytes.

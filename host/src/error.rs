@@ -20,6 +20,8 @@ pub struct ApiError {
     /// Close the connection after this response (a body that timed out:
     /// what the client sends next cannot be trusted to start a request).
     pub close_connection: bool,
+    /// Ask for credentials (401 only).
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             instance: None,
             allow: None,
             close_connection: false,
+            www_authenticate: false,
             outcome: match status.as_u16() {
                 400..=499 => "bad_input",
                 503 => "overloaded",

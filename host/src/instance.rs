@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::contract::{ModelError, Predictor, Tensor};
-use crate::model::Model;
 use crate::engine::EPOCH_TICK;
 use crate::escape;
+use crate::model::Model;
 use crate::sandbox::{GuestState, OUTPUT_LIMIT, OUTPUT_LINES};
 
 /// Names one incarnation of an instance, like a worker's PID: a replacement

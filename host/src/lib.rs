@@ -10,12 +10,14 @@
 //! [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
 //! flags, environment and a TOML file into settings.
 
+pub mod app;
 pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod contract;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod escape;
@@ -24,10 +26,15 @@ pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod protocol;
+pub mod registry;
+pub mod repository;
 pub mod routes;
 pub mod sandbox;
+pub mod served;
 pub mod server;
+pub mod settings;
 pub mod signals;
+pub mod triton;
 
 use std::process::ExitCode;
 

@@ -1,10 +1,17 @@
 //! Prometheus metrics, named as operators of Triton and KServe expect them:
 //! what happened to each request, where its time went (waiting for an
 //! instance, computing in one), how many are pending, and how the instances
-//! are doing. An autoscaler (HPA, KEDA) can scale on `pending_requests` or
-//! the queue-duration histogram.
+//! are doing, per model and version. An autoscaler (HPA, KEDA) can scale on
+//! `pending_requests` or the queue-duration histogram.
+//!
+//! [`Metrics`] is the host's one registry; [`ModelMetrics`] is a served
+//! model's set of handles into it, made once when the model loads (a family
+//! lookup per request showed in the profile) and removed when it unloads.
+//! The same handles keep the counts Triton's statistics extension reports.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,26 +21,36 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    model: String,
+    version: String,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Cause {
+struct CauseLabels {
+    model: String,
+    version: String,
     cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InstanceLabel {
+struct InstanceLabels {
+    model: String,
     instance: String,
 }
 
-type Seconds = Family<Outcome, Histogram, fn() -> Histogram>;
+type Seconds<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// Every outcome a request can have, each with its counter and histogram
-/// made once: a family lookup (a lock and a hash) per request showed in the
-/// profile.
-const OUTCOMES: [&str; 8] = [
+/// Every outcome a request can have; each series exists from the model's
+/// load at zero, so a query over it never meets a missing series.
+pub const OUTCOMES: [&str; 8] = [
     "success",
     "bad_input",
     "model_error",
@@ -44,28 +61,29 @@ const OUTCOMES: [&str; 8] = [
     "cancelled",
 ];
 
-/// Why instances are replaced; each counter exists from the start at zero,
-/// so a query over it never meets a missing series.
+/// Why instances are replaced.
 const CAUSES: [&str; 5] = ["trap", "timeout", "memory_cap", "cancelled", "recycled"];
-
-pub struct Metrics {
-    registry: Registry,
-    by_outcome: Vec<(&'static str, Counter, Histogram)>,
-    queue_duration: Histogram,
-    compute_duration: Histogram,
-    pending: Gauge,
-    instances: Gauge,
-    busy: Gauge,
-    replacements: Family<Cause, Counter>,
-    instance_memory: Family<InstanceLabel, Gauge>,
-    missing: Gauge,
-    boot_failures: Counter,
-    body_timeouts: Counter,
-}
 
 /// 50 µs to ~100 s, doubling: covers a tiny MLP and a model that sleeps.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(50e-6, 2.0, 22))
+}
+
+/// The host's metrics registry and its families.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OutcomeLabels, Counter>,
+    request_duration: Seconds<OutcomeLabels>,
+    queue_duration: Seconds<ModelLabels>,
+    compute_duration: Seconds<ModelLabels>,
+    pending: Family<ModelLabels, Gauge>,
+    instances: Family<ModelLabels, Gauge>,
+    busy: Family<ModelLabels, Gauge>,
+    missing: Family<ModelLabels, Gauge>,
+    replacements: Family<CauseLabels, Counter>,
+    boot_failures: Family<ModelLabels, Counter>,
+    instance_memory: Family<InstanceLabels, Gauge>,
+    body_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -77,78 +95,75 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wasm_host");
-        let requests = Family::<Outcome, Counter>::default();
+        let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "inference_requests",
-            "Inference requests by outcome: success, bad_input, model_error, trap, timeout, memory_cap, overloaded, cancelled (the client left first)",
+            "Inference requests by model, version and outcome: success, bad_input, model_error, \
+             trap, timeout, memory_cap, overloaded, cancelled (the client left first)",
             requests.clone(),
         );
-        let request_duration: Seconds = Family::new_with_constructor(latency_histogram);
+        let request_duration: Seconds<OutcomeLabels> =
+            Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "inference_request_duration",
             "Time from the request's arrival to its response, by outcome",
             Unit::Seconds,
             request_duration.clone(),
         );
-        let queue_duration = latency_histogram();
+        let queue_duration: Seconds<ModelLabels> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "inference_queue_duration",
             "Time a request waited for a free instance",
             Unit::Seconds,
             queue_duration.clone(),
         );
-        let compute_duration = latency_histogram();
+        let compute_duration: Seconds<ModelLabels> =
+            Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "inference_compute_duration",
             "Time a request spent in the guest's predict",
             Unit::Seconds,
             compute_duration.clone(),
         );
-        let pending = Gauge::default();
+        let pending = Family::<ModelLabels, Gauge>::default();
         registry.register(
             "pending_requests",
             "Inference requests waiting for an instance or being computed",
             pending.clone(),
         );
-        let instances = Gauge::default();
-        registry.register(
-            "instances",
-            "Instances of the current model",
-            instances.clone(),
-        );
-        let busy = Gauge::default();
+        let instances = Family::<ModelLabels, Gauge>::default();
+        registry.register("instances", "Instances of each model", instances.clone());
+        let busy = Family::<ModelLabels, Gauge>::default();
         registry.register(
             "instances_busy",
             "Instances serving a request",
             busy.clone(),
         );
-        let replacements = Family::<Cause, Counter>::default();
+        let missing = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "instances_missing",
+            "Instances a model should have but could not boot; it retries with backoff",
+            missing.clone(),
+        );
+        let replacements = Family::<CauseLabels, Counter>::default();
         registry.register(
             "instance_replacements",
-            "Instances thrown away and replaced, by cause: trap, timeout, memory_cap, cancelled, recycled",
+            "Instances thrown away and replaced, by cause: trap, timeout, memory_cap, cancelled, \
+             recycled",
             replacements.clone(),
         );
-        let instance_memory = Family::<InstanceLabel, Gauge>::default();
+        let boot_failures = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "instance_boot_failures",
+            "Attempts to boot an instance that failed",
+            boot_failures.clone(),
+        );
+        let instance_memory = Family::<InstanceLabels, Gauge>::default();
         registry.register_with_unit(
             "instance_memory",
             "Linear memory each instance holds",
             Unit::Bytes,
             instance_memory.clone(),
-        );
-        for cause in CAUSES {
-            let _ = replacements.get_or_create(&Cause { cause });
-        }
-        let missing = Gauge::default();
-        registry.register(
-            "instances_missing",
-            "Instances the pool should have but could not boot; it retries with backoff",
-            missing.clone(),
-        );
-        let boot_failures = Counter::default();
-        registry.register(
-            "instance_boot_failures",
-            "Attempts to boot an instance that failed",
-            boot_failures.clone(),
         );
         let body_timeouts = Counter::default();
         registry.register(
@@ -156,27 +171,19 @@ impl Metrics {
             "Connections closed because a request body did not arrive within --body-timeout",
             body_timeouts.clone(),
         );
-        let by_outcome = OUTCOMES
-            .iter()
-            .map(|&outcome| {
-                let labels = Outcome { outcome };
-                let counter = requests.get_or_create(&labels).clone();
-                let histogram = request_duration.get_or_create(&labels).clone();
-                (outcome, counter, histogram)
-            })
-            .collect();
         Metrics {
             registry,
-            by_outcome,
+            requests,
+            request_duration,
             queue_duration,
             compute_duration,
             pending,
             instances,
             busy,
-            replacements,
-            instance_memory,
             missing,
+            replacements,
             boot_failures,
+            instance_memory,
             body_timeouts,
         }
     }
@@ -190,6 +197,113 @@ impl Metrics {
         to_prometheus_text(&openmetrics)
     }
 
+    pub fn body_timed_out(&self) {
+        self.body_timeouts.inc();
+    }
+
+    /// The handles for one model version, every series created at zero.
+    pub fn for_model(self: &Arc<Self>, model: &str, version: &str) -> ModelMetrics {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+            version: version.to_owned(),
+        };
+        let outcome = |outcome| OutcomeLabels {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            outcome,
+        };
+        for cause in CAUSES {
+            let _ = self.replacements.get_or_create(&CauseLabels {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                cause,
+            });
+        }
+        let _ = self.boot_failures.get_or_create(&labels);
+        ModelMetrics(Arc::new(ModelHandles {
+            by_outcome: OUTCOMES
+                .iter()
+                .map(|&o| {
+                    let counter = self.requests.get_or_create(&outcome(o)).clone();
+                    let histogram = self.request_duration.get_or_create(&outcome(o)).clone();
+                    (o, counter, histogram)
+                })
+                .collect(),
+            queue_duration: self.queue_duration.get_or_create(&labels).clone(),
+            compute_duration: self.compute_duration.get_or_create(&labels).clone(),
+            pending: self.pending.get_or_create(&labels).clone(),
+            instances: self.instances.get_or_create(&labels).clone(),
+            busy: self.busy.get_or_create(&labels).clone(),
+            missing: self.missing.get_or_create(&labels).clone(),
+            stats: Stats::default(),
+            metrics: Arc::clone(self),
+            labels,
+        }))
+    }
+}
+
+/// A served model's handles into the host's metrics, and its statistics.
+#[derive(Clone)]
+pub struct ModelMetrics(Arc<ModelHandles>);
+
+pub struct ModelHandles {
+    by_outcome: Vec<(&'static str, Counter, Histogram)>,
+    queue_duration: Histogram,
+    compute_duration: Histogram,
+    pending: Gauge,
+    instances: Gauge,
+    busy: Gauge,
+    missing: Gauge,
+    pub stats: Stats,
+    metrics: Arc<Metrics>,
+    labels: ModelLabels,
+}
+
+/// Counts and nanoseconds as Triton's statistics extension reports them.
+#[derive(Default)]
+pub struct Stats {
+    pub success: Timed,
+    pub fail: Timed,
+    pub queue: Timed,
+    pub compute_infer: Timed,
+    /// Guest calls (Triton's `execution_count`).
+    pub executions: AtomicU64,
+    /// Milliseconds since the epoch of the last inference, 0 if none.
+    pub last_inference_ms: AtomicU64,
+}
+
+/// A count and a total of nanoseconds.
+#[derive(Default)]
+pub struct Timed {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+impl Timed {
+    fn add(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(
+            took.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count.load(Ordering::Relaxed),
+            "ns": self.ns.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl std::ops::Deref for ModelMetrics {
+    type Target = ModelHandles;
+    fn deref(&self) -> &ModelHandles {
+        &self.0
+    }
+}
+
+impl ModelHandles {
     pub fn request_done(&self, outcome: &'static str, took: Duration) {
         let Some((_, count, duration)) = self.by_outcome.iter().find(|(o, ..)| *o == outcome)
         else {
@@ -198,14 +312,26 @@ impl Metrics {
         };
         count.inc();
         duration.observe(took.as_secs_f64());
+        if outcome == "success" {
+            self.stats.success.add(took);
+        } else if outcome != "cancelled" {
+            self.stats.fail.add(took);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.last_inference_ms.store(now, Ordering::Relaxed);
     }
 
     pub fn queued(&self, waited: Duration) {
         self.queue_duration.observe(waited.as_secs_f64());
+        self.stats.queue.add(waited);
     }
 
     pub fn computed(&self, took: Duration) {
         self.compute_duration.observe(took.as_secs_f64());
+        self.stats.compute_infer.add(took);
+        self.stats.executions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request as pending until the returned guard is dropped.
@@ -220,31 +346,66 @@ impl Metrics {
         self.missing.set(missing as i64);
     }
 
-    pub fn boot_failed(&self) {
-        self.boot_failures.inc();
-    }
-
-    pub fn body_timed_out(&self) {
-        self.body_timeouts.inc();
-    }
-
     pub fn replaced(&self, cause: &'static str) {
-        self.replacements.get_or_create(&Cause { cause }).inc();
+        self.metrics
+            .replacements
+            .get_or_create(&CauseLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                cause,
+            })
+            .inc();
+    }
+
+    pub fn boot_failed(&self) {
+        self.metrics.boot_failures.get_or_create(&self.labels).inc();
     }
 
     pub fn instance_memory(&self, instance: u64, bytes: usize) {
-        let labels = InstanceLabel {
-            instance: instance.to_string(),
-        };
-        self.instance_memory
-            .get_or_create(&labels)
+        self.metrics
+            .instance_memory
+            .get_or_create(&self.instance_labels(instance))
             .set(bytes as i64);
     }
 
     pub fn instance_gone(&self, instance: u64) {
-        self.instance_memory.remove(&InstanceLabel {
+        self.metrics
+            .instance_memory
+            .remove(&self.instance_labels(instance));
+    }
+
+    fn instance_labels(&self, instance: u64) -> InstanceLabels {
+        InstanceLabels {
+            model: self.labels.model.clone(),
             instance: instance.to_string(),
-        });
+        }
+    }
+
+    /// Removes this version's series: the model was unloaded or replaced.
+    pub fn remove(&self) {
+        let m = &self.metrics;
+        for outcome in OUTCOMES {
+            let labels = OutcomeLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                outcome,
+            };
+            m.requests.remove(&labels);
+            m.request_duration.remove(&labels);
+        }
+        for cause in CAUSES {
+            m.replacements.remove(&CauseLabels {
+                model: self.labels.model.clone(),
+                version: self.labels.version.clone(),
+                cause,
+            });
+        }
+        for family in [&m.pending, &m.instances, &m.busy, &m.missing] {
+            family.remove(&self.labels);
+        }
+        m.queue_duration.remove(&self.labels);
+        m.compute_duration.remove(&self.labels);
+        m.boot_failures.remove(&self.labels);
     }
 }
 

@@ -8,31 +8,29 @@
 //! disconnects): an instance whose state is unknown is then replaced rather
 //! than returned, so the pool never loses a slot.
 //!
-//! The pool also owns the instances' life cycle: replacing faulted ones,
-//! recycling after `--max-requests`, growing and shrinking (TTIN/TTOU), and
-//! swapping in a reloaded model (HUP) while requests keep flowing.
+//! A pool serves one compiled model and only hands out, replaces and resizes
+//! its instances: replacing faulted ones (retrying a failed boot with
+//! backoff), recycling after `--max-requests`, growing and shrinking. Loading
+//! a new version is not the pool's business: the registry builds a new
+//! served model with a pool of its own and lets this one drain.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
-use wasmtime::component::Linker;
 
-use crate::cache::CompileCache;
 use crate::contract::Tensor;
-use crate::error::ApiError;
 use crate::instance::{Fault, Instance, InstanceId};
-use crate::metrics::Metrics;
+use crate::metrics::ModelMetrics;
 use crate::model::Model;
-use crate::sandbox::GuestState;
 
 /// The limits a pool enforces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub instances: usize,
-    /// Most instances TTIN may grow the pool to.
+    /// Most instances the pool may grow to (TTIN, a resize).
     pub max_instances: usize,
     pub memory_limit: usize,
     /// Longest a request may wait for a free instance before it gets a 503.
@@ -46,33 +44,60 @@ pub struct PoolConfig {
     pub max_requests_jitter: u64,
 }
 
+/// Why a request got no instance: the pool's own words, which the HTTP
+/// edge turns into a 503 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overloaded {
+    /// Every instance busy and the queue full.
+    QueueFull { instances: usize, max_queue: usize },
+    /// No instance became free within the queue timeout.
+    Waited(Duration),
+}
+
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overloaded::QueueFull {
+                instances,
+                max_queue,
+            } => write!(
+                f,
+                "all {instances} instances are busy and {max_queue} requests are already \
+                 waiting; retry later"
+            ),
+            Overloaded::Waited(limit) => write!(
+                f,
+                "no instance became free within {limit:?}; retry later, or give the model \
+                 more instances or a longer queue timeout"
+            ),
+        }
+    }
+}
+
 pub struct Pool {
     engine: Engine,
-    linker: Linker<GuestState>,
-    cache: CompileCache,
-    metrics: Arc<Metrics>,
-    /// The model new instances are made from; replaced by a reload.
-    model: RwLock<Arc<Model>>,
+    model: Arc<Model>,
+    metrics: ModelMetrics,
     config: PoolConfig,
-    /// How many instances the pool should have (TTIN/TTOU move it).
+    /// Host-wide instance ids: never reused, so logs, metrics and
+    /// `x-instance-id` name one incarnation across every model.
+    ids: Arc<AtomicU64>,
+    /// How many instances the pool should have (TTIN/TTOU and resizes move it).
     target: AtomicUsize,
     idle: Mutex<Vec<Instance>>,
     /// One permit per idle instance; tokio's semaphore is FIFO-fair.
     free: Semaphore,
     queued: AtomicUsize,
     busy: AtomicUsize,
-    /// Instances of the current model alive: idle, busy, or being replaced.
-    /// Instances of a model replaced by a reload no longer count.
+    /// Instances alive: idle, busy, or being replaced.
     total: AtomicUsize,
     replaced: AtomicU64,
-    /// Instances of the current model that failed to boot as replacements
-    /// and are being retried: the pool's shortfall, shown in `/health`,
-    /// readiness and metrics.
+    /// Instances that failed to boot as replacements and are being retried:
+    /// the pool's shortfall, shown in `/health`, readiness and metrics.
     missing: AtomicUsize,
     /// Guest calls made, whatever their outcome.
     calls: AtomicU64,
-    next_id: AtomicU64,
-    /// Serialises reloads and resizes.
+    /// Serialises resizes.
     reshaping: tokio::sync::Mutex<()>,
 }
 
@@ -94,18 +119,16 @@ impl Pool {
     /// workers.
     pub async fn start(
         engine: Engine,
-        linker: Linker<GuestState>,
-        cache: CompileCache,
-        metrics: Arc<Metrics>,
         model: Arc<Model>,
         config: PoolConfig,
+        metrics: ModelMetrics,
+        ids: Arc<AtomicU64>,
     ) -> wasmtime::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             engine,
-            linker,
-            cache,
+            model,
             metrics,
-            model: RwLock::new(model),
+            ids,
             target: AtomicUsize::new(config.instances),
             idle: Mutex::new(Vec::with_capacity(config.max_instances)),
             free: Semaphore::new(0),
@@ -115,7 +138,6 @@ impl Pool {
             replaced: AtomicU64::new(0),
             missing: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
             reshaping: tokio::sync::Mutex::new(()),
             config,
         });
@@ -125,18 +147,16 @@ impl Pool {
         Ok(pool)
     }
 
-    /// The current model. A request decodes against it, and re-checks against
-    /// its instance's model if a reload happened in between.
-    pub fn model(&self) -> Arc<Model> {
-        Arc::clone(&self.model.read().unwrap())
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &ModelMetrics {
         &self.metrics
-    }
-
-    pub fn max_queue(&self) -> usize {
-        self.config.max_queue
     }
 
     pub fn status(&self) -> Status {
@@ -158,15 +178,20 @@ impl Pool {
         status.total >= status.target && status.queued < self.config.max_queue
     }
 
-    async fn new_instance(&self, model: Arc<Model>) -> wasmtime::Result<Instance> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+    /// Requests computing or waiting: the pool is drained when this is 0.
+    pub fn in_flight(&self) -> usize {
+        self.busy.load(Ordering::SeqCst) + self.queued.load(Ordering::SeqCst)
+    }
+
+    async fn new_instance(&self) -> wasmtime::Result<Instance> {
+        let id = self.ids.fetch_add(1, Ordering::SeqCst);
         let recycle_after = self
             .config
             .max_requests
             .map(|n| n + jitter(id, self.config.max_requests_jitter));
         Instance::new(
             &self.engine,
-            model,
+            Arc::clone(&self.model),
             id,
             self.config.memory_limit,
             recycle_after,
@@ -174,13 +199,20 @@ impl Pool {
         .await
     }
 
-    /// Boots one more instance of the current model and makes it available.
+    /// Boots one more instance and makes it available.
     async fn add_instance(&self) -> wasmtime::Result<InstanceId> {
         let started = Instant::now();
-        let instance = self.new_instance(self.model()).await?;
+        let instance = match self.new_instance().await {
+            Ok(instance) => instance,
+            Err(err) => {
+                self.metrics.boot_failed();
+                return Err(err);
+            }
+        };
         let id = instance.id;
         tracing::info!(
             instance = id,
+            model = %self.model.metadata.name,
             "booted instance {id} in {:?}",
             started.elapsed()
         );
@@ -190,52 +222,35 @@ impl Pool {
         Ok(id)
     }
 
-    fn is_current(&self, instance: &Instance) -> bool {
-        Arc::ptr_eq(&instance.model, &self.model.read().unwrap())
-    }
-
     /// Waits for a free instance: at once if one is idle, else in FIFO order
     /// behind the other waiting requests, within the queue's bounds.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ApiError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Overloaded> {
         let arrived = Instant::now();
-        loop {
-            let permit = match self.free.try_acquire() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    let _waiting = QueueSlot::take(self)?;
-                    let wait = tokio::time::timeout(self.config.queue_timeout, self.free.acquire());
-                    match wait.await {
-                        Ok(permit) => permit.expect("the pool's semaphore is never closed"),
-                        Err(_) => {
-                            return Err(ApiError::unavailable(format!(
-                                "no instance became free within {:?}; retry later, or start the \
-                                 host with more --instances or a longer --queue-timeout",
-                                self.config.queue_timeout
-                            )));
-                        }
-                    }
+        let permit = match self.free.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = QueueSlot::take(self)?;
+                let wait = tokio::time::timeout(self.config.queue_timeout, self.free.acquire());
+                match wait.await {
+                    Ok(permit) => permit.expect("the pool's semaphore is never closed"),
+                    Err(_) => return Err(Overloaded::Waited(self.config.queue_timeout)),
                 }
-            };
-            permit.forget();
-            let instance = self
-                .idle
-                .lock()
-                .unwrap()
-                .pop()
-                .expect("a permit always has an idle instance behind it");
-            if !self.is_current(&instance) {
-                // Left over from before a reload: it serves no more requests.
-                self.retire(instance, "the model was reloaded");
-                continue;
             }
-            self.busy.fetch_add(1, Ordering::SeqCst);
-            self.metrics.queued(arrived.elapsed());
-            return Ok(Lease {
-                pool: Arc::clone(self),
-                instance: Some(instance),
-                replace_because: None,
-            });
-        }
+        };
+        permit.forget();
+        let instance = self
+            .idle
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a permit always has an idle instance behind it");
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queued(arrived.elapsed());
+        Ok(Lease {
+            pool: Arc::clone(self),
+            instance: Some(instance),
+            replace_because: None,
+        })
     }
 
     fn give_back(&self, instance: Instance) {
@@ -245,9 +260,7 @@ impl Pool {
 
     /// Drops an instance for good.
     fn retire(&self, instance: Instance, why: &str) {
-        if self.is_current(&instance) {
-            self.total.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.total.fetch_sub(1, Ordering::SeqCst);
         self.metrics.instance_gone(instance.id);
         tracing::info!(
             instance = instance.id,
@@ -256,31 +269,36 @@ impl Pool {
         );
     }
 
-    /// Throws an instance away and boots a new one of the same model in its
-    /// place, off the request's path. (After a reload, an instance of the
-    /// old model is only retired: the reload booted a full set already.)
+    /// Throws an instance away and boots a new one in its place, off the
+    /// request's path. A failed boot is retried with backoff for as long as
+    /// the pool is in use; meanwhile the pool is one short, and says so.
     fn replace(self: &Arc<Self>, old: Instance, kind: &'static str, cause: String) {
-        if !self.is_current(&old) {
-            return self.retire(old, &cause);
-        }
         self.metrics.replaced(kind);
         self.metrics.instance_gone(old.id);
-        let pool = Arc::clone(self);
+        // Weak: a pool that was unloaded must not be kept alive (with its
+        // memory) by a replacement that keeps failing.
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let (old_id, model) = (old.id, Arc::clone(&old.model));
+            let old_id = old.id;
             // Drop first: the pooling allocator's slot is then free for the
             // replacement.
             drop(old);
             let started = Instant::now();
             let mut missing = false;
-            let boot = || pool.new_instance(Arc::clone(&model));
-            let booted = retry_with_backoff(boot, |err, delay| {
-                pool.metrics.boot_failed();
-                if !Arc::ptr_eq(&model, &pool.model()) {
-                    // A reload booted a full set of the new model; this
-                    // one is no longer wanted.
-                    return false;
+            let boot = || {
+                let weak: Weak<Pool> = weak.clone();
+                async move {
+                    match weak.upgrade() {
+                        Some(pool) => pool.new_instance().await.map(|i| Some((pool, i))),
+                        None => Ok(None),
+                    }
                 }
+            };
+            let booted = retry_with_backoff(boot, |err, delay| {
+                let Some(pool) = weak.upgrade() else {
+                    return false;
+                };
+                pool.metrics.boot_failed();
                 if !missing {
                     missing = true;
                     pool.total.fetch_sub(1, Ordering::SeqCst);
@@ -295,16 +313,11 @@ impl Pool {
                 true
             })
             .await;
-            if missing {
-                pool.missing.fetch_sub(1, Ordering::SeqCst);
-            }
-            let Some(new) = booted else {
+            let Some(Some((pool, new))) = booted else {
                 return;
             };
-            if !Arc::ptr_eq(&model, &pool.model()) {
-                return pool.retire(new, "the model was reloaded");
-            }
             if missing {
+                pool.missing.fetch_sub(1, Ordering::SeqCst);
                 pool.total.fetch_add(1, Ordering::SeqCst);
             }
             pool.replaced.fetch_add(1, Ordering::SeqCst);
@@ -323,12 +336,10 @@ impl Pool {
     /// Where a returning instance goes: back to the pool, replaced, or retired.
     fn take_back(self: &Arc<Self>, instance: Instance, fault: Option<(&'static str, String)>) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
-        if !self.is_current(&instance) {
-            self.retire(instance, "the model was reloaded");
-        } else if let Some((kind, cause)) = fault {
+        if let Some((kind, cause)) = fault {
             self.replace(instance, kind, cause);
         } else if self.total.load(Ordering::SeqCst) > self.target.load(Ordering::SeqCst) {
-            self.retire(instance, "the pool was shrunk (TTOU)");
+            self.retire(instance, "the pool was shrunk");
         } else if instance.recycle_due() {
             let cause = format!(
                 "recycled after {} requests (--max-requests)",
@@ -342,27 +353,45 @@ impl Pool {
         }
     }
 
-    /// Removes idle instances that `unwanted` picks, for as long as there are
-    /// any: each removal takes a permit, so the semaphore and the stack stay
-    /// in step. Busy ones are handled when they come back.
-    fn remove_idle(&self, unwanted: impl Fn(&Pool, &Instance) -> bool, why: &str) {
-        while let Ok(permit) = self.free.try_acquire() {
-            let mut idle = self.idle.lock().unwrap();
-            let Some(index) = idle.iter().position(|i| unwanted(self, i)) else {
-                drop(idle);
-                drop(permit);
+    /// Removes idle instances while the pool has more than its target: each
+    /// removal takes a permit, so the semaphore and the stack stay in step.
+    /// Busy ones are retired when they come back.
+    fn remove_surplus(&self, why: &str) {
+        while self.total.load(Ordering::SeqCst) > self.target.load(Ordering::SeqCst) {
+            let Ok(permit) = self.free.try_acquire() else {
                 return;
             };
-            let instance = idle.remove(index);
-            drop(idle);
             permit.forget();
+            let instance = self.idle.lock().unwrap().pop();
+            let instance = instance.expect("a permit always has an idle instance behind it");
             self.retire(instance, why);
         }
     }
 
-    /// TTIN: one more instance, up to the pool's capacity.
-    pub async fn grow(&self) {
+    /// Changes the number of instances to `wanted` (within 1 and the pool's
+    /// maximum) with no failed request: new instances boot before they
+    /// count; surplus ones leave when idle. Returns the new target.
+    pub async fn resize(&self, wanted: usize) -> wasmtime::Result<usize> {
         let _reshaping = self.reshaping.lock().await;
+        let wanted = wanted.clamp(1, self.config.max_instances);
+        let target = self.target.load(Ordering::SeqCst);
+        if wanted > target {
+            for added in target..wanted {
+                self.target.store(added + 1, Ordering::SeqCst);
+                if let Err(err) = self.add_instance().await {
+                    self.target.store(added, Ordering::SeqCst);
+                    return Err(err);
+                }
+            }
+        } else if wanted < target {
+            self.target.store(wanted, Ordering::SeqCst);
+            self.remove_surplus("the pool was shrunk");
+        }
+        Ok(wanted)
+    }
+
+    /// TTIN: one more instance, up to the pool's maximum.
+    pub async fn grow(&self) {
         let target = self.target.load(Ordering::SeqCst);
         if target >= self.config.max_instances {
             tracing::warn!(
@@ -370,87 +399,30 @@ impl Pool {
             );
             return;
         }
-        self.target.store(target + 1, Ordering::SeqCst);
-        match self.add_instance().await {
-            Ok(id) => tracing::info!("TTIN: added instance {id}; {} instances", target + 1),
-            Err(err) => {
-                self.target.store(target, Ordering::SeqCst);
-                tracing::error!("TTIN failed: {}", crate::model::root_cause(&err));
-            }
+        match self.resize(target + 1).await {
+            Ok(n) => tracing::info!("TTIN: {n} instances"),
+            Err(err) => tracing::error!("TTIN failed: {}", crate::model::root_cause(&err)),
         }
     }
 
     /// TTOU: one instance fewer, never below one. An idle instance goes at
     /// once; otherwise the next one to finish its request.
     pub async fn shrink(&self) {
-        let _reshaping = self.reshaping.lock().await;
         let target = self.target.load(Ordering::SeqCst);
         if target <= 1 {
             tracing::warn!("TTOU ignored: one instance is the minimum");
             return;
         }
-        self.target.store(target - 1, Ordering::SeqCst);
+        let _ = self.resize(target - 1).await;
         tracing::info!("TTOU: shrinking to {} instances", target - 1);
-        self.remove_idle(
-            |pool, _| pool.total.load(Ordering::SeqCst) > pool.target.load(Ordering::SeqCst),
-            "the pool was shrunk (TTOU)",
-        );
     }
+}
 
-    /// HUP: loads the model file again and swaps it in with no failed request.
-    /// New instances boot before any old one leaves; old ones finish what
-    /// they are doing and retire. If the new file is bad, the old model keeps
-    /// serving.
-    pub async fn reload(&self) -> anyhow::Result<()> {
-        let _reshaping = self.reshaping.lock().await;
-        let old = self.model();
-        let model = Model::load(
-            &self.engine,
-            &self.linker,
-            &old.path,
-            self.config.memory_limit,
-            &self.cache,
-        )
-        .await?;
-        let model = Arc::new(model);
-        let started = Instant::now();
-        let count = self.target.load(Ordering::SeqCst);
-        let mut fresh = Vec::with_capacity(count);
-        for _ in 0..count {
-            let instance = self
-                .new_instance(Arc::clone(&model))
-                .await
-                .map_err(|err| anyhow::anyhow!("{}", crate::model::root_cause(&err)))?;
-            fresh.push(instance);
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for instance in self.idle.get_mut().unwrap().drain(..) {
+            self.metrics.instance_gone(instance.id);
         }
-        let ids: Vec<InstanceId> = fresh.iter().map(|i| i.id).collect();
-        {
-            let mut current = self.model.write().unwrap();
-            *current = Arc::clone(&model);
-            // From here on only the fresh instances count.
-            self.total.store(fresh.len(), Ordering::SeqCst);
-        }
-        for instance in fresh {
-            self.give_back(instance);
-        }
-        self.remove_idle(|pool, i| !pool.is_current(i), "the model was reloaded");
-        tracing::info!(
-            "reloaded {}: model {} v{} ({}), instances {ids:?} booted in {:?}",
-            model.path.display(),
-            model.metadata.name,
-            model.metadata.version,
-            model.compiled,
-            started.elapsed()
-        );
-        if model.metadata.name != old.metadata.name {
-            tracing::warn!(
-                "the model's name changed from {:?} to {:?}: clients must use /v2/models/{}/...",
-                old.metadata.name,
-                model.metadata.name,
-                model.metadata.name
-            );
-        }
-        Ok(())
     }
 }
 
@@ -503,15 +475,14 @@ fn jitter(id: u64, max: u64) -> u64 {
 struct QueueSlot<'a>(&'a AtomicUsize);
 
 impl<'a> QueueSlot<'a> {
-    fn take(pool: &'a Pool) -> Result<Self, ApiError> {
+    fn take(pool: &'a Pool) -> Result<Self, Overloaded> {
         let before = pool.queued.fetch_add(1, Ordering::SeqCst);
         let slot = QueueSlot(&pool.queued);
         if before >= pool.config.max_queue {
-            return Err(ApiError::unavailable(format!(
-                "all {} instances are busy and {} requests are already waiting; retry later",
-                pool.total.load(Ordering::SeqCst),
-                pool.config.max_queue
-            )));
+            return Err(Overloaded::QueueFull {
+                instances: pool.total.load(Ordering::SeqCst),
+                max_queue: pool.config.max_queue,
+            });
         }
         Ok(slot)
     }

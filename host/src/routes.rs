@@ -1,7 +1,9 @@
 //! What each request does. A request's whole path is `handle` → `infer`:
-//! decode and check the body (protocol), take an instance (pool), call the
-//! guest (instance), encode the outputs. Every outcome becomes a response
-//! here, errors as `{"error": "..."}` with the status that says who must act.
+//! resolve its model (registry), decode and check the body (protocol), take
+//! an instance (pool), call the guest (instance), encode the outputs. Every
+//! outcome becomes a response here, errors as `{"error": "..."}` with the
+//! status that says who must act: this is the one place domain errors
+//! (a lookup, an overloaded pool, a guest's fault) become HTTP.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -14,25 +16,35 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::app::{App, Plane};
 use crate::body::{self, Coding};
+use crate::control;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::metrics::ModelMetrics;
+use crate::pool::Overloaded;
 use crate::protocol;
-use crate::server::App;
+use crate::registry::Lookup;
+use crate::served::ServedModel;
+use crate::triton;
 
 /// The routes, by path. A known path with the wrong method is a 405, an
-/// unknown path a 404.
+/// unknown path a 404. Model routes carry the model's name and, when the
+/// path names one, its version.
 enum Route<'a> {
     Health,
     Predict,
     Server,
     Live,
     Ready,
-    ModelMetadata(Cow<'a, str>),
-    ModelReady(Cow<'a, str>),
-    Infer(Cow<'a, str>),
     Metrics,
+    ModelMetadata(Cow<'a, str>, Option<&'a str>),
+    ModelReady(Cow<'a, str>, Option<&'a str>),
+    ModelConfig(Cow<'a, str>, Option<&'a str>),
+    ModelStats(Option<Cow<'a, str>>, Option<&'a str>),
+    Infer(Cow<'a, str>, Option<&'a str>),
+    RepositoryIndex,
+    RepositoryLoad(Cow<'a, str>),
+    RepositoryUnload(Cow<'a, str>),
 }
 
 impl Route<'_> {
@@ -40,12 +52,11 @@ impl Route<'_> {
     /// `/v2/models/a%20b/infer` reaches a model named `a b`.
     fn parse(path: &str) -> Option<Route<'_>> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        // `/v2/models/{m}/versions/{v}/...` addresses the same (only) version.
-        let segments: Vec<&str> = match segments.as_slice() {
-            ["v2", "models", m, "versions", _, rest @ ..] => {
-                [&["v2", "models", m][..], rest].concat()
+        let (segments, version): (Vec<&str>, Option<&str>) = match segments.as_slice() {
+            ["v2", "models", m, "versions", v, rest @ ..] => {
+                ([&["v2", "models", m][..], rest].concat(), Some(v))
             }
-            _ => segments,
+            _ => (segments, None),
         };
         Some(match segments.as_slice() {
             ["health"] => Route::Health,
@@ -54,18 +65,37 @@ impl Route<'_> {
             ["v2"] => Route::Server,
             ["v2", "health", "live"] => Route::Live,
             ["v2", "health", "ready"] => Route::Ready,
-            ["v2", "models", m] => Route::ModelMetadata(percent_decode(m)?),
-            ["v2", "models", m, "ready"] => Route::ModelReady(percent_decode(m)?),
-            ["v2", "models", m, "infer"] => Route::Infer(percent_decode(m)?),
+            ["v2", "models", "stats"] => Route::ModelStats(None, None),
+            ["v2", "models", m] => Route::ModelMetadata(percent_decode(m)?, version),
+            ["v2", "models", m, "ready"] => Route::ModelReady(percent_decode(m)?, version),
+            ["v2", "models", m, "config"] => Route::ModelConfig(percent_decode(m)?, version),
+            ["v2", "models", m, "stats"] => Route::ModelStats(Some(percent_decode(m)?), version),
+            ["v2", "models", m, "infer"] => Route::Infer(percent_decode(m)?, version),
+            ["v2", "repository", "index"] => Route::RepositoryIndex,
+            ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(percent_decode(m)?),
+            ["v2", "repository", "models", m, "unload"] => {
+                Route::RepositoryUnload(percent_decode(m)?)
+            }
             _ => return None,
         })
     }
 
     fn method(&self) -> Method {
         match self {
-            Route::Predict | Route::Infer(_) => Method::POST,
+            Route::Predict
+            | Route::Infer(..)
+            | Route::RepositoryIndex
+            | Route::RepositoryLoad(_)
+            | Route::RepositoryUnload(_) => Method::POST,
             _ => Method::GET,
         }
+    }
+
+    fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Route::RepositoryIndex | Route::RepositoryLoad(_) | Route::RepositoryUnload(_)
+        )
     }
 }
 
@@ -91,14 +121,18 @@ fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(bytes).ok().map(Cow::Owned)
 }
 
-pub(crate) async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn handle(
+    app: &App,
+    plane: Plane,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if !app.config.access_log {
-        return respond(app, request).await;
+        return respond(app, plane, request).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = respond(app, request).await;
+    let response = respond(app, plane, request).await;
     let instance = response
         .headers()
         .get("x-instance-id")
@@ -118,12 +152,19 @@ pub(crate) async fn handle(app: &App, request: Request<Incoming>) -> Response<Fu
     response
 }
 
-async fn respond(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(app: &App, plane: Plane, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
-    let result = match Route::parse(&path) {
+    let route = Route::parse(&path).filter(|route| {
+        if route.is_admin() {
+            plane.serves_admin()
+        } else {
+            plane.serves_public()
+        }
+    });
+    let result = match route {
         None => Err(ApiError::not_found(format!(
-            "no route {path}; see GET /v2 for the server, /v2/models/{}/infer and /predict for inference",
-            app.pool.model().metadata.name
+            "no route {path}; see GET /v2 for the server, POST /v2/models/{{name}}/infer and \
+             /predict for inference"
         ))),
         Some(route) if *request.method() != route.method() && !head_of_get(&request, &route) => {
             let mut err = ApiError::new(
@@ -142,36 +183,125 @@ fn head_of_get(request: &Request<Incoming>, route: &Route) -> bool {
     request.method() == Method::HEAD && route.method() == Method::GET
 }
 
+/// A registry lookup's failure, as HTTP: a model that is not there is a
+/// 404 (with what is there), one that is loading or broken a 503.
+impl From<Lookup> for ApiError {
+    fn from(lookup: Lookup) -> Self {
+        let message = lookup.to_string();
+        match lookup {
+            Lookup::Unavailable { .. } => ApiError::unavailable(message),
+            _ => ApiError::not_found(message),
+        }
+    }
+}
+
+impl From<Overloaded> for ApiError {
+    fn from(overloaded: Overloaded) -> Self {
+        ApiError::unavailable(overloaded.to_string())
+    }
+}
+
 async fn route_request(
     app: &App,
     route: Route<'_>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let model = app.pool.model();
-    let metadata = &model.metadata;
-    let check_model = |name: &str| {
-        if name == metadata.name {
-            Ok(())
-        } else {
-            Err(ApiError::not_found(format!(
-                "unknown model {name:?}; this server serves {:?}",
-                metadata.name
-            )))
-        }
-    };
+    let model = |name: &str, version: Option<&str>| app.registry.get(name, version);
     match route {
-        Route::Health => {
-            let status = app.pool.status();
-            let state = if !app.ready() {
-                "unavailable"
-            } else if status.missing > 0 {
-                "degraded"
-            } else {
-                "ok"
-            };
+        Route::Health => Ok(json(StatusCode::OK, health(app).to_string().into())),
+        Route::Metrics => {
+            for served in app.registry.served() {
+                let status = served.pool.status();
+                served
+                    .metrics
+                    .set_instances(status.total, status.busy, status.missing);
+            }
+            let mut response =
+                Response::new(Full::new(Bytes::from(app.registry.metrics().render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
+        Route::Live => Ok(empty(StatusCode::OK)),
+        Route::Ready => Ok(ready_response(app.ready())),
+        Route::Server => {
             let body = serde_json::json!({
-                "status": state,
-                "model": metadata.name,
+                "name": "wasm-host",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": triton::EXTENSIONS,
+            });
+            Ok(json(StatusCode::OK, body.to_string().into()))
+        }
+        Route::ModelMetadata(name, version) => {
+            let served = model(&name, version)?;
+            let mut body = protocol::model_metadata(&served.model.metadata);
+            body["name"] = served.name.clone().into();
+            body["versions"] = serde_json::json!([served.version]);
+            Ok(json(StatusCode::OK, body.to_string().into()))
+        }
+        Route::ModelReady(name, version) => {
+            let served = model(&name, version)?;
+            Ok(ready_response(served.pool.ready()))
+        }
+        Route::ModelConfig(name, version) => {
+            let served = model(&name, version)?;
+            Ok(json(
+                StatusCode::OK,
+                triton::config(&served).to_string().into(),
+            ))
+        }
+        Route::ModelStats(name, version) => {
+            let models = match name {
+                Some(name) => vec![model(&name, version)?],
+                None => app.registry.served(),
+            };
+            Ok(json(
+                StatusCode::OK,
+                triton::stats(&models).to_string().into(),
+            ))
+        }
+        Route::Infer(name, version) => {
+            let served = model(&name, version)?;
+            measured(&served, infer(app, &served, request, Form::OpenInference)).await
+        }
+        Route::Predict => {
+            let served = app.registry.only().map_err(|served| {
+                ApiError::not_found(format!(
+                    "/predict serves a host with one model, and this one serves {}: use \
+                     POST /v2/models/{{name}}/infer",
+                    served.join(", ")
+                ))
+            })?;
+            measured(&served, infer(app, &served, request, Form::Simple)).await
+        }
+        Route::RepositoryIndex => control::index(app, request).await,
+        Route::RepositoryLoad(name) => control::load(app, &name, request).await,
+        Route::RepositoryUnload(name) => control::unload(app, &name, request).await,
+    }
+}
+
+/// `/health`: the host's totals and, per model, its pool and queue.
+fn health(app: &App) -> serde_json::Value {
+    let served = app.registry.served();
+    let statuses: Vec<_> = served.iter().map(|s| (s, s.pool.status())).collect();
+    let sum =
+        |f: fn(&crate::pool::Status) -> usize| statuses.iter().map(|(_, s)| f(s)).sum::<usize>();
+    let missing = sum(|s| s.missing);
+    let state = if !app.ready() {
+        "unavailable"
+    } else if missing > 0 {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let models: serde_json::Map<String, serde_json::Value> = statuses
+        .iter()
+        .map(|(served, status)| {
+            let entry = serde_json::json!({
+                "version": served.version,
+                "ready": served.pool.ready(),
                 "instances": {
                     "total": status.total,
                     "busy": status.busy,
@@ -181,61 +311,45 @@ async fn route_request(
                     "missing": status.missing,
                 },
                 "calls": status.calls,
-                "queue": { "depth": status.queued, "max": app.pool.max_queue() },
-                "bodies": {
-                    "held_bytes": app.body.budget_in_use(),
-                    "budget_bytes": app.config.body_budget,
-                },
+                "queue": { "depth": status.queued, "max": served.settings.pool.max_queue },
             });
-            Ok(json(StatusCode::OK, body.to_string().into()))
-        }
-        Route::Metrics => {
-            let status = app.pool.status();
-            let metrics = app.pool.metrics();
-            metrics.set_instances(status.total, status.busy, status.missing);
-            let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(response)
-        }
-        Route::Live => Ok(empty(StatusCode::OK)),
-        Route::Ready => Ok(ready_response(app)),
-        Route::Server => {
-            let body = serde_json::json!({
-                "name": "wasm-host",
-                "version": env!("CARGO_PKG_VERSION"),
-                "extensions": ["binary_tensor_data"],
-            });
-            Ok(json(StatusCode::OK, body.to_string().into()))
-        }
-        Route::ModelMetadata(name) => {
-            check_model(&name)?;
-            let body = protocol::model_metadata(metadata).to_string();
-            Ok(json(StatusCode::OK, body.into()))
-        }
-        Route::ModelReady(name) => {
-            check_model(&name)?;
-            Ok(ready_response(app))
-        }
-        Route::Infer(name) => {
-            check_model(&name)?;
-            measured(app, infer(app, request, Form::OpenInference)).await
-        }
-        Route::Predict => measured(app, infer(app, request, Form::Simple)).await,
-    }
+            (served.name.clone(), entry)
+        })
+        .collect();
+    let only = (served.len() == 1).then(|| served[0].name.clone());
+    serde_json::json!({
+        "status": state,
+        "model": only,
+        "instances": {
+            "total": sum(|s| s.total),
+            "busy": sum(|s| s.busy),
+            "idle": sum(|s| s.idle),
+            "target": sum(|s| s.target),
+            "replaced": statuses.iter().map(|(_, s)| s.replaced).sum::<u64>(),
+            "missing": missing,
+        },
+        "calls": statuses.iter().map(|(_, s)| s.calls).sum::<u64>(),
+        "queue": {
+            "depth": sum(|s| s.queued),
+            "max": served.iter().map(|s| s.settings.pool.max_queue).sum::<usize>(),
+        },
+        "bodies": {
+            "held_bytes": app.body.budget_in_use(),
+            "budget_bytes": app.config.body_budget,
+        },
+        "models": models,
+    })
 }
 
 /// Counts an inference request as pending while it runs, then records its
 /// outcome and duration; a request whose client left before its answer (its
 /// future dropped) is recorded as `cancelled`.
 async fn measured(
-    app: &App,
+    served: &ServedModel,
     inference: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let mut record = Recorder {
-        metrics: app.pool.metrics(),
+        metrics: &served.metrics,
         started: Instant::now(),
         outcome: "cancelled",
     };
@@ -251,7 +365,7 @@ async fn measured(
 
 /// Records a request's outcome when dropped, whether it finished or not.
 struct Recorder<'a> {
-    metrics: &'a Metrics,
+    metrics: &'a ModelMetrics,
     started: Instant,
     outcome: &'static str,
 }
@@ -273,6 +387,7 @@ enum Form {
 
 async fn infer(
     app: &App,
+    served: &Arc<ServedModel>,
     request: Request<Incoming>,
     form: Form,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -282,28 +397,22 @@ async fn infer(
     // `_held` is this body's share of --body-budget, kept until the end.
     let (body, _held) = body::read(request, &app.body).await.inspect_err(|err| {
         if err.status == StatusCode::REQUEST_TIMEOUT {
-            app.pool.metrics().body_timed_out();
+            app.registry.metrics().body_timed_out();
         }
     })?;
-    let decode = |model: &Model| match form {
-        Form::OpenInference => protocol::decode_infer(&body, json_len, &model.metadata),
-        Form::Simple => protocol::decode_predict(&body, &model.metadata),
-    };
-    let mut model = app.pool.model();
-    let mut inference = decode(&model)?;
+    let metadata = &served.model.metadata;
+    let inference = match form {
+        Form::OpenInference => protocol::decode_infer(&body, json_len, metadata),
+        Form::Simple => protocol::decode_predict(&body, metadata),
+    }?;
 
-    let mut lease = app.pool.acquire().await?;
+    let mut lease = served.pool.acquire().await?;
     let instance = lease.instance_id();
-    if !Arc::ptr_eq(lease.model(), &model) {
-        // A reload swapped the model while this request waited.
-        model = Arc::clone(lease.model());
-        inference = decode(&model).map_err(|err| err.served_by(instance))?;
-    }
     let outputs = lease
         .predict(
             &inference.inputs,
             &inference.model_parameters(),
-            app.config.timeout,
+            served.settings.timeout,
         )
         .await
         .map_err(|fault| ApiError::from(fault).served_by(instance))?;
@@ -312,17 +421,20 @@ async fn infer(
 
     let model_error =
         |why: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance);
-    protocol::check_outputs(&outputs, &model.metadata).map_err(model_error)?;
+    protocol::check_outputs(&outputs, metadata).map_err(model_error)?;
     let limit = app.config.max_response;
     let (body, json_len) = match form {
         Form::OpenInference => {
+            // The name and version the client addressed, which for a
+            // repository model are its folder's, not the model's own.
+            let (name, version) = (&served.name, &served.version);
             let encoded =
-                protocol::encode_infer_response(&model.metadata, &inference, &outputs, limit)
+                protocol::encode_infer_response(name, version, &inference, &outputs, limit)
                     .map_err(|err| err.served_by(instance))?;
             (encoded.body, encoded.json_len)
         }
         Form::Simple => {
-            let body = protocol::encode_predict_response(&model.metadata, &outputs, instance, limit)
+            let body = protocol::encode_predict_response(metadata, &outputs, instance, limit)
                 .map_err(|err| err.served_by(instance))?;
             (body, None)
         }
@@ -396,8 +508,8 @@ fn check_content_type(request: &Request<Incoming>, binary: bool) -> Result<(), A
     }
 }
 
-fn ready_response(app: &App) -> Response<Full<Bytes>> {
-    if app.ready() {
+fn ready_response(ready: bool) -> Response<Full<Bytes>> {
+    if ready {
         empty(StatusCode::OK)
     } else {
         let mut response = empty(StatusCode::SERVICE_UNAVAILABLE);
@@ -408,7 +520,7 @@ fn ready_response(app: &App) -> Response<Full<Bytes>> {
     }
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -418,7 +530,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     response
 }
 
-fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+pub(crate) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
@@ -432,6 +544,9 @@ fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     }
     if let Some(instance) = err.instance {
         headers.insert("x-instance-id", HeaderValue::from(instance));
+    }
+    if err.www_authenticate {
+        headers.insert(header::WWW_AUTHENTICATE, control::www_authenticate());
     }
     if err.close_connection {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

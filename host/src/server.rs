@@ -1,10 +1,11 @@
 //! HTTP connections: accept them within the connection cap, serve each with
 //! hyper under the header and keep-alive timeouts, and drain them all on
-//! shutdown. What a request does is in [`crate::routes`].
+//! shutdown. What a request does is in [`crate::routes`]; what it shares
+//! with every other request is in [`crate::app`].
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,58 +15,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::body::BodyLimits;
-use crate::pool::Pool;
+use crate::app::{App, Plane};
 use crate::routes::handle;
-
-/// Limits the server applies before a request reaches the pool.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub max_body: usize,
-    /// Longest a request's body may take to arrive.
-    pub body_timeout: Duration,
-    /// Most bytes of request bodies held at once, across all connections.
-    pub body_budget: usize,
-    /// Largest response body the host will build from a model's outputs.
-    pub max_response: usize,
-    pub timeout: Duration,
-    pub graceful_timeout: Duration,
-    pub max_connections: usize,
-    pub header_timeout: Duration,
-    pub keep_alive: Duration,
-    /// One log line per request: off by default, as in gunicorn, since a
-    /// line per request costs more than a tiny model's whole inference.
-    pub access_log: bool,
-}
-
-/// Everything a request handler needs.
-pub struct App {
-    pub pool: Arc<Pool>,
-    pub config: ServerConfig,
-    /// The bounds on request bodies, and the budget they share.
-    pub body: BodyLimits,
-    /// Cleared when shutdown starts, so load balancers stop sending traffic.
-    accepting: AtomicBool,
-}
-
-impl App {
-    pub fn new(pool: Arc<Pool>, config: ServerConfig) -> Arc<App> {
-        Arc::new(App {
-            pool,
-            body: BodyLimits::new(config.max_body, config.body_timeout, config.body_budget),
-            config,
-            accepting: AtomicBool::new(true),
-        })
-    }
-
-    pub(crate) fn ready(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst) && self.pool.ready()
-    }
-}
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
 /// and queued requests finish for up to `graceful_timeout`, and returns.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    plane: Plane,
+    shutdown: impl Future<Output = ()>,
+) {
     // Bounds open connections: past it, new ones wait in the kernel backlog.
     let connections = Arc::new(Semaphore::new(app.config.max_connections));
     // Tells every connection to finish its current request and close.
@@ -94,6 +54,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let connection = Connection {
             app: Arc::clone(&app),
+            plane,
             stopping: stopping.clone(),
             _permit: permit,
             _done: done.clone(),
@@ -101,7 +62,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         tokio::spawn(connection.serve(stream));
     }
 
-    app.accepting.store(false, Ordering::SeqCst);
+    app.stop_accepting();
     drop(listener);
     let _ = stop.send(true);
     drop(done);
@@ -121,6 +82,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 /// `--keep-alive`, or shutdown asks it to finish.
 struct Connection {
     app: Arc<App>,
+    plane: Plane,
     stopping: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
     _done: mpsc::Sender<()>,
@@ -132,12 +94,13 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let app = Arc::clone(&self.app);
+        let plane = self.plane;
         let requests = Arc::clone(&activity);
         let service = service_fn(move |request| {
             let app = Arc::clone(&app);
             let busy = requests.begin();
             async move {
-                let response = handle(&app, request).await;
+                let response = handle(&app, plane, request).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }

@@ -1,6 +1,6 @@
 //! Unix signals, as gunicorn users expect them: TERM and INT drain and exit
-//! (a second one exits at once), HUP reloads the model file, TTIN and TTOU add
-//! and remove one instance.
+//! (a second one exits at once), HUP reloads every model whose file changed,
+//! TTIN and TTOU add and remove one instance of a single-model host.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::pool::Pool;
+use crate::registry::Registry;
 
 /// Linux's numbers for SIGTTIN and SIGTTOU (the same on x86-64 and ARM);
 /// tokio names only the common signals.
@@ -58,7 +58,7 @@ impl Control {
 /// a time: a signal that arrives while a reload runs waits its turn (and the
 /// log says so) instead of being lost, and HUPs that pile up during a reload
 /// are folded into one more reload, which reads the newest file anyway.
-pub fn spawn_control(pool: Arc<Pool>) -> std::io::Result<()> {
+pub fn spawn_control(registry: Arc<Registry>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut ttin = signal(SignalKind::from_raw(SIGTTIN))?;
     let mut ttou = signal(SignalKind::from_raw(SIGTTOU))?;
@@ -77,7 +77,9 @@ pub fn spawn_control(pool: Arc<Pool>) -> std::io::Result<()> {
                 };
                 let name = control.signal();
                 if control == Control::Reload && reload_queued.swap(true, Ordering::SeqCst) {
-                    tracing::info!("received HUP with a reload already queued: that reload covers it");
+                    tracing::info!(
+                        "received HUP with a reload already queued: that reload covers it"
+                    );
                     continue;
                 }
                 if applying.load(Ordering::SeqCst) {
@@ -98,15 +100,18 @@ pub fn spawn_control(pool: Arc<Pool>) -> std::io::Result<()> {
             match control {
                 Control::Reload => {
                     reload_queued.store(false, Ordering::SeqCst);
-                    tracing::info!("received HUP: reloading the model");
-                    if let Err(err) = pool.reload().await {
-                        tracing::error!(
-                            "reload failed, still serving the previous model: {err:#}"
-                        );
-                    }
+                    tracing::info!("received HUP: reloading the models whose files changed");
+                    registry.reload_changed().await;
                 }
-                Control::Grow => pool.grow().await,
-                Control::Shrink => pool.shrink().await,
+                Control::Grow | Control::Shrink => match registry.only() {
+                    Ok(served) if control == Control::Grow => served.pool.grow().await,
+                    Ok(served) => served.pool.shrink().await,
+                    Err(_) => tracing::warn!(
+                        "{} ignored: it resizes a host that serves one model; resize a model \
+                         with the repository API (a load whose config sets instances)",
+                        control.signal()
+                    ),
+                },
             }
             applying.store(false, Ordering::SeqCst);
         }

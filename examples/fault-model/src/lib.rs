@@ -137,7 +137,12 @@ fn bad_outputs(how: i64) -> Vec<Tensor> {
             empty_text(),
             Tensor::from_i64("extra", vec![1], &[3]),
         ],
-        4 => vec![result_tensor(4), result_tensor(4), empty_blob(), empty_text()],
+        4 => vec![
+            result_tensor(4),
+            result_tensor(4),
+            empty_blob(),
+            empty_text(),
+        ],
         5 => vec![
             Tensor::from_i64("result", vec![1], &[5, 5]),
             empty_blob(),

@@ -1,18 +1,24 @@
-//! `wasm-host serve`: bind, load the model, boot the instances, serve until
-//! TERM or INT.
+//! `wasm-host serve`: bind, load the models (files given, or a repository),
+//! boot their instances, serve until TERM or INT.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Failure;
+use crate::app::{App, ControlConfig, Plane, ServerConfig};
 use crate::cache::CompileCache;
-use crate::cli::ServeArgs;
-use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolConfig};
-use crate::server::{App, ServerConfig};
-use crate::{contract, engine, model, server, signals};
+use crate::cli::{ModelControl, ServeArgs};
+use crate::pool::PoolConfig;
+use crate::registry::{Budget, LoadRequest, Registry};
+use crate::settings::{ModelSettings, Settings};
+use crate::{engine, model, repository, server, signals};
 
-/// Binds, loads the model, boots the instances and serves until TERM or INT.
+/// Each instance's slot in the engine's pooling allocator reserves address
+/// space, not memory; the budget is counted in slots of this size, so a
+/// host with a 12 GiB budget has room for 384 instances.
+const SLOT_SHARE: u64 = 32 << 20;
+
+/// Binds, loads the models, boots their instances and serves until TERM or INT.
 pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
     if cli.body_budget < cli.max_body {
@@ -25,18 +31,28 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             ),
         ));
     }
+    if cli.model_control == ModelControl::Poll && cli.model_repository.is_none() {
+        return Err(Failure::new(
+            2,
+            "--model-control poll needs --model-repository DIR: the folder to rescan",
+        ));
+    }
     // Bind first: a port in use is found before a long compile, not after.
-    let listener = bind(&cli)?;
-    let instances = cli.instances();
+    let listener = bind(cli.bind)?;
+    let admin_listener = cli.admin_bind.map(bind).transpose()?;
+    let instances = cli.instances() as usize;
     let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
-    // TTIN may double the pool, and a reload boots a second generation
-    // before the first retires; spares cover replacements in flight.
-    let max_instances = instances * 2;
-    let slots = max_instances * 2 + 8;
-    let (engine, allocator) = engine::build(slots, memory_limit)
+    let memory_budget = cli.memory_budget();
+    let budget = Budget {
+        memory: memory_budget,
+        instances: (memory_budget / SLOT_SHARE).clamp(64, 512) as usize,
+    };
+    // Twice the budget's instances: a swap boots the new version beside the
+    // old one; spares cover replacements in flight.
+    let slots = (budget.instances * 2 + 8) as u32;
+    let (engine, allocator) = engine::build(slots, 4 << 30)
         .map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
     engine::start_epoch_ticker(&engine);
-
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
     let cache = CompileCache::new(match (&cli.cache_dir, cli.no_cache) {
@@ -44,107 +60,151 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         (Some(dir), false) => Some(dir.clone()),
         (None, false) => CompileCache::default_dir(),
     });
-    let model = model::Model::load(&engine, &linker, cli.model(), memory_limit, &cache)
-        .await
-        .map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
-    let meta = &model.metadata;
-    tracing::info!(
-        "loaded model {} v{} from {} ({} KiB), {}; inputs: {}; outputs: {}",
-        meta.name,
-        meta.version,
-        cli.model().display(),
-        model.file_size / 1024,
-        model.compiled,
-        describe(&meta.inputs),
-        describe(&meta.outputs),
-    );
-
-    let pool = Pool::start(
-        engine,
-        linker,
-        cache,
-        Arc::new(Metrics::new()),
-        Arc::new(model),
-        PoolConfig {
-            instances: instances as usize,
-            max_instances: max_instances as usize,
+    let defaults = Settings {
+        pool: PoolConfig {
+            instances,
+            // TTIN may double the pool.
+            max_instances: instances * 2,
             memory_limit,
             queue_timeout: cli.queue_timeout,
             max_queue: cli.max_queue,
             max_requests: cli.max_requests,
             max_requests_jitter: cli.max_requests_jitter,
         },
-    )
-    .await
-    .map_err(|err| {
-        Failure::new(
-            Failure::MODEL,
-            format!(
-                "{} failed to start: {} (if it ran out of memory, raise --memory-limit)",
-                cli.model().display(),
-                model::root_cause(&err)
-            ),
-        )
-    })?;
+        timeout: cli.timeout,
+    };
+    let registry = Registry::new(engine, linker, cache, defaults, budget);
 
-    signals::spawn_control(Arc::clone(&pool))
+    for path in &cli.models {
+        let bytes =
+            model::read(path).map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
+        let request = LoadRequest {
+            name: None,
+            version: None,
+            bytes,
+            path: Some(path.clone()),
+            settings: ModelSettings::default(),
+            replaces: None,
+        };
+        registry
+            .load(request)
+            .await
+            .map_err(|why| Failure::new(Failure::MODEL, why))?;
+    }
+    if registry.served().len() < cli.models.len() {
+        return Err(Failure::new(
+            Failure::MODEL,
+            "two of the model files declare the same model name; each model needs its own \
+             name (metadata().name), or serve them from a --model-repository under folder names",
+        ));
+    }
+    let mut found = Vec::new();
+    if let Some(dir) = &cli.model_repository {
+        found = repository::load_all(&registry, dir)
+            .await
+            .map_err(|why| Failure::new(Failure::MODEL, why))?;
+    }
+    if cli.model_control == ModelControl::Poll
+        && let Some(dir) = &cli.model_repository
+    {
+        repository::spawn_poll(
+            Arc::clone(&registry),
+            dir.clone(),
+            cli.repository_poll_interval,
+            found,
+        );
+    }
+
+    signals::spawn_control(Arc::clone(&registry))
         .map_err(|err| Failure::new(Failure::OTHER, format!("cannot listen for signals: {err}")))?;
     let app = App::new(
-        pool,
+        Arc::clone(&registry),
         ServerConfig {
             max_body: usize::try_from(cli.max_body).unwrap_or(usize::MAX),
             body_timeout: cli.body_timeout,
             body_budget: usize::try_from(cli.body_budget).unwrap_or(usize::MAX),
             max_response: usize::try_from(cli.max_response).unwrap_or(usize::MAX),
-            timeout: cli.timeout,
             graceful_timeout: cli.graceful_timeout,
             max_connections: cli.max_connections as usize,
             header_timeout: cli.header_timeout,
             keep_alive: cli.keep_alive,
             access_log: cli.access_log,
         },
+        ControlConfig {
+            mode: cli.model_control,
+            token: cli.admin_token.clone().filter(|t| !t.is_empty()),
+            repository: cli.model_repository.clone(),
+        },
     );
     let address = listener
         .local_addr()
         .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
+    let served = registry.served();
+    let total: usize = served.iter().map(|s| s.settings.pool.instances).sum();
+    let what = match served.as_slice() {
+        [_] => format!("{total} instances"),
+        _ => format!("{} models, {total} instances", served.len()),
+    };
     tracing::info!(
-        "listening on http://{address} with {instances} instances ({allocator}, \
-         memory limit {} MiB each, timeout {:?}); ready in {:?}",
+        "listening on http://{address} with {what} ({allocator}, memory limit {} MiB each, \
+         timeout {:?}, memory budget {} MiB, model control {:?}); ready in {:?}",
         cli.memory_limit >> 20,
         cli.timeout,
+        memory_budget >> 20,
+        cli.model_control,
         started.elapsed()
     );
-    server::serve(listener, app, signals::shutdown()).await;
+    // One shutdown signal, told to every listener.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signals::shutdown().await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    match admin_listener {
+        Some(admin) => {
+            let admin_address = admin
+                .local_addr()
+                .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
+            tracing::info!("repository API on http://{admin_address} only");
+            let admin_app = Arc::clone(&app);
+            let admin_stopping = stopping.clone();
+            let admin_server = tokio::spawn(async move {
+                server::serve(admin, admin_app, Plane::Admin, wait(admin_stopping)).await;
+            });
+            server::serve(
+                listener,
+                app,
+                Plane::Public { admin: false },
+                wait(stopping),
+            )
+            .await;
+            let _ = admin_server.await;
+        }
+        None => server::serve(listener, app, Plane::Public { admin: true }, wait(stopping)).await,
+    }
     Ok(())
 }
 
-fn bind(cli: &ServeArgs) -> Result<tokio::net::TcpListener, Failure> {
+fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
     let fail = |why: String| Failure::new(Failure::BIND, why);
-    let listener = std::net::TcpListener::bind(cli.bind).map_err(|err| {
+    let listener = std::net::TcpListener::bind(address).map_err(|err| {
         fail(match err.kind() {
             std::io::ErrorKind::AddrInUse => format!(
-                "cannot listen on {}: the address is already in use; stop the process that holds \
-                 it or pass --bind with another port",
-                cli.bind
+                "cannot listen on {address}: the address is already in use; stop the process \
+                 that holds it or pass --bind with another port"
             ),
             std::io::ErrorKind::PermissionDenied => format!(
-                "cannot listen on {}: permission denied; ports below 1024 need privileges, \
-                 pass --bind with a port above 1024",
-                cli.bind
+                "cannot listen on {address}: permission denied; ports below 1024 need privileges, \
+                 pass --bind with a port above 1024"
             ),
-            _ => format!("cannot listen on {}: {err}", cli.bind),
+            _ => format!("cannot listen on {address}: {err}"),
         })
     })?;
     listener
         .set_nonblocking(true)
         .map_err(|err| fail(err.to_string()))?;
     tokio::net::TcpListener::from_std(listener).map_err(|err| fail(err.to_string()))
-}
-
-fn describe(specs: &[contract::TensorSpec]) -> String {
-    let described: Vec<String> = specs
-        .iter()
-        .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
-        .collect();
-    described.join(", ")
 }

@@ -144,7 +144,10 @@ pub fn check_data(tensor: &Tensor) -> Result<(), String> {
         )
     };
     let Some(count) = element_count(&tensor.shape) else {
-        return Err(format!("{}: the shape holds more than 2^64 elements", what()));
+        return Err(format!(
+            "{}: the shape holds more than 2^64 elements",
+            what()
+        ));
     };
     match tensor.datatype.element_size() {
         Some(size) => {
@@ -161,7 +164,10 @@ pub fn check_data(tensor: &Tensor) -> Result<(), String> {
                 elements += 1;
             }
             if elements != count {
-                return Err(format!("{}: {elements} BYTES elements, which do not agree", what()));
+                return Err(format!(
+                    "{}: {elements} BYTES elements, which do not agree",
+                    what()
+                ));
             }
         }
     }
@@ -174,7 +180,11 @@ pub fn check_data(tensor: &Tensor) -> Result<(), String> {
 /// response that would pass its size limit before writing any of it: a shape
 /// of 10^8 empty rows holds no data but nests into 300 MB of `[],`.
 pub fn json_size_floor(tensor: &Tensor, nested: bool) -> u64 {
-    let per_element = if tensor.datatype == Datatype::Bytes { 3 } else { 2 };
+    let per_element = if tensor.datatype == Datatype::Bytes {
+        3
+    } else {
+        2
+    };
     let elements = element_count(&tensor.shape).unwrap_or(u64::MAX);
     let mut arrays = 1u64;
     if nested && tensor.shape.len() > 1 {

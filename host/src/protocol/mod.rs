@@ -168,7 +168,10 @@ pub fn check_outputs(outputs: &[Tensor], metadata: &Metadata) -> Result<(), Stri
             ));
         };
         if outputs[..i].iter().any(|o| o.name == output.name) {
-            return Err(format!("model {model} returned output {:?} twice", output.name));
+            return Err(format!(
+                "model {model} returned output {:?} twice",
+                output.name
+            ));
         }
         if output.datatype != spec.datatype {
             return Err(format!(

@@ -5,9 +5,7 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::elements::{
-    Elements, bytes_elements, element_count, encode_elements, json_size_floor,
-};
+use super::elements::{Elements, bytes_elements, element_count, encode_elements, json_size_floor};
 use super::{
     Capped, Inference, RequestedOutput, describe_specs, order_and_check, parse_json, too_large,
 };
@@ -233,9 +231,11 @@ pub struct InferResponse {
 }
 
 /// The OIP infer response, with only the outputs the client asked for, each
-/// in the form it asked for, within `limit` bytes (`--max-response`).
+/// in the form it asked for, within `limit` bytes (`--max-response`). The
+/// name and version are the ones the client addressed.
 pub fn encode_infer_response(
-    metadata: &Metadata,
+    model_name: &str,
+    model_version: &str,
     inference: &Inference,
     outputs: &[Tensor],
     limit: usize,
@@ -272,8 +272,8 @@ pub fn encode_infer_response(
     }
     let mut body = Capped::new(estimate, limit);
     body.json(&Response {
-        model_name: &metadata.name,
-        model_version: &metadata.version,
+        model_name,
+        model_version,
         id: inference.id.as_deref(),
         parameters: &inference.parameters,
         outputs: &selected,

@@ -147,10 +147,9 @@ pub fn encode_predict_response(
         outputs: Outputs<'a>,
     }
     let label = outputs.iter().find(|t| t.name == "label");
-    let estimate = outputs
-        .iter()
-        .chain(label)
-        .fold(256u64, |sum, t| sum.saturating_add(json_size_floor(t, true)));
+    let estimate = outputs.iter().chain(label).fold(256u64, |sum, t| {
+        sum.saturating_add(json_size_floor(t, true))
+    });
     if estimate > limit as u64 {
         return Err(too_large(limit));
     }

@@ -1,0 +1,272 @@
+//! The model repository API, as Triton serves it, so that tritonclient's
+//! `get_model_repository_index()`, `load_model(name, config=..., files=...)`
+//! and `unload_model(name)` work unchanged:
+//!
+//! - `POST /v2/repository/index`: every model with its state and reason;
+//! - `POST /v2/repository/models/{m}/load`: load (or swap in, or resize) a
+//!   model, from the repository folder or from `file:` parameters carrying
+//!   the component, base64, with an optional JSON `config` over model.toml;
+//! - `POST /v2/repository/models/{m}/unload`: drain and unload.
+//!
+//! Loading and unloading are off unless `--model-control explicit` (or
+//! `poll`); with `--admin-token` every call needs `Authorization: Bearer`.
+//! Only components are accepted over HTTP: a precompiled artifact is native
+//! code, and native code never comes from a client.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::body::{self, BodyLimits};
+use crate::cli::ModelControl;
+use crate::error::ApiError;
+use crate::registry::LoadRequest;
+use crate::repository;
+use crate::routes::{empty, json};
+use crate::settings::ModelSettings;
+
+/// The most a load request may carry (its base64 components): an operator's
+/// upload, bounded like every other body.
+pub const MAX_UPLOAD: usize = 512 << 20;
+
+pub async fn index(
+    app: &App,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    authorize(app, &request)?;
+    let body = read(app, request).await?;
+    let ready_only = body.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    let index: Vec<_> = app
+        .registry
+        .index()
+        .into_iter()
+        .filter(|e| !ready_only || e.state == crate::registry::State::Ready)
+        .collect();
+    let body = serde_json::to_vec(&index).expect("the index serializes");
+    Ok(json(StatusCode::OK, body.into()))
+}
+
+pub async fn load(
+    app: &App,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    authorize(app, &request)?;
+    may_change(app)?;
+    let body = read(app, request).await?;
+    let parameters = body
+        .get("parameters")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let config = match parameters.get("config") {
+        None => ModelSettings::default(),
+        Some(Value::String(text)) => ModelSettings::from_json(text)
+            .map_err(|err| ApiError::bad_request(format!("parameters.config: {err}")))?,
+        Some(other) => ModelSettings::from_json(&other.to_string())
+            .map_err(|err| ApiError::bad_request(format!("parameters.config: {err}")))?,
+    };
+    let files: Vec<(&str, &Value)> = parameters
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("file:")?, v)))
+        .collect();
+    let request = if files.is_empty() {
+        from_repository(app, name, config)?
+    } else {
+        uploaded(name, &files, config)?
+    };
+    if let Some(resized) = resize_only(app, name, &request).await? {
+        return Ok(resized);
+    }
+    app.registry
+        .load(request)
+        .await
+        .map_err(|reason| ApiError::bad_request(format!("failed to load {name}: {reason}")))?;
+    Ok(empty(StatusCode::OK))
+}
+
+pub async fn unload(
+    app: &App,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    authorize(app, &request)?;
+    may_change(app)?;
+    let _ = read(app, request).await?;
+    app.registry.unload(name).await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// A load from the model's repository folder, its model.toml under the
+/// request's config.
+fn from_repository(app: &App, name: &str, config: ModelSettings) -> Result<LoadRequest, ApiError> {
+    let Some(dir) = &app.control.repository else {
+        return Err(ApiError::bad_request(format!(
+            "cannot load {name}: send its component as a file: parameter, or start the host \
+             with --model-repository to load from a folder"
+        )));
+    };
+    let found = repository::find(dir, name).map_err(ApiError::not_found)?;
+    let mut request = found
+        .load_request()
+        .map_err(|why| ApiError::bad_request(format!("cannot load {name}: {why}")))?;
+    request.settings = config.over(&found.settings);
+    Ok(request)
+}
+
+/// A load of a component sent in the request: `file:<path>` parameters,
+/// base64. Exactly one must be a component.
+fn uploaded(
+    name: &str,
+    files: &[(&str, &Value)],
+    config: ModelSettings,
+) -> Result<LoadRequest, ApiError> {
+    use base64::Engine as _;
+    let mut components = Vec::new();
+    for (path, value) in files {
+        let text = value
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(format!("file:{path} must be a base64 string")))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|err| ApiError::bad_request(format!("file:{path} is not base64: {err}")))?;
+        if bytes.starts_with(b"\x7fELF") {
+            return Err(ApiError::bad_request(format!(
+                "file:{path} is a precompiled artifact, which is native code: the repository API \
+                 takes only components (.wasm); precompiled artifacts come from the operator's \
+                 own disk"
+            )));
+        }
+        if bytes.starts_with(b"\0asm") {
+            components.push((*path, bytes));
+        }
+    }
+    let (path, bytes) = match components.len() {
+        1 => components.pop().expect("one component"),
+        0 => {
+            return Err(ApiError::bad_request(format!(
+                "none of the file: parameters for {name} is a WebAssembly component"
+            )));
+        }
+        n => {
+            return Err(ApiError::bad_request(format!(
+                "{n} file: parameters for {name} are components; send one"
+            )));
+        }
+    };
+    // Triton's layout: `file:1/model.wasm` names version 1.
+    let version = path
+        .split('/')
+        .next()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && path.contains('/'))
+        .map(str::to_owned);
+    Ok(LoadRequest {
+        name: Some(name.to_owned()),
+        version,
+        bytes,
+        path: None,
+        settings: config,
+        replaces: None,
+    })
+}
+
+/// TorchServe's `PUT /models/{m}?min_worker=N`, Triton's way: a load of the
+/// component already served whose settings differ only in the instance
+/// count resizes the pool in place, without a swap.
+async fn resize_only(
+    app: &App,
+    name: &str,
+    request: &LoadRequest,
+) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
+    let Ok(served) = app.registry.get(name, None) else {
+        return Ok(None);
+    };
+    let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
+    let same_component = match &served.source {
+        crate::served::Source::File { digest: d, .. }
+        | crate::served::Source::Uploaded { digest: d } => *d == digest,
+    };
+    let Ok(wanted) = request.settings.resolve(app.registry.defaults()) else {
+        return Ok(None);
+    };
+    let mut same_but_count = wanted.clone();
+    same_but_count.pool.instances = served.settings.pool.instances;
+    same_but_count.pool.max_instances = served.settings.pool.max_instances;
+    if !same_component || same_but_count != served.settings {
+        return Ok(None);
+    }
+    let count = wanted.pool.instances;
+    if count > served.settings.pool.max_instances {
+        return Ok(None);
+    }
+    let now = served.pool.resize(count).await.map_err(|err| {
+        ApiError::bad_request(format!(
+            "cannot resize {name}: {}",
+            crate::model::root_cause(&err)
+        ))
+    })?;
+    tracing::info!("model {name}: resized to {now} instances");
+    Ok(Some(empty(StatusCode::OK)))
+}
+
+/// With `--admin-token`, every repository call must carry it.
+fn authorize(app: &App, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &app.control.token else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return Ok(());
+    }
+    let mut err = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "the repository API needs Authorization: Bearer <the host's --admin-token>",
+    );
+    err.www_authenticate = true;
+    Err(err)
+}
+
+/// Loading and unloading need `--model-control explicit` or `poll`.
+fn may_change(app: &App) -> Result<(), ApiError> {
+    if app.control.mode == ModelControl::None {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "model control is off (--model-control none): start wasm-host with \
+             --model-control explicit to load and unload models over HTTP",
+        ));
+    }
+    Ok(())
+}
+
+/// A repository call's JSON body (empty is `{}`), within the upload limits.
+async fn read(app: &App, request: Request<Incoming>) -> Result<Value, ApiError> {
+    let (bytes, _held) = body::read(request, &app.uploads).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    crate::protocol::parse_json(&bytes, "repository request")
+}
+
+/// The limits for repository calls' bodies: large (components), few.
+pub fn upload_limits(timeout: std::time::Duration) -> BodyLimits {
+    BodyLimits::new(MAX_UPLOAD, timeout, MAX_UPLOAD)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `WWW-Authenticate` for a 401.
+pub fn www_authenticate() -> HeaderValue {
+    HeaderValue::from_static("Bearer")
+}

@@ -1,0 +1,617 @@
+//! The registry: which models this host serves, by name and version, and
+//! the one place models are loaded, swapped and unloaded.
+//!
+//! It owns what every model shares: the engine (one pooling allocator for
+//! the host, sized from its budget), the linker, the compile cache, the
+//! metrics registry and the host-wide instance ids. Each name maps to a
+//! slot with Triton's states (READY, LOADING, UNLOADING, UNAVAILABLE with a
+//! reason) and, when it serves, an `Arc<ServedModel>` that a request takes
+//! once and keeps to its end.
+//!
+//! Loading a name that already serves swaps atomically, Triton's way: the
+//! new version compiles and boots beside the old one, takes every request
+//! that arrives after the swap, and the old one finishes what it has and is
+//! dropped (its instances and memory with it). Loads and unloads happen one
+//! at a time, so budget checks see a settled host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::cache::CompileCache;
+use crate::metrics::Metrics;
+use crate::model::{self, Model};
+use crate::pool::Pool;
+use crate::sandbox::GuestState;
+use crate::served::{ServedModel, Source};
+use crate::settings::{ModelSettings, Settings};
+
+/// A model's state, as Triton's repository index reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    Ready,
+    Loading,
+    Unloading,
+    Unavailable,
+}
+
+/// One model name: what it serves, and its state.
+#[derive(Clone)]
+struct Slot {
+    served: Option<Arc<ServedModel>>,
+    state: State,
+    /// Why it is unavailable (or what is loading), empty when ready.
+    reason: String,
+    version: String,
+}
+
+/// One line of the repository index.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    pub state: State,
+    pub reason: String,
+}
+
+/// What the host may hold across all models: a model whose instances ×
+/// memory limit would pass it is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes of linear memory, summed over every model's instances × cap.
+    pub memory: u64,
+    /// Instances the engine's pooling allocator has slots for (a few are
+    /// kept back for replacements in flight).
+    pub instances: usize,
+}
+
+/// Why a request found no model to serve it: the registry's own words,
+/// turned into a 404 or 503 at the HTTP edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Unknown {
+        name: String,
+        served: Vec<String>,
+    },
+    Unloaded {
+        name: String,
+    },
+    Unavailable {
+        name: String,
+        state: State,
+        reason: String,
+    },
+    Version {
+        name: String,
+        wanted: String,
+        served: String,
+    },
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::Unknown { name, served } => write!(
+                f,
+                "unknown model {name:?}; this host serves {}",
+                if served.is_empty() {
+                    "no models".to_owned()
+                } else {
+                    served.join(", ")
+                }
+            ),
+            Lookup::Unloaded { name } => write!(
+                f,
+                "model {name:?} is unloaded; load it again (POST /v2/repository/models/{name}/load) \
+                 to serve it"
+            ),
+            Lookup::Unavailable {
+                name,
+                state,
+                reason,
+            } => write!(f, "model {name:?} is {state:?}: {reason}"),
+            Lookup::Version {
+                name,
+                wanted,
+                served,
+            } => write!(
+                f,
+                "model {name:?} version {wanted:?} is not served; it serves version {served:?} \
+                 (/v2/models/{name}/versions/{served}/...)"
+            ),
+        }
+    }
+}
+
+/// A model to load: its bytes, where they came from, and what to call it.
+pub struct LoadRequest {
+    /// The name to serve it under; `None` takes the model's own.
+    pub name: Option<String>,
+    /// The version to report; `None` takes the model's own.
+    pub version: Option<String>,
+    pub bytes: Vec<u8>,
+    /// The file it was read from, for logs and reloads; `None` if uploaded.
+    pub path: Option<PathBuf>,
+    pub settings: ModelSettings,
+    /// A model this one takes the place of under another name (a file that
+    /// now holds a model with a new name): it stops taking requests at the
+    /// same instant the new one starts.
+    pub replaces: Option<String>,
+}
+
+pub struct Registry {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: CompileCache,
+    metrics: Arc<Metrics>,
+    /// The host's flags: what a model's unset settings become.
+    defaults: Settings,
+    budget: Budget,
+    /// Host-wide instance ids, never reused.
+    ids: Arc<AtomicU64>,
+    /// Shared with drain tasks, which settle a slot once its old version
+    /// has finished.
+    slots: Arc<RwLock<BTreeMap<String, Slot>>>,
+    /// Serialises loads and unloads.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(
+        engine: Engine,
+        linker: Linker<GuestState>,
+        cache: CompileCache,
+        defaults: Settings,
+        budget: Budget,
+    ) -> Arc<Registry> {
+        Arc::new(Registry {
+            engine,
+            linker,
+            cache,
+            metrics: Arc::new(Metrics::new()),
+            defaults,
+            budget,
+            ids: Arc::new(AtomicU64::new(1)),
+            slots: Arc::new(RwLock::new(BTreeMap::new())),
+            changing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The host's flags, as settings.
+    pub fn defaults(&self) -> &Settings {
+        &self.defaults
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// The served model for a request: by name, and by version when the
+    /// path names one.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>, Lookup> {
+        let slots = self.slots.read().unwrap();
+        let Some(slot) = slots.get(name) else {
+            return Err(Lookup::Unknown {
+                name: name.to_owned(),
+                served: served_names(&slots),
+            });
+        };
+        match &slot.served {
+            Some(served) => match version {
+                Some(wanted) if wanted != served.version => Err(Lookup::Version {
+                    name: name.to_owned(),
+                    wanted: wanted.to_owned(),
+                    served: served.version.clone(),
+                }),
+                _ => Ok(Arc::clone(served)),
+            },
+            None if slot.reason == UNLOADED => Err(Lookup::Unloaded {
+                name: name.to_owned(),
+            }),
+            None => Err(Lookup::Unavailable {
+                name: name.to_owned(),
+                state: slot.state,
+                reason: slot.reason.clone(),
+            }),
+        }
+    }
+
+    /// The only model served, for `/predict`; `None` if there are more or none.
+    pub fn only(&self) -> Result<Arc<ServedModel>, Vec<String>> {
+        let slots = self.slots.read().unwrap();
+        let mut served = slots.values().filter_map(|s| s.served.as_ref());
+        match (served.next(), served.next()) {
+            (Some(one), None) => Ok(Arc::clone(one)),
+            _ => Err(served_names(&slots)),
+        }
+    }
+
+    /// Every model serving now, by name.
+    pub fn served(&self) -> Vec<Arc<ServedModel>> {
+        let slots = self.slots.read().unwrap();
+        slots.values().filter_map(|s| s.served.clone()).collect()
+    }
+
+    /// Triton's repository index: every model the host knows, with its state.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let slots = self.slots.read().unwrap();
+        slots
+            .iter()
+            .map(|(name, slot)| IndexEntry {
+                name: name.clone(),
+                version: slot.version.clone(),
+                state: slot.state,
+                reason: slot.reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Records that `name` could not be loaded (a bad file, a trap in
+    /// `metadata`, over the budget): UNAVAILABLE with the reason, unless an
+    /// older version still serves, which keeps serving.
+    pub fn failed(&self, name: &str, version: &str, reason: &str) {
+        let mut slots = self.slots.write().unwrap();
+        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
+            served: None,
+            state: State::Unavailable,
+            reason: String::new(),
+            version: version.to_owned(),
+        });
+        if slot.served.is_none() {
+            slot.state = State::Unavailable;
+            slot.reason = reason.to_owned();
+            slot.version = version.to_owned();
+        }
+    }
+
+    fn set_loading(&self, name: &str) {
+        let mut slots = self.slots.write().unwrap();
+        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
+            served: None,
+            state: State::Loading,
+            reason: String::new(),
+            version: String::new(),
+        });
+        if slot.served.is_none() {
+            slot.state = State::Loading;
+            slot.reason = "loading".into();
+        }
+    }
+
+    /// Loads a model and serves it, swapping out the version it replaces.
+    /// On failure nothing changes but the slot's reason; the error says why,
+    /// in one line for the operator.
+    pub async fn load(&self, request: LoadRequest) -> Result<Arc<ServedModel>, String> {
+        let _changing = self.changing.lock().await;
+        if let Some(name) = &request.name {
+            self.set_loading(name);
+        }
+        let result = self.load_locked(&request).await;
+        if let Err(reason) = &result
+            && let Some(name) = &request.name
+        {
+            self.failed(name, request.version.as_deref().unwrap_or(""), reason);
+        }
+        result
+    }
+
+    async fn load_locked(&self, request: &LoadRequest) -> Result<Arc<ServedModel>, String> {
+        let started = Instant::now();
+        let shown = match &request.path {
+            Some(path) => path.display().to_string(),
+            None => format!(
+                "the uploaded model {}",
+                request.name.as_deref().unwrap_or("")
+            ),
+        };
+        let settings = request
+            .settings
+            .resolve(&self.defaults)
+            .map_err(|why| format!("{shown}: bad settings: {why}"))?;
+        let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
+        let file_size = request.bytes.len();
+        let (component, compiled) =
+            model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
+                .await
+                .map_err(|err| format!("{err:#}"))?;
+        let (pre, metadata) = model::prepare(
+            &self.engine,
+            &self.linker,
+            &component,
+            settings.pool.memory_limit,
+            &shown,
+        )
+        .await
+        .map_err(|err| format!("{err:#}"))?;
+        let name = request.name.clone().unwrap_or(metadata.name.clone());
+        let version = request.version.clone().unwrap_or(metadata.version.clone());
+        self.check_budget(&name, &settings)?;
+
+        let model = Arc::new(Model {
+            path: request.path.clone().unwrap_or_default(),
+            metadata,
+            pre,
+            file_size,
+            compiled,
+        });
+        let metrics = self.metrics.for_model(&name, &version);
+        let pool = Pool::start(
+            self.engine.clone(),
+            Arc::clone(&model),
+            settings.pool.clone(),
+            metrics.clone(),
+            Arc::clone(&self.ids),
+        )
+        .await
+        .map_err(|err| {
+            format!(
+                "{shown} failed to start: {} (if it ran out of memory, raise its memory-limit)",
+                model::root_cause(&err)
+            )
+        })?;
+        let source = match &request.path {
+            Some(path) => Source::File {
+                path: path.clone(),
+                digest,
+            },
+            None => Source::Uploaded { digest },
+        };
+        let served = Arc::new(ServedModel {
+            name: name.clone(),
+            version: version.clone(),
+            settings,
+            given: request.settings.clone(),
+            model,
+            pool,
+            metrics,
+            source,
+            loaded_at: Instant::now(),
+        });
+        let meta = &served.model.metadata;
+        tracing::info!(
+            model = %name,
+            "loaded model {name} v{version} from {shown} ({} KiB), {}; {} instances, memory limit \
+             {} MiB, timeout {:?}; inputs: {}; outputs: {}; ready in {:?}",
+            file_size / 1024,
+            served.model.compiled,
+            served.settings.pool.instances,
+            served.settings.pool.memory_limit >> 20,
+            served.settings.timeout,
+            describe(&meta.inputs),
+            describe(&meta.outputs),
+            started.elapsed()
+        );
+        let old = {
+            let mut slots = self.slots.write().unwrap();
+            let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
+                served: None,
+                state: State::Ready,
+                reason: String::new(),
+                version: version.clone(),
+            });
+            slot.state = State::Ready;
+            slot.reason.clear();
+            slot.version = version;
+            let old = slot.served.replace(Arc::clone(&served));
+            let superseded = request
+                .replaces
+                .as_ref()
+                .filter(|old_name| **old_name != name)
+                .and_then(|old_name| slots.remove(old_name))
+                .and_then(|slot| slot.served);
+            if let Some(superseded) = superseded {
+                tracing::warn!(
+                    "model {} is replaced by {name}: clients must use /v2/models/{name}/...",
+                    superseded.name
+                );
+                self.drain(superseded, false);
+            }
+            old
+        };
+        if let Some(old) = old {
+            tracing::info!(
+                "model {name}: v{} takes new requests; v{} finishes its {} in flight and goes",
+                served.version,
+                old.version,
+                old.pool.in_flight()
+            );
+            self.drain(old, false);
+        }
+        Ok(served)
+    }
+
+    /// A model's instances × memory limit must fit in what the other models
+    /// leave of the budget (a model being replaced does not count: its
+    /// memory goes when it drains).
+    fn check_budget(&self, name: &str, settings: &Settings) -> Result<(), String> {
+        let slots = self.slots.read().unwrap();
+        let others = slots
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .filter_map(|(_, s)| s.served.as_ref());
+        let (memory, instances) = others.fold((0u64, 0usize), |(m, i), s| {
+            (m + s.reserved_memory(), i + s.reserved_instances())
+        });
+        let pool = &settings.pool;
+        let wanted = pool.instances as u64 * pool.memory_limit as u64;
+        let mib = |bytes: u64| bytes >> 20;
+        if memory + wanted > self.budget.memory {
+            return Err(format!(
+                "model {name} needs {} instances × {} MiB = {} MiB, but the models served hold \
+                 {} MiB of the {} MiB --memory-budget; unload a model, give this one fewer \
+                 instances or a lower memory-limit, or raise --memory-budget",
+                pool.instances,
+                mib(pool.memory_limit as u64),
+                mib(wanted),
+                mib(memory),
+                mib(self.budget.memory)
+            ));
+        }
+        if instances + pool.instances > self.budget.instances {
+            return Err(format!(
+                "model {name} needs {} instances, but the models served hold {instances} of the \
+                 {} this host has room for; unload a model or give this one fewer instances",
+                pool.instances, self.budget.instances
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops serving `name`: new requests get a 404 that says it is
+    /// unloaded; requests in flight and queued finish first, then its
+    /// instances and memory are freed.
+    pub async fn unload(&self, name: &str) -> Result<(), Lookup> {
+        let _changing = self.changing.lock().await;
+        let old = {
+            let mut slots = self.slots.write().unwrap();
+            let Some(slot) = slots.get_mut(name) else {
+                return Err(Lookup::Unknown {
+                    name: name.to_owned(),
+                    served: served_names(&slots),
+                });
+            };
+            let Some(old) = slot.served.take() else {
+                return Ok(());
+            };
+            slot.state = State::Unloading;
+            slot.reason = format!("unloading: {} requests in flight", old.pool.in_flight());
+            old
+        };
+        tracing::info!(
+            "unloading model {name} v{}: it takes no new requests and finishes its {} in flight",
+            old.version,
+            old.pool.in_flight()
+        );
+        self.drain(old, true);
+        Ok(())
+    }
+
+    /// Waits, off the caller's path, until a served model that no longer
+    /// takes requests has finished the ones it has; then drops it.
+    fn drain(&self, old: Arc<ServedModel>, unloading: bool) {
+        let slots = Arc::clone(&self.slots);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while old.pool.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (name, version) = (old.name.clone(), old.version.clone());
+            // Its series go, unless the version that replaced it has the
+            // same labels and so the same series.
+            let mut slots = slots.write().unwrap();
+            let slot = slots.get_mut(&name);
+            let same_labels = slot
+                .as_ref()
+                .and_then(|s| s.served.as_ref())
+                .is_some_and(|s| s.version == version);
+            if !same_labels {
+                old.metrics.remove();
+            }
+            if unloading
+                && let Some(slot) = slot
+                && slot.served.is_none()
+            {
+                slot.state = State::Unavailable;
+                slot.reason = UNLOADED.into();
+            }
+            drop(slots);
+            tracing::info!(
+                "model {name} v{version} drained in {:?}; its instances are freed",
+                started.elapsed()
+            );
+            drop(old);
+        });
+    }
+
+    /// Reloads every file-backed model whose file changed since it was
+    /// loaded (HUP). A file that cannot be loaded leaves its model serving.
+    pub async fn reload_changed(&self) {
+        for served in self.served() {
+            let Source::File { path, digest } = &served.source else {
+                continue;
+            };
+            let bytes = match model::read(path) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::error!(
+                        "reload of {} failed, still serving v{}: {err:#}",
+                        served.name,
+                        served.version
+                    );
+                    continue;
+                }
+            };
+            if Sha256::digest(&bytes).as_slice() == digest.as_slice() {
+                continue;
+            }
+            tracing::info!("reloading model {} from {}", served.name, path.display());
+            let request = LoadRequest {
+                name: self.fixed_name(&served),
+                version: None,
+                bytes,
+                path: Some(path.clone()),
+                settings: served.given.clone(),
+                replaces: Some(served.name.clone()),
+            };
+            match self.load(request).await {
+                Ok(new) => tracing::info!(
+                    "reloaded {}: model {} v{} serves in place of {} v{}",
+                    path.display(),
+                    new.name,
+                    new.version,
+                    served.name,
+                    served.version
+                ),
+                Err(err) => tracing::error!(
+                    "reload failed, still serving the previous model {} v{}: {err}",
+                    served.name,
+                    served.version
+                ),
+            }
+        }
+    }
+
+    /// The name a model was loaded under when it is not the model's own
+    /// (a repository folder's name); `None` when the model names itself.
+    fn fixed_name(&self, served: &ServedModel) -> Option<String> {
+        (served.name != served.model.metadata.name).then(|| served.name.clone())
+    }
+
+    /// The path of a file-backed model, for messages.
+    pub fn path_of(served: &ServedModel) -> Option<&Path> {
+        match &served.source {
+            Source::File { path, .. } => Some(path),
+            Source::Uploaded { .. } => None,
+        }
+    }
+}
+
+/// The reason an unloaded model's slot keeps.
+const UNLOADED: &str = "unloaded";
+
+fn served_names(slots: &BTreeMap<String, Slot>) -> Vec<String> {
+    slots
+        .iter()
+        .filter(|(_, s)| s.served.is_some())
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn describe(specs: &[crate::contract::TensorSpec]) -> String {
+    let described: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
+        .collect();
+    described.join(", ")
+}
