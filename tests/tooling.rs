@@ -237,7 +237,8 @@ fn a_compiled_artifact_serves_and_the_cache_skips_compiling() {
     assert!(status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("compiled digits v1"), "{stdout}");
 
-    let host = Host::start(&artifact, &["--instances", "2"]);
+    assert!(stdout.contains("--allow-precompiled"), "{stdout}");
+    let host = Host::start(&artifact, &["--instances", "2", "--allow-precompiled"]);
     assert!(host.log().join("\n").contains("loaded precompiled in"));
     let response = host.post_json("/predict", &json!({ "inputs": [vec![0.5; 64]] }));
     assert_eq!(response.status, 200);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "Serve an ML model from N sandboxed WebAssembly instances";
@@ -29,6 +30,7 @@ Endpoints:
 Commands (serve is the default):
   wasm-host [serve] MODEL.wasm           serve a model
   wasm-host compile MODEL.wasm -o M.cwasm compile ahead of time, for fast cold starts on edge nodes
+                                         (serve M.cwasm with --allow-precompiled: it is native code)
   wasm-host inspect MODEL.wasm           name, inputs, outputs, imports; does it fit the contract?
   wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
 
@@ -116,6 +118,9 @@ pub struct InspectArgs {
     /// The model component to describe.
     #[arg(value_name = "MODEL.wasm")]
     pub model: PathBuf,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -135,6 +140,9 @@ pub struct PlanArgs {
     /// How many calls to time.
     #[arg(long, default_value_t = 20)]
     pub samples: u32,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -208,13 +216,24 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
     pub access_log: bool,
 
-    /// Where compiled models are cached (e.g. /var/cache/wasm-host) [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
+    #[command(flatten)]
+    pub code: CodeArgs,
+}
+
+/// Where compiled code may come from; shared by serve, inspect and plan.
+#[derive(Debug, Clone, Args)]
+pub struct CodeArgs {
+    /// Where compiled models are cached (e.g. /var/cache/wasm-host); it must belong to this user and be writable by no one else [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
     #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Compile the model at every start instead of using the cache.
-    #[arg(long, env = "WASM_HOST_NO_CACHE")]
+    #[arg(long, env = "WASM_HOST_NO_CACHE", value_parser = BoolishValueParser::new())]
     pub no_cache: bool,
+
+    /// Accept a model file precompiled by `wasm-host compile` (.cwasm). It is loaded as native code and runs unchecked in this process: give only artifacts you built yourself with `wasm-host compile`.
+    #[arg(long, env = "WASM_HOST_ALLOW_PRECOMPILED", value_parser = BoolishValueParser::new())]
+    pub allow_precompiled: bool,
 }
 
 impl ServeArgs {

@@ -59,21 +59,102 @@ impl std::fmt::Display for Compiled {
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
+/// The largest model file read: a bigger one is a mistake (a data set, a
+/// disk image), and reading it would only exhaust memory.
+pub const MAX_MODEL_FILE: u64 = 1 << 30;
+
+/// The longest a model file may take to read. Past it the read is abandoned
+/// (its thread stays blocked, the server does not) and the load fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reads a model file and checks that it is a component, or an artifact
 /// from `wasm-host compile`; every other file gets a message that says
 /// what it is and what to do.
-pub fn read(path: &Path) -> Result<Vec<u8>> {
+///
+/// The file is read off the runtime's threads, within [`READ_TIMEOUT`] and
+/// [`MAX_MODEL_FILE`]: a model path that became a FIFO, a device or a file on
+/// a hung mount fails this load (and a reload leaves the old model serving)
+/// but never stalls the server.
+pub async fn read(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display().to_string();
+    let owned = path.to_owned();
+    let bytes = off_runtime(READ_TIMEOUT, move || read_file(&owned))
+        .await
+        .map_err(|why| anyhow::anyhow!("reading model file {shown} {why}"))??;
+    check_kind(&bytes, &shown)?;
+    Ok(bytes)
+}
+
+/// Runs blocking work on tokio's blocking threads, and gives up waiting for
+/// it after `timeout`.
+async fn off_runtime<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => Err(format!("failed: {err}")),
+        Err(_) => Err(format!(
+            "took longer than {timeout:?} and was abandoned (a FIFO, a device, a hung mount?)"
+        )),
+    }
+}
+
+/// Opens the model path (following symlinks: pointing a stable path at a
+/// versioned file is normal practice) without blocking, checks that what
+/// it opened is a regular file, and reads at most [`MAX_MODEL_FILE`] bytes.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
     let shown = path.display();
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        // Opening a FIFO for reading would wait for a writer; with
+        // O_NONBLOCK it returns at once, and the check below refuses it.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
             "model file {shown} does not exist: pass the path of a model component \
              (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
         ),
         Err(err) => bail!("cannot read model file {shown}: {err}"),
     };
+    let meta = file
+        .metadata()
+        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
+    if !meta.is_file() {
+        bail!(
+            "model file {shown} is not a regular file (a directory, FIFO, socket or device): \
+             pass the path of a .wasm component"
+        );
+    }
+    if meta.len() > MAX_MODEL_FILE {
+        bail!(
+            "model file {shown} is {} MiB, larger than the {} MiB wasm-host reads: \
+             is it really a model component?",
+            meta.len() >> 20,
+            MAX_MODEL_FILE >> 20
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MODEL_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
+    if bytes.len() as u64 > MAX_MODEL_FILE {
+        bail!(
+            "model file {shown} grew past the {} MiB wasm-host reads while it was read",
+            MAX_MODEL_FILE >> 20
+        );
+    }
+    Ok(bytes)
+}
+
+fn check_kind(bytes: &[u8], shown: &str) -> Result<()> {
     if bytes.starts_with(ELF_MAGIC) {
-        return Ok(bytes);
+        return Ok(());
     }
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         bail!(
@@ -87,12 +168,19 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
              `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
         );
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// Whether a model file's bytes are a precompiled artifact (native code).
+pub fn is_precompiled(bytes: &[u8]) -> bool {
+    bytes.starts_with(ELF_MAGIC)
 }
 
 /// Turns a model file's bytes into code: from the cache, from a
-/// precompiled artifact, or by compiling (off the runtime's threads: it
-/// takes from milliseconds to seconds of CPU, and also runs on reload).
+/// precompiled artifact (only when the operator allowed them), or by
+/// compiling. All of it runs off the runtime's threads: hashing, reading the
+/// cache and compiling take from milliseconds to seconds, at start and on
+/// reload.
 pub async fn compile(
     engine: &Engine,
     bytes: Vec<u8>,
@@ -100,11 +188,33 @@ pub async fn compile(
     shown: &str,
 ) -> Result<(Component, Compiled)> {
     let started = Instant::now();
-    if bytes.starts_with(ELF_MAGIC) {
-        // SAFETY: an ELF model file is an artifact of `wasm-host compile`,
-        // which the operator chose to run; wasmtime checks that it was made
-        // by this version with this configuration before using it.
-        return match unsafe { Component::deserialize(engine, &bytes) } {
+    if is_precompiled(&bytes) && !cache.precompiled_allowed() {
+        bail!(
+            "{shown} is a precompiled artifact, i.e. native code that would run unchecked in \
+             this process; refusing it: pass the .wasm component, or pass --allow-precompiled \
+             if you built this file yourself with `wasm-host compile`"
+        );
+    }
+    let (engine, cache, owned) = (engine.clone(), cache.clone(), shown.to_owned());
+    tokio::task::spawn_blocking(move || compile_blocking(&engine, &bytes, &cache, &owned, started))
+        .await
+        .expect("the compile task panicked")
+}
+
+fn compile_blocking(
+    engine: &Engine,
+    bytes: &[u8],
+    cache: &CompileCache,
+    shown: &str,
+    started: Instant,
+) -> Result<(Component, Compiled)> {
+    if is_precompiled(bytes) {
+        // SAFETY: the operator passed --allow-precompiled, promising this is
+        // an artifact of `wasm-host compile` they built; the bytes are in
+        // memory (not mapped, so changing the file cannot fault us), and
+        // wasmtime checks that they were made by this version with this
+        // configuration before using them.
+        return match unsafe { Component::deserialize(engine, bytes) } {
             Ok(component) => Ok((component, Compiled::Ahead(started.elapsed()))),
             Err(err) => bail!(
                 "{shown} is a compiled artifact this wasm-host cannot use ({}): recompile it \
@@ -113,19 +223,14 @@ pub async fn compile(
             ),
         };
     }
-    if let Some(component) = cache.load(engine, &bytes) {
+    if let Some(component) = cache.load(engine, bytes) {
         return Ok((component, Compiled::FromCache(started.elapsed())));
     }
-    let compiling = {
-        let (engine, cache) = (engine.clone(), cache.clone());
-        tokio::task::spawn_blocking(move || {
-            let component = Component::new(&engine, &bytes)?;
-            cache.store(&engine, &bytes, &component);
-            wasmtime::Result::Ok(component)
-        })
-    };
-    match compiling.await.expect("the compile task panicked") {
-        Ok(component) => Ok((component, Compiled::Now(started.elapsed()))),
+    match Component::new(engine, bytes) {
+        Ok(component) => {
+            cache.store(engine, bytes, &component);
+            Ok((component, Compiled::Now(started.elapsed())))
+        }
         Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
     }
 }
@@ -139,7 +244,7 @@ impl Model {
         cache: &CompileCache,
     ) -> Result<Model> {
         let shown = path.display().to_string();
-        let bytes = read(path)?;
+        let bytes = read(path).await?;
         let file_size = bytes.len();
         let (component, compiled) = compile(engine, bytes, cache, &shown).await?;
         let (pre, metadata) = prepare(engine, linker, &component, memory_limit, &shown).await?;
@@ -229,4 +334,20 @@ fn check_metadata(metadata: &Metadata) -> Result<(), String> {
 /// `RUST_BACKTRACE=1` attaches: that is for developers, not for operators.
 pub fn root_cause(err: &wasmtime::Error) -> String {
     err.root_cause().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blocking_read_that_hangs_is_abandoned_after_its_timeout() {
+        let started = Instant::now();
+        let result = off_runtime(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(2))
+        })
+        .await;
+        assert!(result.unwrap_err().contains("abandoned"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }

@@ -14,9 +14,11 @@ const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let (engine, linker) = super::tool_engine(DEFAULT_MEMORY_LIMIT)?;
     let shown = args.model.display().to_string();
-    let bytes = model::read(&args.model).map_err(super::model_failure)?;
+    let bytes = model::read(&args.model)
+        .await
+        .map_err(super::model_failure)?;
     let size = bytes.len();
-    let cache = CompileCache::new(CompileCache::default_dir());
+    let cache = CompileCache::from_args(&args.code);
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await
         .map_err(super::model_failure)?;

@@ -29,7 +29,7 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
         ));
     }
     let (engine, linker) = super::tool_engine(MEMORY_LIMIT)?;
-    let cache = CompileCache::new(CompileCache::default_dir());
+    let cache = CompileCache::from_args(&args.code);
     let model = Model::load(&engine, &linker, &args.model, MEMORY_LIMIT, &cache)
         .await
         .map_err(super::model_failure)?;

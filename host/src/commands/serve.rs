@@ -29,11 +29,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
 
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
-    let cache = CompileCache::new(match (&cli.cache_dir, cli.no_cache) {
-        (_, true) => None,
-        (Some(dir), false) => Some(dir.clone()),
-        (None, false) => CompileCache::default_dir(),
-    });
+    let cache = CompileCache::from_args(&cli.code);
     let model = model::Model::load(&engine, &linker, cli.model(), memory_limit, &cache)
         .await
         .map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
