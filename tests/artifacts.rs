@@ -1,7 +1,8 @@
 //! What the host loads, and how it treats the files it loads from: model
 //! files (read safely, whatever sits at the path), precompiled artifacts
 //! (native code: only when the operator opts in), the compile cache (only
-//! entries this user wrote, for this model, intact).
+//! entries this user wrote, for this model, intact), and model metadata
+//! (names that are safe in URLs and logs).
 
 mod support;
 
@@ -421,4 +422,17 @@ fn a_reload_from_a_fifo_fails_alone_and_the_host_serves_and_stops() {
         .expect("TERM ends the host promptly");
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_model_name_with_a_control_character_is_refused_at_load() {
+    let stderr = assert_fails(
+        serve_args(&guest("badname_model"), &[]),
+        3,
+        &["model name", "control character", "U+000A"],
+    );
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("INFO forged")),
+        "the name forged a log line: {stderr}"
+    );
 }

@@ -303,19 +303,20 @@ pub async fn prepare(
     Ok((pre, metadata))
 }
 
-/// The host trusts metadata to validate requests, so it must be coherent.
+/// The longest model name, version or tensor name accepted, in bytes.
+pub const MAX_LABEL: usize = 128;
+
+/// The host trusts metadata to validate requests, so it must be coherent;
+/// and names end up in URLs, logs and metrics, so they must be safe there.
 fn check_metadata(metadata: &Metadata) -> Result<(), String> {
-    if metadata.name.is_empty() || metadata.name.contains('/') {
-        return Err(format!(
-            "model name {:?} cannot be used in a URL: metadata().name must be non-empty and contain no '/'",
-            metadata.name
-        ));
-    }
+    check_label("model name", &metadata.name, false)?;
+    check_label("model version", &metadata.version, true)?;
     if metadata.inputs.is_empty() || metadata.outputs.is_empty() {
         return Err("metadata() must declare at least one input and one output".into());
     }
     for (kind, specs) in [("input", &metadata.inputs), ("output", &metadata.outputs)] {
         for (i, spec) in specs.iter().enumerate() {
+            check_text(&format!("{kind} name"), &spec.name)?;
             if specs[..i].iter().any(|other| other.name == spec.name) {
                 return Err(format!("metadata() declares {kind} {:?} twice", spec.name));
             }
@@ -330,6 +331,64 @@ fn check_metadata(metadata: &Metadata) -> Result<(), String> {
     Ok(())
 }
 
+/// A model's name or version: a path segment of `/v2/models/{name}` (and
+/// `/versions/{version}`), so no `/`, `\`, `?` or `#`, not `.` or `..`, and
+/// nothing [`check_text`] refuses. Spaces inside are fine (`a%20b`).
+fn check_label(what: &str, text: &str, may_be_empty: bool) -> Result<(), String> {
+    if text.is_empty() {
+        return if may_be_empty {
+            Ok(())
+        } else {
+            Err(format!("metadata() returned an empty {what}"))
+        };
+    }
+    check_text(what, text)?;
+    if let Some(c) = text.chars().find(|c| matches!(c, '/' | '\\' | '?' | '#')) {
+        return Err(format!(
+            "{what} {text:?} cannot be a URL path segment: it contains {c:?}"
+        ));
+    }
+    if text == "." || text == ".." {
+        return Err(format!(
+            "{what} {text:?} cannot be a URL path segment: clients remove it"
+        ));
+    }
+    Ok(())
+}
+
+/// Any name the host prints or matches: not empty, at most [`MAX_LABEL`]
+/// bytes, no control characters (a newline would forge log lines), no
+/// Unicode bidirectional controls (they make a name read as another), and
+/// no whitespace at either end (invisible, and lost by tools that trim).
+fn check_text(what: &str, text: &str) -> Result<(), String> {
+    let shown: String = text.chars().take(40).collect();
+    if text.is_empty() {
+        return Err(format!("metadata() returned an empty {what}"));
+    }
+    if text.len() > MAX_LABEL {
+        return Err(format!(
+            "{what} {shown:?}... is {} bytes long; at most {MAX_LABEL} are accepted",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        return Err(format!(
+            "{what} {text:?} contains the control character {:?} (U+{:04X}); \
+             names must be printable",
+            c, c as u32
+        ));
+    }
+    if text.trim() != text {
+        return Err(format!("{what} {text:?} starts or ends with whitespace"));
+    }
+    Ok(())
+}
+
+/// Characters that reorder how text is displayed (Trojan Source).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// The innermost message of an error chain, without the host backtrace that
 /// `RUST_BACKTRACE=1` attaches: that is for developers, not for operators.
 pub fn root_cause(err: &wasmtime::Error) -> String {
@@ -339,6 +398,77 @@ pub fn root_cause(err: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{Datatype, TensorSpec};
+
+    fn named(name: &str, version: &str) -> Metadata {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1],
+        };
+        Metadata {
+            name: name.into(),
+            version: version.into(),
+            inputs: vec![spec("x")],
+            outputs: vec![spec("y")],
+        }
+    }
+
+    #[test]
+    fn model_names_must_be_printable_bounded_url_path_segments() {
+        for good in [
+            "digits",
+            "a b",
+            "résumé-v2",
+            "m.onnx",
+            &"n".repeat(MAX_LABEL),
+        ] {
+            assert_eq!(check_metadata(&named(good, "1")), Ok(()), "{good:?}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("   ", "whitespace"),
+            (" lead", "whitespace"),
+            ("a/b", "'/'"),
+            ("a\\b", "'\\\\'"),
+            ("a?b", "'?'"),
+            ("a#b", "'#'"),
+            ("..", "clients remove it"),
+            ("bad\nname", "control character"),
+            ("bad\rname", "control character"),
+            ("bad\tname", "control character"),
+            ("bad\u{7f}", "control character"),
+            ("bad\u{85}", "control character"),
+            ("evil\u{202E}gpj.exe", "U+202E"),
+            ("evil\u{2066}x", "U+2066"),
+            (&"n".repeat(MAX_LABEL + 1), "at most 128"),
+        ] {
+            let err = check_metadata(&named(bad, "1")).expect_err(bad);
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn model_versions_may_be_empty_but_are_otherwise_checked_like_names() {
+        assert_eq!(check_metadata(&named("m", "")), Ok(()));
+        assert_eq!(check_metadata(&named("m", "2024-06-01 rc 1")), Ok(()));
+        for bad in ["1\n", "1/2", "\u{202A}1", &"9".repeat(MAX_LABEL + 1)] {
+            let err = check_metadata(&named("m", bad)).expect_err(bad);
+            assert!(err.contains("model version"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tensor_names_must_be_printable_and_bounded() {
+        let mut metadata = named("m", "1");
+        metadata.inputs[0].name = "x\ny".into();
+        assert!(
+            check_metadata(&metadata)
+                .unwrap_err()
+                .contains("input name")
+        );
+    }
 
     #[tokio::test]
     async fn a_blocking_read_that_hangs_is_abandoned_after_its_timeout() {
