@@ -41,16 +41,15 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
             format!("cannot write {}: {err}", args.output.display()),
         )
     })?;
-    println!(
+    super::print(&format!(
         "compiled {} v{} ({shown}, {} KiB) in {took:.1?} into {} ({} KiB); serve it with \
          `wasm-host --allow-precompiled {}` on a machine of the same architecture, with the \
-         same wasm-host version (it is native code: serve only artifacts you built)",
+         same wasm-host version (it is native code: serve only artifacts you built)\n",
         metadata.name,
         metadata.version,
         size / 1024,
         args.output.display(),
         artifact.len() / 1024,
         args.output.display()
-    );
-    Ok(())
+    ))
 }

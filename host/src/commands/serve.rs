@@ -97,6 +97,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         cli.timeout,
         started.elapsed()
     );
+    if address.ip().is_unspecified() {
+        tracing::info!("{address} is every interface: this host serves beyond this machine");
+    }
     server::serve(listener, app, signals::shutdown()).await;
     Ok(())
 }
