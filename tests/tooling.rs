@@ -223,6 +223,9 @@ fn plan_sizes_the_pool_by_littles_law() {
         "planned {instances} for 10 in flight:\n{stdout}"
     );
     assert!(stdout.contains("limit:     the instance count"), "{stdout}");
+    // A sleeping model still uses some CPU; a clock too coarse to see it
+    // would claim the cores sustain billions of requests.
+    assert!(!stdout.contains("cpu:       0.0ns"), "{stdout}");
 }
 
 #[test]

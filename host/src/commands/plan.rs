@@ -23,8 +23,7 @@ use crate::protocol;
 
 const MEMORY_LIMIT: usize = 256 << 20;
 
-/// The least time CPU use is measured over: the kernel counts it in 10 ms
-/// ticks.
+/// The least time CPU use is measured over, so that the average is steady.
 const CPU_WINDOW: Duration = Duration::from_secs(1);
 
 pub async fn run(args: PlanArgs) -> Result<(), Failure> {
@@ -60,8 +59,8 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
     }
     latencies.sort();
     let latency = latencies[latencies.len() / 2];
-    // CPU time is counted in 10 ms ticks, too coarse for one fast call:
-    // measure it over a separate loop of at least a second.
+    // CPU time per call: the average over a separate loop of at least a
+    // second, steadier than any one call.
     let cpu_before = process_cpu();
     let started = Instant::now();
     let mut cpu_calls: u32 = 0;
@@ -170,16 +169,17 @@ fn zeros(metadata: &Metadata) -> Vec<Tensor> {
         .collect()
 }
 
-/// CPU time this process has used: user plus system, from /proc.
+/// CPU time this process has used (every thread, user plus system), to
+/// the nanosecond: /proc's 10 ms ticks read zero for a model that sleeps.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) are space-separated;
-    // utime and stime are the 14th and 15th fields, in clock ticks (100 Hz).
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
