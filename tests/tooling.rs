@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    Client, FAULT_INFER, Host, fault_action, guest, run_command, scratch_file, test_cache_dir,
+    Client, FAULT_INFER, Host, fault_action, guest, run_command, run_command_with_env,
+    scratch_file, test_cache_dir,
 };
 
 #[test]
@@ -226,6 +227,9 @@ fn plan_sizes_the_pool_by_littles_law() {
         "planned {instances} for 10 in flight:\n{stdout}"
     );
     assert!(stdout.contains("limit:     the instance count"), "{stdout}");
+    // A sleeping model still uses some CPU; a clock too coarse to see it
+    // would claim the cores sustain billions of requests.
+    assert!(!stdout.contains("cpu:       0.0ns"), "{stdout}");
 }
 
 #[test]
@@ -241,7 +245,8 @@ fn a_compiled_artifact_serves_and_the_cache_skips_compiling() {
     assert!(status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("compiled digits v1"), "{stdout}");
 
-    let host = Host::start(&artifact, &["--instances", "2"]);
+    assert!(stdout.contains("--allow-precompiled"), "{stdout}");
+    let host = Host::start(&artifact, &["--instances", "2", "--allow-precompiled"]);
     assert!(host.log().join("\n").contains("loaded precompiled in"));
     let response = host.post_json("/predict", &json!({ "inputs": [vec![0.5; 64]] }));
     assert_eq!(response.status, 200);
@@ -263,4 +268,140 @@ fn a_compiled_artifact_serves_and_the_cache_skips_compiling() {
     assert!(no_cache.contains("compiled in"), "{no_cache}");
     let _ = std::fs::remove_file(artifact);
     let _ = std::fs::remove_dir_all(cache);
+}
+
+/// Waits up to 10 s for a log line containing `needle`.
+fn wait_for_log(host: &Host, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !host.log().iter().any(|line| line.contains(needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            host.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_inspect_and_plan_quietly() {
+    let model = guest("guest_model");
+    for args in [
+        vec!["inspect"],
+        vec!["plan", "--rate", "10", "--samples", "1"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
+            .args(&args)
+            .arg(&model)
+            .env("WASM_HOST_CACHE_DIR", test_cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error:"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn inspect_and_plan_use_the_cache_dir_from_flags_and_environment() {
+    let model = guest("echo_model");
+    let dir = scratch_file("tool-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = [("WASM_HOST_CACHE_DIR", dir.as_os_str())];
+    let inspect = ["inspect".as_ref(), model.as_os_str()];
+    let (status, first, stderr) = run_command_with_env(&inspect, &env);
+    assert!(status.success(), "{first}{stderr}");
+    assert!(first.contains("compiled in"), "{first}");
+    let (_, second, _) = run_command_with_env(&inspect, &env);
+    assert!(second.contains("loaded from the compile cache"), "{second}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    let (status, stdout, stderr) = run_command(&[
+        "plan".as_ref(),
+        model.as_os_str(),
+        "--rate".as_ref(),
+        "1".as_ref(),
+        "--samples".as_ref(),
+        "1".as_ref(),
+        "--cache-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let (status, stdout, _) = run_command(&["inspect", "--no-cache", model.to_str().unwrap()]);
+    assert!(
+        status.success() && stdout.contains("compiled in"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn plan_times_the_calls_it_names_and_advises_an_instance_per_core() {
+    // A model of microseconds: Little's law alone would say one instance.
+    let model = guest("guest_model");
+    let (status, stdout, stderr) = run_command(&["plan", model.to_str().unwrap(), "--rate", "10"]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("median of 20 timed calls"), "{stdout}");
+    assert!(stdout.contains("cpu:"), "{stdout}");
+    let cores: u64 = stdout
+        .split("cores:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cores in\n{stdout}"));
+    let instances: u64 = stdout
+        .split("--instances ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --instances in\n{stdout}"));
+    assert!(
+        instances >= cores,
+        "{instances} instances for {cores} cores:\n{stdout}"
+    );
+    if cores > 1 {
+        assert!(stdout.contains("one instance per core"), "{stdout}");
+    }
+}
+
+#[test]
+fn bind_accepts_a_host_name_and_a_bare_port() {
+    let model = guest("echo_model");
+    let host = Host::start_at(&model, "localhost:0", &["--instances", "1"]);
+    assert!(host.addr.ip().is_loopback(), "{}", host.addr);
+    assert_eq!(host.get("/health").status, 200);
+    drop(host);
+
+    let host = Host::start_at(&model, ":0", &["--instances", "1"]);
+    assert!(host.addr.ip().is_unspecified(), "{}", host.addr);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], host.addr.port()));
+    let response = support::request(local, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(response.status, 200);
+    wait_for_log(&host, "serves beyond this machine");
+
+    let (status, _, stderr) = run_command(&["--bind", "localhost", model.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(":PORT"),
+        "the error shows the accepted forms: {stderr}"
+    );
+}
+
+#[test]
+fn memory_limit_takes_kubernetes_units_and_help_lists_metrics() {
+    let host = Host::start(
+        &guest("echo_model"),
+        &["--instances", "1", "--memory-limit", "128Mi"],
+    );
+    wait_for_log(&host, "memory limit 128 MiB each");
+    let (status, stdout, _) = run_command(&["--help"]);
+    assert!(status.success());
+    assert!(stdout.contains("GET  /metrics"), "{stdout}");
 }

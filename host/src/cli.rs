@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "Serve an ML model from N sandboxed WebAssembly instances";
@@ -28,10 +29,12 @@ Endpoints:
                                    /unload load, swap and unload them (--model-control explicit)
   GET  /v2, /v2/health/live, /v2/health/ready
   GET  /health                     instances total / busy / replaced, queue depth
+  GET  /metrics                    Prometheus metrics (queue, compute time, pending requests)
 
 Commands (serve is the default):
   wasm-host [serve] MODEL.wasm...        serve models (or --model-repository DIR)
   wasm-host compile MODEL.wasm -o M.cwasm compile ahead of time, for fast cold starts on edge nodes
+                                         (serve M.cwasm with --allow-precompiled: it is native code)
   wasm-host inspect MODEL.wasm           name, inputs, outputs, imports; does it fit the contract?
   wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
 
@@ -39,7 +42,7 @@ Examples:
   wasm-host target/wasm32-wasip2/release/guest_model.wasm
   wasm-host digits.wasm echo.wasm                two models, each under its own name
   WASM_HOST_ADMIN_TOKEN=secret wasm-host --model-repository models/ --model-control explicit
-  wasm-host --instances 8 --bind 0.0.0.0:8000 --memory-limit 64MiB --timeout 2s model.wasm
+  wasm-host --instances 8 --bind :8000 --memory-limit 64Mi --timeout 2s model.wasm
   wasm-host --config wasm-host.toml model.wasm
   RUST_LOG=debug wasm-host --log-format json model.wasm
 
@@ -122,6 +125,9 @@ pub struct InspectArgs {
     /// The model component to describe.
     #[arg(value_name = "MODEL.wasm")]
     pub model: PathBuf,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,9 +144,12 @@ pub struct PlanArgs {
     #[arg(long, value_name = "JSON")]
     pub input: Option<String>,
 
-    /// How many calls to time.
+    /// How many calls to time for the latency (CPU time is measured over a separate loop of at least a second).
     #[arg(long, default_value_t = 20)]
     pub samples: u32,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
 }
 
 /// Who may change the served models while the host runs (Triton's --model-control-mode).
@@ -201,16 +210,17 @@ pub struct ServeArgs {
     #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub instances: Option<u32>,
 
-    /// Address to listen on; use 0.0.0.0:PORT to serve beyond this machine.
+    /// Address to listen on: IP:PORT, HOST:PORT (e.g. localhost:8000, resolved at start), or :PORT for every interface (serves beyond this machine).
     #[arg(
         short = 'b',
         long,
         env = "WASM_HOST_BIND",
-        default_value = "127.0.0.1:8000"
+        default_value = "127.0.0.1:8000",
+        value_parser = parse_bind
     )]
     pub bind: SocketAddr,
 
-    /// Memory cap per instance (e.g. 64MiB, 1GiB); a request that needs more gets a 507.
+    /// Memory cap per instance (e.g. 64MiB, 128Mi, 1GiB; Ki, Mi, Gi, Ti are binary units, as in Kubernetes); a request that needs more gets a 507.
     #[arg(long, env = "WASM_HOST_MEMORY_LIMIT", default_value = "256MiB", value_parser = parse_size)]
     pub memory_limit: u64,
 
@@ -270,13 +280,24 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
     pub access_log: bool,
 
-    /// Where compiled models are cached (e.g. /var/cache/wasm-host) [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
+    #[command(flatten)]
+    pub code: CodeArgs,
+}
+
+/// Where compiled code may come from; shared by serve, inspect and plan.
+#[derive(Debug, Clone, Args)]
+pub struct CodeArgs {
+    /// Where compiled models are cached (e.g. /var/cache/wasm-host); it must belong to this user and be writable by no one else [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
     #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Compile the model at every start instead of using the cache.
-    #[arg(long, env = "WASM_HOST_NO_CACHE")]
+    #[arg(long, env = "WASM_HOST_NO_CACHE", value_parser = BoolishValueParser::new())]
     pub no_cache: bool,
+
+    /// Accept a model file precompiled by `wasm-host compile` (.cwasm). It is loaded as native code and runs unchecked in this process: give only artifacts you built yourself with `wasm-host compile`.
+    #[arg(long, env = "WASM_HOST_ALLOW_PRECOMPILED", value_parser = BoolishValueParser::new())]
+    pub allow_precompiled: bool,
 }
 
 impl ServeArgs {
@@ -311,7 +332,8 @@ fn available_memory() -> u64 {
     cgroup.map_or(total, |limit| limit.min(total))
 }
 
-/// Parses "256MiB", "1GiB", "512KB", "64M" or a plain number of bytes.
+/// Parses "256MiB", "1GiB", "512KB", "64M", Kubernetes' "128Mi" or a plain
+/// number of bytes. Every unit is binary (K = 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -323,18 +345,56 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is not a size; write e.g. 64MiB, 1GiB or 1048576"))?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
+        "k" | "ki" | "kb" | "kib" => 1 << 10,
+        "m" | "mi" | "mb" | "mib" => 1 << 20,
+        "g" | "gi" | "gb" | "gib" => 1 << 30,
+        "t" | "ti" | "tb" | "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "unknown size unit in {text:?}; use KiB, MiB or GiB"
+                "unknown size unit in {text:?}; use KiB, MiB, GiB or TiB (or Ki, Mi, Gi, Ti)"
             ));
         }
     };
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a listen address: IP:PORT, HOST:PORT (the name resolved now, at
+/// start; its IPv4 address if it has one), or :PORT for every interface, as
+/// gunicorn and Go read it.
+pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, ToSocketAddrs};
+    let forms = "write IP:PORT (127.0.0.1:8000, [::1]:8000), HOST:PORT (localhost:8000) \
+                 or :PORT (every interface, e.g. :8000)";
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?} has no valid port; {forms}"))?;
+        return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+    }
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {forms}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{text:?} is not an address; {forms}"));
+    }
+    let resolved: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {host:?} ({err}); {forms}"))?
+        .collect();
+    // One address is bound: IPv4 when the name has one (localhost is
+    // 127.0.0.1 to most clients), else the first.
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address; {forms}"))
 }
 
 /// Parses "500ms", "30s", "2m" or a plain number of seconds.
@@ -408,6 +468,7 @@ pub fn flags_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn the_readme_flag_table_is_the_help() {
@@ -419,12 +480,101 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["wasm-host"];
+        argv.extend_from_slice(args);
+        crate::config::parse_from(argv.into_iter().map(Into::into).collect())
+    }
+
+    #[test]
+    fn memory_limit_accepts_kubernetes_binary_units() {
+        let cli = parse(&["--memory-limit", "128Mi", "m.wasm"]).expect("128Mi parses");
+        assert_eq!(cli.serve.memory_limit, 128 << 20);
+        let cli = parse(&["--max-body", "1Gi", "m.wasm"]).expect("1Gi parses");
+        assert_eq!(cli.serve.max_body, 1 << 30);
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("128Mi"), "the help names Kubernetes units");
+    }
+
+    #[test]
+    fn bind_accepts_ip_port_host_port_and_a_bare_port() {
+        assert_eq!(
+            parse_bind("127.0.0.1:8000"),
+            Ok(([127, 0, 0, 1], 8000).into())
+        );
+        assert_eq!(
+            parse_bind("[::1]:8000"),
+            "[::1]:8000".parse().map_err(|_| String::new())
+        );
+        assert_eq!(parse_bind(":8000"), Ok(([0, 0, 0, 0], 8000).into()));
+        let local = parse_bind("localhost:8000").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 8000, "{local}");
+        for bad in [
+            "8000",
+            "localhost",
+            ":http",
+            "localhost:99999",
+            "no such host!:80",
+        ] {
+            let err = parse_bind(bad).expect_err(bad);
+            assert!(
+                err.contains(":PORT"),
+                "{bad}: the error shows the forms: {err}"
+            );
+        }
+        let err = parse(&["--bind", "localhost", "m.wasm"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HOST:PORT (localhost:8000)"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_every_endpoint() {
+        let help = Cli::command().render_long_help().to_string();
+        for route in [
+            "/predict",
+            "/v2/models/{name}/infer",
+            "/v2/health/ready",
+            "/health",
+            "/metrics",
+        ] {
+            assert!(help.contains(route), "--help leaves out {route}");
+        }
+    }
+
+    #[test]
+    fn inspect_and_plan_take_the_cache_and_precompiled_flags() {
+        for command in ["inspect", "plan"] {
+            let mut args = vec![
+                command,
+                "m.wasm",
+                "--cache-dir",
+                "/c",
+                "--allow-precompiled",
+            ];
+            if command == "plan" {
+                args.extend(["--rate", "1"]);
+            }
+            let code = match parse(&args).expect(command).into_command() {
+                Command::Inspect(args) => args.code,
+                Command::Plan(args) => args.code,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(code.cache_dir.as_deref(), Some(std::path::Path::new("/c")));
+            assert!(code.allow_precompiled);
+        }
+    }
+
     #[test]
     fn sizes_and_durations_parse_as_written_in_the_help() {
         assert_eq!(parse_size("256MiB"), Ok(256 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_size("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_size("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_size("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_size("1Ti"), Ok(1 << 40));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));

@@ -76,7 +76,7 @@ pub async fn load(
         .filter_map(|(k, v)| Some((k.strip_prefix("file:")?, v)))
         .collect();
     let request = if files.is_empty() {
-        from_repository(app, name, config)?
+        from_repository(app, name, config).await?
     } else {
         uploaded(name, &files, config)?
     };
@@ -104,7 +104,11 @@ pub async fn unload(
 
 /// A load from the model's repository folder, its model.toml under the
 /// request's config.
-fn from_repository(app: &App, name: &str, config: ModelSettings) -> Result<LoadRequest, ApiError> {
+async fn from_repository(
+    app: &App,
+    name: &str,
+    config: ModelSettings,
+) -> Result<LoadRequest, ApiError> {
     let Some(dir) = &app.control.repository else {
         return Err(ApiError::bad_request(format!(
             "cannot load {name}: send its component as a file: parameter, or start the host \
@@ -114,6 +118,7 @@ fn from_repository(app: &App, name: &str, config: ModelSettings) -> Result<LoadR
     let found = repository::find(dir, name).map_err(ApiError::not_found)?;
     let mut request = found
         .load_request()
+        .await
         .map_err(|why| ApiError::bad_request(format!("cannot load {name}: {why}")))?;
     request.settings = config.over(&found.settings);
     Ok(request)

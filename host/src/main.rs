@@ -38,6 +38,9 @@ fn main() -> ExitCode {
             Command::Plan(args) => commands::plan::run(args).await,
         }
     });
+    // Stop waiting for blocking work that is stuck (a model file read on a
+    // hung mount, abandoned by its timeout): it must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

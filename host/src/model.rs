@@ -59,21 +59,102 @@ impl std::fmt::Display for Compiled {
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
+/// The largest model file read: a bigger one is a mistake (a data set, a
+/// disk image), and reading it would only exhaust memory.
+pub const MAX_MODEL_FILE: u64 = 1 << 30;
+
+/// The longest a model file may take to read. Past it the read is abandoned
+/// (its thread stays blocked, the server does not) and the load fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reads a model file and checks that it is a component, or an artifact
 /// from `wasm-host compile`; every other file gets a message that says
 /// what it is and what to do.
-pub fn read(path: &Path) -> Result<Vec<u8>> {
+///
+/// The file is read off the runtime's threads, within [`READ_TIMEOUT`] and
+/// [`MAX_MODEL_FILE`]: a model path that became a FIFO, a device or a file on
+/// a hung mount fails this load (and a reload leaves the old model serving)
+/// but never stalls the server.
+pub async fn read(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display().to_string();
+    let owned = path.to_owned();
+    let bytes = off_runtime(READ_TIMEOUT, move || read_file(&owned))
+        .await
+        .map_err(|why| anyhow::anyhow!("reading model file {shown} {why}"))??;
+    check_kind(&bytes, &shown)?;
+    Ok(bytes)
+}
+
+/// Runs blocking work on tokio's blocking threads, and gives up waiting for
+/// it after `timeout`.
+async fn off_runtime<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => Err(format!("failed: {err}")),
+        Err(_) => Err(format!(
+            "took longer than {timeout:?} and was abandoned (a FIFO, a device, a hung mount?)"
+        )),
+    }
+}
+
+/// Opens the model path (following symlinks: pointing a stable path at a
+/// versioned file is normal practice) without blocking, checks that what
+/// it opened is a regular file, and reads at most [`MAX_MODEL_FILE`] bytes.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
     let shown = path.display();
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        // Opening a FIFO for reading would wait for a writer; with
+        // O_NONBLOCK it returns at once, and the check below refuses it.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
             "model file {shown} does not exist: pass the path of a model component \
              (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
         ),
         Err(err) => bail!("cannot read model file {shown}: {err}"),
     };
+    let meta = file
+        .metadata()
+        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
+    if !meta.is_file() {
+        bail!(
+            "model file {shown} is not a regular file (a directory, FIFO, socket or device): \
+             pass the path of a .wasm component"
+        );
+    }
+    if meta.len() > MAX_MODEL_FILE {
+        bail!(
+            "model file {shown} is {} MiB, larger than the {} MiB wasm-host reads: \
+             is it really a model component?",
+            meta.len() >> 20,
+            MAX_MODEL_FILE >> 20
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MODEL_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
+    if bytes.len() as u64 > MAX_MODEL_FILE {
+        bail!(
+            "model file {shown} grew past the {} MiB wasm-host reads while it was read",
+            MAX_MODEL_FILE >> 20
+        );
+    }
+    Ok(bytes)
+}
+
+fn check_kind(bytes: &[u8], shown: &str) -> Result<()> {
     if bytes.starts_with(ELF_MAGIC) {
-        return Ok(bytes);
+        return Ok(());
     }
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         bail!(
@@ -87,12 +168,19 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
              `cargo build --target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
         );
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// Whether a model file's bytes are a precompiled artifact (native code).
+pub fn is_precompiled(bytes: &[u8]) -> bool {
+    bytes.starts_with(ELF_MAGIC)
 }
 
 /// Turns a model file's bytes into code: from the cache, from a
-/// precompiled artifact, or by compiling (off the runtime's threads: it
-/// takes from milliseconds to seconds of CPU, and also runs on reload).
+/// precompiled artifact (only when the operator allowed them), or by
+/// compiling. All of it runs off the runtime's threads: hashing, reading the
+/// cache and compiling take from milliseconds to seconds, at start and on
+/// reload.
 pub async fn compile(
     engine: &Engine,
     bytes: Vec<u8>,
@@ -100,11 +188,33 @@ pub async fn compile(
     shown: &str,
 ) -> Result<(Component, Compiled)> {
     let started = Instant::now();
-    if bytes.starts_with(ELF_MAGIC) {
-        // SAFETY: an ELF model file is an artifact of `wasm-host compile`,
-        // which the operator chose to run; wasmtime checks that it was made
-        // by this version with this configuration before using it.
-        return match unsafe { Component::deserialize(engine, &bytes) } {
+    if is_precompiled(&bytes) && !cache.precompiled_allowed() {
+        bail!(
+            "{shown} is a precompiled artifact, i.e. native code that would run unchecked in \
+             this process; refusing it: pass the .wasm component, or pass --allow-precompiled \
+             if you built this file yourself with `wasm-host compile`"
+        );
+    }
+    let (engine, cache, owned) = (engine.clone(), cache.clone(), shown.to_owned());
+    tokio::task::spawn_blocking(move || compile_blocking(&engine, &bytes, &cache, &owned, started))
+        .await
+        .expect("the compile task panicked")
+}
+
+fn compile_blocking(
+    engine: &Engine,
+    bytes: &[u8],
+    cache: &CompileCache,
+    shown: &str,
+    started: Instant,
+) -> Result<(Component, Compiled)> {
+    if is_precompiled(bytes) {
+        // SAFETY: the operator passed --allow-precompiled, promising this is
+        // an artifact of `wasm-host compile` they built; the bytes are in
+        // memory (not mapped, so changing the file cannot fault us), and
+        // wasmtime checks that they were made by this version with this
+        // configuration before using them.
+        return match unsafe { Component::deserialize(engine, bytes) } {
             Ok(component) => Ok((component, Compiled::Ahead(started.elapsed()))),
             Err(err) => bail!(
                 "{shown} is a compiled artifact this wasm-host cannot use ({}): recompile it \
@@ -113,19 +223,14 @@ pub async fn compile(
             ),
         };
     }
-    if let Some(component) = cache.load(engine, &bytes) {
+    if let Some(component) = cache.load(engine, bytes) {
         return Ok((component, Compiled::FromCache(started.elapsed())));
     }
-    let compiling = {
-        let (engine, cache) = (engine.clone(), cache.clone());
-        tokio::task::spawn_blocking(move || {
-            let component = Component::new(&engine, &bytes)?;
-            cache.store(&engine, &bytes, &component);
-            wasmtime::Result::Ok(component)
-        })
-    };
-    match compiling.await.expect("the compile task panicked") {
-        Ok(component) => Ok((component, Compiled::Now(started.elapsed()))),
+    match Component::new(engine, bytes) {
+        Ok(component) => {
+            cache.store(engine, bytes, &component);
+            Ok((component, Compiled::Now(started.elapsed())))
+        }
         Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
     }
 }
@@ -139,7 +244,7 @@ impl Model {
         cache: &CompileCache,
     ) -> Result<Model> {
         let shown = path.display().to_string();
-        let bytes = read(path)?;
+        let bytes = read(path).await?;
         let file_size = bytes.len();
         let (component, compiled) = compile(engine, bytes, cache, &shown).await?;
         let (pre, metadata) = prepare(engine, linker, &component, memory_limit, &shown).await?;
@@ -195,19 +300,20 @@ pub async fn prepare(
     Ok((pre, metadata))
 }
 
-/// The host trusts metadata to validate requests, so it must be coherent.
+/// The longest model name, version or tensor name accepted, in bytes.
+pub const MAX_LABEL: usize = 128;
+
+/// The host trusts metadata to validate requests, so it must be coherent;
+/// and names end up in URLs, logs and metrics, so they must be safe there.
 fn check_metadata(metadata: &Metadata) -> Result<(), String> {
-    if metadata.name.is_empty() || metadata.name.contains('/') {
-        return Err(format!(
-            "model name {:?} cannot be used in a URL: metadata().name must be non-empty and contain no '/'",
-            metadata.name
-        ));
-    }
+    check_label("model name", &metadata.name, false)?;
+    check_label("model version", &metadata.version, true)?;
     if metadata.inputs.is_empty() || metadata.outputs.is_empty() {
         return Err("metadata() must declare at least one input and one output".into());
     }
     for (kind, specs) in [("input", &metadata.inputs), ("output", &metadata.outputs)] {
         for (i, spec) in specs.iter().enumerate() {
+            check_text(&format!("{kind} name"), &spec.name)?;
             if specs[..i].iter().any(|other| other.name == spec.name) {
                 return Err(format!("metadata() declares {kind} {:?} twice", spec.name));
             }
@@ -222,8 +328,153 @@ fn check_metadata(metadata: &Metadata) -> Result<(), String> {
     Ok(())
 }
 
+/// A model's name or version: a path segment of `/v2/models/{name}` (and
+/// `/versions/{version}`), so no `/`, `\`, `?` or `#`, not `.` or `..`, and
+/// nothing [`check_text`] refuses. Spaces inside are fine (`a%20b`).
+fn check_label(what: &str, text: &str, may_be_empty: bool) -> Result<(), String> {
+    if text.is_empty() {
+        return if may_be_empty {
+            Ok(())
+        } else {
+            Err(format!("metadata() returned an empty {what}"))
+        };
+    }
+    check_text(what, text)?;
+    if let Some(c) = text.chars().find(|c| matches!(c, '/' | '\\' | '?' | '#')) {
+        return Err(format!(
+            "{what} {text:?} cannot be a URL path segment: it contains {c:?}"
+        ));
+    }
+    if text == "." || text == ".." {
+        return Err(format!(
+            "{what} {text:?} cannot be a URL path segment: clients remove it"
+        ));
+    }
+    Ok(())
+}
+
+/// Any name the host prints or matches: not empty, at most [`MAX_LABEL`]
+/// bytes, no control characters (a newline would forge log lines), no
+/// Unicode bidirectional controls (they make a name read as another), and
+/// no whitespace at either end (invisible, and lost by tools that trim).
+fn check_text(what: &str, text: &str) -> Result<(), String> {
+    let shown: String = text.chars().take(40).collect();
+    if text.is_empty() {
+        return Err(format!("metadata() returned an empty {what}"));
+    }
+    if text.len() > MAX_LABEL {
+        return Err(format!(
+            "{what} {shown:?}... is {} bytes long; at most {MAX_LABEL} are accepted",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        return Err(format!(
+            "{what} {text:?} contains the control character {:?} (U+{:04X}); \
+             names must be printable",
+            c, c as u32
+        ));
+    }
+    if text.trim() != text {
+        return Err(format!("{what} {text:?} starts or ends with whitespace"));
+    }
+    Ok(())
+}
+
+/// Characters that reorder how text is displayed (Trojan Source).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// The innermost message of an error chain, without the host backtrace that
 /// `RUST_BACKTRACE=1` attaches: that is for developers, not for operators.
 pub fn root_cause(err: &wasmtime::Error) -> String {
     err.root_cause().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Datatype, TensorSpec};
+
+    fn named(name: &str, version: &str) -> Metadata {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1],
+        };
+        Metadata {
+            name: name.into(),
+            version: version.into(),
+            inputs: vec![spec("x")],
+            outputs: vec![spec("y")],
+        }
+    }
+
+    #[test]
+    fn model_names_must_be_printable_bounded_url_path_segments() {
+        for good in [
+            "digits",
+            "a b",
+            "résumé-v2",
+            "m.onnx",
+            &"n".repeat(MAX_LABEL),
+        ] {
+            assert_eq!(check_metadata(&named(good, "1")), Ok(()), "{good:?}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("   ", "whitespace"),
+            (" lead", "whitespace"),
+            ("a/b", "'/'"),
+            ("a\\b", "'\\\\'"),
+            ("a?b", "'?'"),
+            ("a#b", "'#'"),
+            ("..", "clients remove it"),
+            ("bad\nname", "control character"),
+            ("bad\rname", "control character"),
+            ("bad\tname", "control character"),
+            ("bad\u{7f}", "control character"),
+            ("bad\u{85}", "control character"),
+            ("evil\u{202E}gpj.exe", "U+202E"),
+            ("evil\u{2066}x", "U+2066"),
+            (&"n".repeat(MAX_LABEL + 1), "at most 128"),
+        ] {
+            let err = check_metadata(&named(bad, "1")).expect_err(bad);
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn model_versions_may_be_empty_but_are_otherwise_checked_like_names() {
+        assert_eq!(check_metadata(&named("m", "")), Ok(()));
+        assert_eq!(check_metadata(&named("m", "2024-06-01 rc 1")), Ok(()));
+        for bad in ["1\n", "1/2", "\u{202A}1", &"9".repeat(MAX_LABEL + 1)] {
+            let err = check_metadata(&named("m", bad)).expect_err(bad);
+            assert!(err.contains("model version"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tensor_names_must_be_printable_and_bounded() {
+        let mut metadata = named("m", "1");
+        metadata.inputs[0].name = "x\ny".into();
+        assert!(
+            check_metadata(&metadata)
+                .unwrap_err()
+                .contains("input name")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blocking_read_that_hangs_is_abandoned_after_its_timeout() {
+        let started = Instant::now();
+        let result = off_runtime(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(2))
+        })
+        .await;
+        assert!(result.unwrap_err().contains("abandoned"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }

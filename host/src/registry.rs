@@ -541,7 +541,7 @@ impl Registry {
             let Source::File { path, digest } = &served.source else {
                 continue;
             };
-            let bytes = match model::read(path) {
+            let bytes = match model::read(path).await {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(

@@ -42,8 +42,10 @@ pub struct Found {
 
 impl Found {
     /// Reads the component and makes the load request for it.
-    pub fn load_request(&self) -> Result<LoadRequest, String> {
-        let bytes = model::read(&self.path).map_err(|err| format!("{err:#}"))?;
+    pub async fn load_request(&self) -> Result<LoadRequest, String> {
+        let bytes = model::read(&self.path)
+            .await
+            .map_err(|err| format!("{err:#}"))?;
         Ok(LoadRequest {
             name: Some(self.name.clone()),
             version: self.version.clone(),
@@ -155,7 +157,7 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
     }
     let mut loaded = Vec::new();
     for model in found {
-        let result = match model.load_request() {
+        let result = match model.load_request().await {
             Ok(request) => registry.load(request).await.map(drop),
             Err(why) => {
                 registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
@@ -199,7 +201,7 @@ pub fn spawn_poll(registry: Arc<Registry>, dir: PathBuf, interval: Duration, loa
                     "repository poll: model {} is {what}; loading it",
                     model.name
                 );
-                let result = match model.load_request() {
+                let result = match model.load_request().await {
                     Ok(request) => registry.load(request).await.map(drop),
                     Err(why) => Err(why),
                 };

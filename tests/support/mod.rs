@@ -68,10 +68,19 @@ impl Host {
     }
 
     pub fn start_with_env(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn(model, args, env, "127.0.0.1:0")
+    }
+
+    /// Starts the host with `--bind bind` (which must use port 0).
+    pub fn start_at(model: &Path, bind: &str, args: &[&str]) -> Host {
+        Host::spawn(model, args, &[], bind)
+    }
+
+    fn spawn(model: &Path, args: &[&str], env: &[(&str, &str)], bind: &str) -> Host {
         let mut child = wasm_host()
             .envs(env.iter().copied())
             .args(args)
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", bind])
             .arg(model)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -176,7 +185,7 @@ impl Drop for Host {
 
 /// The binary, with the environment every test wants: no colours, its own
 /// compile cache, and a secret the sandbox must keep from guests.
-fn wasm_host() -> Command {
+pub fn wasm_host() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-host"));
     command
         .env("RUST_LOG", "info")
@@ -189,7 +198,19 @@ fn wasm_host() -> Command {
 
 /// Runs `wasm-host` to completion: its exit status, stdout and stderr.
 pub fn run_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ExitStatus, String, String) {
-    let output = wasm_host().args(args).output().expect("run wasm-host");
+    run_command_with_env(args, &[])
+}
+
+/// [`run_command`] with more (or overriding) environment variables.
+pub fn run_command_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (ExitStatus, String, String) {
+    let output = wasm_host()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run wasm-host");
     (
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -12,8 +12,10 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
     let memory_limit = usize::try_from(args.memory_limit).unwrap_or(usize::MAX);
     let (engine, linker) = super::tool_engine(memory_limit)?;
     let shown = args.model.display().to_string();
-    let bytes = model::read(&args.model).map_err(super::model_failure)?;
-    if bytes.starts_with(b"\x7fELF") {
+    let bytes = model::read(&args.model)
+        .await
+        .map_err(super::model_failure)?;
+    if model::is_precompiled(&bytes) {
         return Err(Failure::new(
             Failure::MODEL,
             format!("{shown} is already compiled; pass the .wasm component"),
@@ -39,15 +41,15 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
             format!("cannot write {}: {err}", args.output.display()),
         )
     })?;
-    println!(
+    super::print(&format!(
         "compiled {} v{} ({shown}, {} KiB) in {took:.1?} into {} ({} KiB); serve it with \
-         `wasm-host {}` on a machine of the same architecture, with the same wasm-host version",
+         `wasm-host --allow-precompiled {}` on a machine of the same architecture, with the \
+         same wasm-host version (it is native code: serve only artifacts you built)\n",
         metadata.name,
         metadata.version,
         size / 1024,
         args.output.display(),
         artifact.len() / 1024,
         args.output.display()
-    );
-    Ok(())
+    ))
 }

@@ -1,6 +1,8 @@
 //! `wasm-host inspect`: what a model is, what it needs, and whether it fits
 //! the contract, without serving it.
 
+use std::fmt::Write;
+
 use wasmtime::component::types::ComponentItem;
 
 use crate::Failure;
@@ -14,14 +16,18 @@ const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let (engine, linker) = super::tool_engine(DEFAULT_MEMORY_LIMIT)?;
     let shown = args.model.display().to_string();
-    let bytes = model::read(&args.model).map_err(super::model_failure)?;
+    let bytes = model::read(&args.model)
+        .await
+        .map_err(super::model_failure)?;
     let size = bytes.len();
-    let cache = CompileCache::new(CompileCache::default_dir());
+    let cache = CompileCache::from_args(&args.code);
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await
         .map_err(super::model_failure)?;
 
-    println!("file:     {shown} ({} KiB, {compiled})", size / 1024);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "file:     {shown} ({} KiB, {compiled})", size / 1024);
     let ty = component.component_type();
     let kind = |item: &ComponentItem| match item {
         ComponentItem::ComponentInstance(_) => "instance",
@@ -29,33 +35,38 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         ComponentItem::Type(_) | ComponentItem::Resource(_) => "type",
         _ => "other",
     };
-    println!("imports:");
+    let _ = writeln!(out, "imports:");
     for (name, item) in ty.imports(&engine) {
-        println!("  {name} ({})", kind(&item.ty));
+        let _ = writeln!(out, "  {name} ({})", kind(&item.ty));
     }
-    println!("exports:");
+    let _ = writeln!(out, "exports:");
     for (name, item) in ty.exports(&engine) {
-        println!("  {name} ({})", kind(&item.ty));
+        let _ = writeln!(out, "  {name} ({})", kind(&item.ty));
     }
     match model::prepare(&engine, &linker, &component, DEFAULT_MEMORY_LIMIT, &shown).await {
         Ok((_, metadata)) => {
-            println!("contract: fits wasm-host:model/model@0.1.0");
-            println!("name:     {}", metadata.name);
-            println!("version:  {}", metadata.version);
-            print_specs("inputs:", &metadata.inputs);
-            print_specs("outputs:", &metadata.outputs);
-            Ok(())
+            let _ = writeln!(out, "contract: fits wasm-host:model/model@0.1.0");
+            let _ = writeln!(out, "name:     {}", metadata.name);
+            let _ = writeln!(out, "version:  {}", metadata.version);
+            write_specs(&mut out, "inputs:", &metadata.inputs);
+            write_specs(&mut out, "outputs:", &metadata.outputs);
+            super::print(&out)
         }
         Err(err) => {
-            println!("contract: does not fit");
+            let _ = writeln!(out, "contract: does not fit");
+            super::print(&out)?;
             Err(super::model_failure(err))
         }
     }
 }
 
-fn print_specs(title: &str, specs: &[TensorSpec]) {
-    println!("{title}");
+fn write_specs(out: &mut String, title: &str, specs: &[TensorSpec]) {
+    let _ = writeln!(out, "{title}");
     for spec in specs {
-        println!("  {:<16} {:<6} {:?}", spec.name, spec.datatype, spec.shape);
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<6} {:?}",
+            spec.name, spec.datatype, spec.shape
+        );
     }
 }

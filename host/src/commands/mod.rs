@@ -25,3 +25,22 @@ fn tool_engine(memory_limit: usize) -> Result<(Engine, Linker<GuestState>), Fail
 fn model_failure(err: anyhow::Error) -> Failure {
     Failure::new(Failure::MODEL, format!("{err:#}"))
 }
+
+/// A command's report on stdout. A reader that left early (`| head -1`)
+/// ends the output quietly, as it does for any Unix tool; `println!` would
+/// panic.
+fn print(report: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(report.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(Failure::new(
+            Failure::OTHER,
+            format!("cannot write to stdout: {err}"),
+        )),
+    }
+}

@@ -6,8 +6,10 @@
 //! requests are in flight, each holding an instance. That is the answer
 //! unless the cores run out first: a model that computes for `cpu` seconds a
 //! call can run at most `cores / cpu` calls per second however many instances
-//! there are.
+//! there are. And never fewer instances than cores: an instance runs on one
+//! core at a time, and an idle one costs only tens of KiB.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,9 @@ use crate::protocol;
 
 const MEMORY_LIMIT: usize = 256 << 20;
 
+/// The least time CPU use is measured over, so that the average is steady.
+const CPU_WINDOW: Duration = Duration::from_secs(1);
+
 pub async fn run(args: PlanArgs) -> Result<(), Failure> {
     if !(args.rate > 0.0 && args.rate.is_finite()) || args.samples == 0 {
         return Err(Failure::new(
@@ -29,7 +34,7 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
         ));
     }
     let (engine, linker) = super::tool_engine(MEMORY_LIMIT)?;
-    let cache = CompileCache::new(CompileCache::default_dir());
+    let cache = CompileCache::from_args(&args.code);
     let model = Model::load(&engine, &linker, &args.model, MEMORY_LIMIT, &cache)
         .await
         .map_err(super::model_failure)?;
@@ -47,66 +52,91 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
         .map_err(|err| Failure::new(Failure::MODEL, crate::model::root_cause(&err)))?;
 
     timed_call(&mut instance, &inputs).await?; // warm-up: first-touch faults, lazy statics
-    // At least `samples` calls, and at least a second of them: CPU time is
-    // counted in 10 ms ticks, too coarse for one fast call.
-    let cpu_before = process_cpu();
-    let started = Instant::now();
+    // Latency: exactly the `--samples` calls the report names.
     let mut latencies = Vec::with_capacity(args.samples as usize);
-    while latencies.len() < args.samples as usize
-        || (started.elapsed() < Duration::from_secs(1) && latencies.len() < 1_000_000)
-    {
+    for _ in 0..args.samples {
         latencies.push(timed_call(&mut instance, &inputs).await?);
     }
-    let cpu = (process_cpu() - cpu_before) / latencies.len() as u32;
     latencies.sort();
     let latency = latencies[latencies.len() / 2];
-    let cpu = cpu.min(latency);
+    // CPU time per call: the average over a separate loop of at least a
+    // second, steadier than any one call.
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    let mut cpu_calls: u32 = 0;
+    while cpu_calls == 0 || started.elapsed() < CPU_WINDOW {
+        timed_call(&mut instance, &inputs).await?;
+        cpu_calls += 1;
+    }
+    let cpu_window = started.elapsed();
+    let cpu = ((process_cpu() - cpu_before) / cpu_calls).min(latency);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let in_flight = args.rate * latency.as_secs_f64();
-    let instances = in_flight.ceil().max(1.0) as u64;
+    let needed = in_flight.ceil().max(1.0) as u64;
+    let instances = needed.max(cores as u64);
     let core_limit = cores as f64 / cpu.as_secs_f64().max(1e-9);
     let meta = &model.metadata;
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "model:     {} v{} ({})",
         meta.name,
         meta.version,
         args.model.display()
     );
-    println!(
-        "latency:   {latency:.1?} median of {} calls (fastest {:.1?}, slowest {:.1?}); {cpu:.1?} CPU per call",
+    let _ = writeln!(
+        out,
+        "latency:   {latency:.1?} median of {} timed calls (fastest {:.1?}, slowest {:.1?})",
         latencies.len(),
         latencies[0],
         latencies[latencies.len() - 1]
     );
-    println!("cores:     {cores}");
-    println!(
+    let _ = writeln!(
+        out,
+        "cpu:       {cpu:.1?} per call, over {cpu_calls} more calls in {cpu_window:.1?}"
+    );
+    let _ = writeln!(out, "cores:     {cores}");
+    let _ = writeln!(
+        out,
         "in flight: {:.1} requests at {} req/s (Little's law: {} req/s × {:.3} s)",
         in_flight,
         args.rate,
         args.rate,
         latency.as_secs_f64()
     );
+    let per_core = format!(
+        "at least one instance per core ({cores}): an instance runs on one core at a time, and \
+         an idle one costs only tens of KiB"
+    );
     if args.rate > core_limit {
-        println!(
+        let _ = writeln!(
+            out,
             "limit:     the cores: {cores} cores sustain about {core_limit:.0} req/s of this model; \
              more instances will not help, add machines"
         );
-        println!(
-            "plan:      run {} instances per machine on ~{} machines",
-            (core_limit * latency.as_secs_f64()).ceil().max(1.0) as u64,
+        let per_machine = ((core_limit * latency.as_secs_f64()).ceil() as u64).max(cores as u64);
+        let _ = writeln!(
+            out,
+            "plan:      run {per_machine} instances per machine on ~{} machines ({per_core})",
             (args.rate / core_limit).ceil() as u64
         );
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "limit:     the instance count (the cores could sustain about {core_limit:.0} req/s; \
              guest time only, HTTP adds tens of µs per request)"
         );
-        println!(
+        if instances > needed {
+            let _ = writeln!(out, "why:       {needed} would carry the load; {per_core}");
+        }
+        let _ = writeln!(
+            out,
             "plan:      wasm-host --instances {instances} {}",
             args.model.display()
         );
     }
+    super::print(&out)?;
     Ok(())
 }
 
@@ -139,16 +169,17 @@ fn zeros(metadata: &Metadata) -> Vec<Tensor> {
         .collect()
 }
 
-/// CPU time this process has used: user plus system, from /proc.
+/// CPU time this process has used (every thread, user plus system), to
+/// the nanosecond: /proc's 10 ms ticks read zero for a model that sleeps.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) are space-separated;
-    // utime and stime are the 14th and 15th fields, in clock ticks (100 Hz).
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }

@@ -55,11 +55,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     engine::start_epoch_ticker(&engine);
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
-    let cache = CompileCache::new(match (&cli.cache_dir, cli.no_cache) {
-        (_, true) => None,
-        (Some(dir), false) => Some(dir.clone()),
-        (None, false) => CompileCache::default_dir(),
-    });
+    let cache = CompileCache::from_args(&cli.code);
     let defaults = Settings {
         pool: PoolConfig {
             instances,
@@ -76,8 +72,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let registry = Registry::new(engine, linker, cache, defaults, budget);
 
     for path in &cli.models {
-        let bytes =
-            model::read(path).map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
+        let bytes = model::read(path)
+            .await
+            .map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
         let request = LoadRequest {
             name: None,
             version: None,
@@ -154,6 +151,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         cli.model_control,
         started.elapsed()
     );
+    if address.ip().is_unspecified() {
+        tracing::info!("{address} is every interface: this host serves beyond this machine");
+    }
     // One shutdown signal, told to every listener.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
