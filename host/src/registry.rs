@@ -537,6 +537,7 @@ impl Registry {
     /// Reloads every file-backed model whose file changed since it was
     /// loaded (HUP). A file that cannot be loaded leaves its model serving.
     pub async fn reload_changed(&self) {
+        let mut changed = 0;
         for served in self.served() {
             let Source::File { path, digest } = &served.source else {
                 continue;
@@ -545,16 +546,18 @@ impl Registry {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(
-                        "reload of {} failed, still serving v{}: {err:#}",
+                        "reload failed, still serving the previous model {} v{}: {err:#}",
                         served.name,
                         served.version
                     );
+                    changed += 1;
                     continue;
                 }
             };
             if Sha256::digest(&bytes).as_slice() == digest.as_slice() {
                 continue;
             }
+            changed += 1;
             tracing::info!("reloading model {} from {}", served.name, path.display());
             let request = LoadRequest {
                 name: self.fixed_name(&served),
@@ -579,6 +582,9 @@ impl Registry {
                     served.version
                 ),
             }
+        }
+        if changed == 0 {
+            tracing::info!("HUP: no model file changed since it was loaded, nothing reloaded");
         }
     }
 

@@ -68,20 +68,25 @@ impl Host {
     }
 
     pub fn start_with_env(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
-        Host::spawn(model, args, env, "127.0.0.1:0")
+        Host::spawn(Some(model), args, env, "127.0.0.1:0")
     }
 
     /// Starts the host with `--bind bind` (which must use port 0).
     pub fn start_at(model: &Path, bind: &str, args: &[&str]) -> Host {
-        Host::spawn(model, args, &[], bind)
+        Host::spawn(Some(model), args, &[], bind)
     }
 
-    fn spawn(model: &Path, args: &[&str], env: &[(&str, &str)], bind: &str) -> Host {
+    /// Starts the host with only `args` (say, `--model-repository DIR`).
+    pub fn start_without_model(args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn(None, args, env, "127.0.0.1:0")
+    }
+
+    fn spawn(model: Option<&Path>, args: &[&str], env: &[(&str, &str)], bind: &str) -> Host {
         let mut child = wasm_host()
             .envs(env.iter().copied())
             .args(args)
             .args(["--bind", bind])
-            .arg(model)
+            .args(model)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
