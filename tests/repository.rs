@@ -27,7 +27,11 @@ fn repository() -> PathBuf {
     put("digits/model.wasm", &guest("guest_model"));
     put("echo/1/model.wasm", &guest("echo_model"));
     put("slow/model.wasm", &guest("slow_model"));
-    std::fs::write(dir.join("slow/model.toml"), "instances = 2\ntimeout = \"10s\"\n").unwrap();
+    std::fs::write(
+        dir.join("slow/model.toml"),
+        "instances = 2\ntimeout = \"10s\"\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.join("broken")).unwrap();
     std::fs::write(dir.join("broken/model.wasm"), b"this is not a model").unwrap();
     dir
@@ -39,12 +43,24 @@ fn admin(host: &Host, path: &str, body: &Value, token: Option<&str>) -> support:
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth));
     }
-    request(host.addr, "POST", path, &headers, &serde_json::to_vec(body).unwrap()).unwrap()
+    request(
+        host.addr,
+        "POST",
+        path,
+        &headers,
+        &serde_json::to_vec(body).unwrap(),
+    )
+    .unwrap()
 }
 
 fn index(host: &Host) -> Vec<Value> {
     let response = admin(host, "/v2/repository/index", &json!({}), Some(TOKEN));
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     response.json().as_array().unwrap().clone()
 }
 
@@ -92,22 +108,42 @@ fn a_repository_serves_its_good_models_and_names_what_is_wrong_with_the_broken_o
     let (state, reason) = state_of(&index, "broken");
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
-    assert_eq!(host.post_json("/v2/models/digits/infer", &digits_body()).status, 200);
-    assert_eq!(host.post_json("/v2/models/echo/infer", &echo_body(2.0)).status, 200);
+    assert_eq!(
+        host.post_json("/v2/models/digits/infer", &digits_body())
+            .status,
+        200
+    );
+    assert_eq!(
+        host.post_json("/v2/models/echo/infer", &echo_body(2.0))
+            .status,
+        200
+    );
     // Numbered versions: 1 is served; another is a 404 that says which is.
     assert_eq!(
-        host.post_json("/v2/models/echo/versions/1/infer", &echo_body(2.0)).status,
+        host.post_json("/v2/models/echo/versions/1/infer", &echo_body(2.0))
+            .status,
         200
     );
     let wrong = host.post_json("/v2/models/echo/versions/7/infer", &echo_body(2.0));
     assert_eq!(wrong.status, 404);
-    assert!(wrong.error().contains("serves version \"1\""), "{}", wrong.error());
+    assert!(
+        wrong.error().contains("serves version \"1\""),
+        "{}",
+        wrong.error()
+    );
     let broken = host.post_json("/v2/models/broken/infer", &echo_body(1.0));
     assert_eq!(broken.status, 503);
-    assert!(broken.error().contains("not a WebAssembly file"), "{}", broken.error());
+    assert!(
+        broken.error().contains("not a WebAssembly file"),
+        "{}",
+        broken.error()
+    );
     // model.toml's settings: slow has 2 instances, the others the host's 2.
     let health = host.get("/health").json();
-    assert_eq!(health["models"]["slow"]["instances"]["target"], 2, "{health}");
+    assert_eq!(
+        health["models"]["slow"]["instances"]["target"], 2,
+        "{health}"
+    );
     // Instance ids are unique across models.
     let ids: Vec<u64> = ["digits", "echo", "slow"]
         .iter()
@@ -126,7 +162,9 @@ fn a_repository_serves_its_good_models_and_names_what_is_wrong_with_the_broken_o
     // Per-model metrics.
     let metrics = String::from_utf8(host.get("/metrics").body).unwrap();
     assert!(
-        metrics.contains("wasm_host_inference_requests_total{model=\"digits\",version=\"1\",outcome=\"success\"}"),
+        metrics.contains(
+            "wasm_host_inference_requests_total{model=\"digits\",version=\"1\",outcome=\"success\"}"
+        ),
         "{metrics}"
     );
 }
@@ -145,8 +183,15 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
                 let mut client = Client::connect(addr).unwrap();
                 let want = support::reference()["predicted_labels"][0].clone();
                 while !stop.load(Ordering::SeqCst) || served.load(Ordering::SeqCst) < 2000 {
-                    let response = client.post_json("/v2/models/digits/infer", &digits_body()).unwrap();
-                    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+                    let response = client
+                        .post_json("/v2/models/digits/infer", &digits_body())
+                        .unwrap();
+                    assert_eq!(
+                        response.status,
+                        200,
+                        "{}",
+                        String::from_utf8_lossy(&response.body)
+                    );
                     assert_eq!(response.json()["outputs"][1]["data"][0], want);
                     served.fetch_add(1, Ordering::SeqCst);
                 }
@@ -169,25 +214,63 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     // A new model, from the repository folder it was copied into.
     std::fs::create_dir_all(dir.join("fault")).unwrap();
     std::fs::copy(guest("fault_model"), dir.join("fault/model.wasm")).unwrap();
-    let loaded = admin(&host, "/v2/repository/models/fault/load", &json!({}), Some(TOKEN));
-    assert_eq!(loaded.status, 200, "{}", String::from_utf8_lossy(&loaded.body));
-    assert_eq!(host.post_json("/v2/models/fault/infer", &fault_action(0, 5)).status, 200);
+    let loaded = admin(
+        &host,
+        "/v2/repository/models/fault/load",
+        &json!({}),
+        Some(TOKEN),
+    );
+    assert_eq!(
+        loaded.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&loaded.body)
+    );
+    assert_eq!(
+        host.post_json("/v2/models/fault/infer", &fault_action(0, 5))
+            .status,
+        200
+    );
 
     // Echo version 2 (the digits component, answering differently) swaps in.
     std::fs::create_dir_all(dir.join("echo/2")).unwrap();
     std::fs::copy(guest("echo_model"), dir.join("echo/2/model.wasm")).unwrap();
-    let swapped = admin(&host, "/v2/repository/models/echo/load", &json!({}), Some(TOKEN));
-    assert_eq!(swapped.status, 200, "{}", String::from_utf8_lossy(&swapped.body));
+    let swapped = admin(
+        &host,
+        "/v2/repository/models/echo/load",
+        &json!({}),
+        Some(TOKEN),
+    );
+    assert_eq!(
+        swapped.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&swapped.body)
+    );
     let answer = host.post_json("/v2/models/echo/infer", &echo_body(3.0));
     assert_eq!(answer.json()["model_version"], "2");
-    assert_eq!(host.post_json("/v2/models/echo/versions/1/infer", &echo_body(3.0)).status, 404);
+    assert_eq!(
+        host.post_json("/v2/models/echo/versions/1/infer", &echo_body(3.0))
+            .status,
+        404
+    );
 
     // Unload slow while its two requests are in flight: they finish.
-    let unloaded = admin(&host, "/v2/repository/models/slow/unload", &json!({}), Some(TOKEN));
+    let unloaded = admin(
+        &host,
+        "/v2/repository/models/slow/unload",
+        &json!({}),
+        Some(TOKEN),
+    );
     assert_eq!(unloaded.status, 200);
     for slow in slow_requests {
         let response = slow.join().unwrap();
-        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
     }
     let gone = host.post_json(
         "/v2/models/slow/infer",
@@ -222,49 +305,117 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
     let refused = admin(&host, "/v2/repository/models/plugin/load", &body, None);
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
-    let wrong = admin(&host, "/v2/repository/models/plugin/load", &body, Some("guess"));
+    let wrong = admin(
+        &host,
+        "/v2/repository/models/plugin/load",
+        &body,
+        Some("guess"),
+    );
     assert_eq!(wrong.status, 401);
-    assert_eq!(host.post_json("/v2/models/plugin/infer", &fault_action(0, 1)).status, 404);
+    assert_eq!(
+        host.post_json("/v2/models/plugin/infer", &fault_action(0, 1))
+            .status,
+        404
+    );
     // With it: served under the name it was loaded as, with its config.
-    let loaded = admin(&host, "/v2/repository/models/plugin/load", &body, Some(TOKEN));
-    assert_eq!(loaded.status, 200, "{}", String::from_utf8_lossy(&loaded.body));
+    let loaded = admin(
+        &host,
+        "/v2/repository/models/plugin/load",
+        &body,
+        Some(TOKEN),
+    );
+    assert_eq!(
+        loaded.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&loaded.body)
+    );
     let answer = host.post_json("/v2/models/plugin/infer", &fault_action(0, 42));
     assert_eq!(support::fault_result(&answer), 42);
     assert_eq!(answer.json()["model_name"], "plugin");
-    assert_eq!(host.get("/health").json()["models"]["plugin"]["instances"]["target"], 3);
+    assert_eq!(
+        host.get("/health").json()["models"]["plugin"]["instances"]["target"],
+        3
+    );
     // A precompiled artifact is native code: never from a client.
     let elf = json!({ "parameters": { "file:model.cwasm":
         base64::engine::general_purpose::STANDARD.encode(b"\x7fELF\x02\x01\x01 native code") } });
-    let refused = admin(&host, "/v2/repository/models/native/load", &elf, Some(TOKEN));
+    let refused = admin(
+        &host,
+        "/v2/repository/models/native/load",
+        &elf,
+        Some(TOKEN),
+    );
     assert_eq!(refused.status, 400);
-    assert!(refused.error().contains("native code"), "{}", refused.error());
+    assert!(
+        refused.error().contains("native code"),
+        "{}",
+        refused.error()
+    );
     // A config that only changes the instance count resizes in place.
     let resize = json!({ "parameters": { "config": "{\"instances\": 1}",
         "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(&component) } });
-    let before = host.post_json("/v2/models/plugin/infer", &fault_action(0, 1)).instance();
-    assert_eq!(admin(&host, "/v2/repository/models/plugin/load", &resize, Some(TOKEN)).status, 200);
-    assert_eq!(host.get("/health").json()["models"]["plugin"]["instances"]["target"], 1);
-    assert!(host.log().iter().any(|l| l.contains("plugin: resized to 1 instances")));
-    let after = host.post_json("/v2/models/plugin/infer", &fault_action(0, 1)).instance();
-    assert!(after <= before + 3, "a resize keeps the instances: {before} then {after}");
+    let before = host
+        .post_json("/v2/models/plugin/infer", &fault_action(0, 1))
+        .instance();
+    assert_eq!(
+        admin(
+            &host,
+            "/v2/repository/models/plugin/load",
+            &resize,
+            Some(TOKEN)
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        host.get("/health").json()["models"]["plugin"]["instances"]["target"],
+        1
+    );
+    assert!(
+        host.log()
+            .iter()
+            .any(|l| l.contains("plugin: resized to 1 instances"))
+    );
+    let after = host
+        .post_json("/v2/models/plugin/infer", &fault_action(0, 1))
+        .instance();
+    assert!(
+        after <= before + 3,
+        "a resize keeps the instances: {before} then {after}"
+    );
 
     // With --model-control none: the index reads, loading says how to turn it on.
-    let fixed = Host::start_without_model(
-        &["--model-repository", dir.to_str().unwrap()],
-        &[],
-    );
+    let fixed = Host::start_without_model(&["--model-repository", dir.to_str().unwrap()], &[]);
     let index = admin(&fixed, "/v2/repository/index", &json!({}), None);
     assert_eq!(index.status, 200);
-    let off = admin(&fixed, "/v2/repository/models/digits/unload", &json!({}), None);
+    let off = admin(
+        &fixed,
+        "/v2/repository/models/digits/unload",
+        &json!({}),
+        None,
+    );
     assert_eq!(off.status, 403);
-    assert!(off.error().contains("--model-control explicit"), "{}", off.error());
-    assert_eq!(fixed.post_json("/v2/models/digits/infer", &digits_body()).status, 200);
+    assert!(
+        off.error().contains("--model-control explicit"),
+        "{}",
+        off.error()
+    );
+    assert_eq!(
+        fixed
+            .post_json("/v2/models/digits/infer", &digits_body())
+            .status,
+        200
+    );
 }
 
 #[test]
 fn the_repository_api_can_live_on_its_own_address_only() {
     let dir = repository();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let host = start_explicit(&dir, &["--admin-bind", &admin_port.to_string()]);
     let on_public = admin(&host, "/v2/repository/index", &json!({}), Some(TOKEN));
     assert_eq!(on_public.status, 404);
@@ -278,7 +429,10 @@ fn the_repository_api_can_live_on_its_own_address_only() {
     .unwrap();
     assert_eq!(on_admin.status, 200);
     let inference = request(admin_port, "GET", "/v2/models/digits", &[], b"").unwrap();
-    assert_eq!(inference.status, 404, "the admin address serves only the repository API");
+    assert_eq!(
+        inference.status, 404,
+        "the admin address serves only the repository API"
+    );
 }
 
 #[test]
@@ -320,14 +474,28 @@ fn a_flood_of_looping_requests_to_one_model_does_not_fail_or_slow_another() {
     let started = Instant::now();
     while latencies.len() < 400 && started.elapsed() < Duration::from_secs(30) {
         let asked = Instant::now();
-        let response = client.post_json("/v2/models/digits/infer", &digits_body()).unwrap();
+        let response = client
+            .post_json("/v2/models/digits/infer", &digits_body())
+            .unwrap();
         latencies.push(asked.elapsed());
-        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
     }
     stop.store(true, Ordering::SeqCst);
     let timeouts: usize = noisy.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(timeouts >= 16, "the noisy model was not looping: {timeouts} timeouts");
-    assert!(latencies.len() >= 400, "only {} digits requests in 30 s", latencies.len());
+    assert!(
+        timeouts >= 16,
+        "the noisy model was not looping: {timeouts} timeouts"
+    );
+    assert!(
+        latencies.len() >= 400,
+        "only {} digits requests in 30 s",
+        latencies.len()
+    );
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];
     // The bound: a digits request waits for a runtime thread, and 4 looping
@@ -336,7 +504,10 @@ fn a_flood_of_looping_requests_to_one_model_does_not_fail_or_slow_another() {
     // clients and other tests sharing the same 2 cores. Stated generously
     // for a shared CI machine: 150 ms (a starved or blocked runtime takes
     // seconds, the looping requests' 200 ms deadline at the least).
-    assert!(p99 < Duration::from_millis(150), "digits p99 {p99:?} beside a looping model");
+    assert!(
+        p99 < Duration::from_millis(150),
+        "digits p99 {p99:?} beside a looping model"
+    );
 }
 
 #[test]
@@ -364,11 +535,22 @@ fn poll_mode_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
     std::fs::copy(guest("echo_model"), staged.join("model.wasm")).unwrap();
     std::fs::rename(&staged, dir.join("echo")).unwrap();
     let copied = Instant::now();
-    while host.post_json("/v2/models/echo/infer", &echo_body(1.0)).status != 200 {
-        assert!(copied.elapsed() < Duration::from_secs(5), "echo was not loaded");
+    while host
+        .post_json("/v2/models/echo/infer", &echo_body(1.0))
+        .status
+        != 200
+    {
+        assert!(
+            copied.elapsed() < Duration::from_secs(5),
+            "echo was not loaded"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(copied.elapsed() < Duration::from_millis(2 * 300 + 1500), "{:?}", copied.elapsed());
+    assert!(
+        copied.elapsed() < Duration::from_millis(2 * 300 + 1500),
+        "{:?}",
+        copied.elapsed()
+    );
 
     // Under load on echo, its file changes: swapped with no failed request.
     let clients: Vec<_> = (0..4)
@@ -377,8 +559,15 @@ fn poll_mode_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr).unwrap();
                 while !stop.load(Ordering::SeqCst) {
-                    let response = client.post_json("/v2/models/echo/infer", &echo_body(2.0)).unwrap();
-                    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+                    let response = client
+                        .post_json("/v2/models/echo/infer", &echo_body(2.0))
+                        .unwrap();
+                    assert_eq!(
+                        response.status,
+                        200,
+                        "{}",
+                        String::from_utf8_lossy(&response.body)
+                    );
                     answers.fetch_add(1, Ordering::SeqCst);
                 }
             })
@@ -388,13 +577,18 @@ fn poll_mode_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
     std::fs::write(dir.join("echo/model.toml"), "instances = 3\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while host.get("/health").json()["models"]["echo"]["instances"]["target"] != 3 {
-        assert!(Instant::now() < deadline, "the changed model was not swapped in");
+        assert!(
+            Instant::now() < deadline,
+            "the changed model was not swapped in"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     for client in clients {
-        client.join().expect("an echo request failed during the swap");
+        client
+            .join()
+            .expect("an echo request failed during the swap");
     }
     assert!(echo_answers.load(Ordering::SeqCst) > 50);
 
@@ -404,32 +598,55 @@ fn poll_mode_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
     loop {
         let response = host.post_json("/v2/models/echo/infer", &echo_body(1.0));
         if response.status == 404 {
-            assert!(response.error().contains("unloaded"), "{}", response.error());
+            assert!(
+                response.error().contains("unloaded"),
+                "{}",
+                response.error()
+            );
             break;
         }
         assert!(Instant::now() < deadline, "echo was not unloaded");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(host.post_json("/v2/models/digits/infer", &digits_body()).status, 200);
+    assert_eq!(
+        host.post_json("/v2/models/digits/infer", &digits_body())
+            .status,
+        200
+    );
 }
 
 #[test]
 fn a_load_past_the_memory_budget_is_refused_with_its_numbers_and_others_keep_serving() {
     let dir = repository();
-    let host = start_explicit(&dir, &["--memory-budget", "1GiB", "--memory-limit", "128MiB"]);
+    let host = start_explicit(
+        &dir,
+        &["--memory-budget", "1GiB", "--memory-limit", "128MiB"],
+    );
     // digits, echo, slow: 2 + 2 + 2 instances × 128 MiB = 768 MiB of 1 GiB.
     std::fs::create_dir_all(dir.join("big")).unwrap();
     std::fs::copy(guest("echo_model"), dir.join("big/model.wasm")).unwrap();
     std::fs::write(dir.join("big/model.toml"), "instances = 4\n").unwrap();
-    let refused = admin(&host, "/v2/repository/models/big/load", &json!({}), Some(TOKEN));
+    let refused = admin(
+        &host,
+        "/v2/repository/models/big/load",
+        &json!({}),
+        Some(TOKEN),
+    );
     assert_eq!(refused.status, 400);
     let error = refused.error();
     assert!(error.contains("4 instances × 128 MiB = 512 MiB"), "{error}");
-    assert!(error.contains("768 MiB of the 1024 MiB --memory-budget"), "{error}");
+    assert!(
+        error.contains("768 MiB of the 1024 MiB --memory-budget"),
+        "{error}"
+    );
     let (state, reason) = state_of(&index(&host), "big");
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("--memory-budget"), "{reason}");
-    assert_eq!(host.post_json("/v2/models/digits/infer", &digits_body()).status, 200);
+    assert_eq!(
+        host.post_json("/v2/models/digits/infer", &digits_body())
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -437,14 +654,21 @@ fn triton_model_config_and_statistics_have_tritons_shapes() {
     let dir = repository();
     let host = start_explicit(&dir, &[]);
     for _ in 0..3 {
-        assert_eq!(host.post_json("/v2/models/digits/infer", &digits_body()).status, 200);
+        assert_eq!(
+            host.post_json("/v2/models/digits/infer", &digits_body())
+                .status,
+            200
+        );
     }
     let bad = json!({ "inputs": [{ "name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3] }] });
     assert_eq!(host.post_json("/v2/models/digits/infer", &bad).status, 400);
     let config = host.get("/v2/models/digits/config").json();
     assert_eq!(config["name"], "digits");
     assert_eq!(config["max_batch_size"], 0);
-    assert_eq!(config["input"][0], json!({ "name": "x", "data_type": "TYPE_FP32", "dims": [-1, 64] }));
+    assert_eq!(
+        config["input"][0],
+        json!({ "name": "x", "data_type": "TYPE_FP32", "dims": [-1, 64] })
+    );
     assert_eq!(config["output"][1]["data_type"], "TYPE_INT64");
     assert_eq!(config["instance_group"][0]["count"], 2);
     let stats = host.get("/v2/models/digits/stats").json();
@@ -466,6 +690,9 @@ fn triton_model_config_and_statistics_have_tritons_shapes() {
     assert_eq!(host.get("/v2/models/digits/versions/1/stats").status, 200);
     let extensions = host.get("/v2").json()["extensions"].clone();
     for extension in ["model_repository", "model_configuration", "statistics"] {
-        assert!(extensions.as_array().unwrap().contains(&json!(extension)), "{extensions}");
+        assert!(
+            extensions.as_array().unwrap().contains(&json!(extension)),
+            "{extensions}"
+        );
     }
 }

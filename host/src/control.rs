@@ -191,7 +191,11 @@ async fn resize_only(
     let Ok(served) = app.registry.get(name, None) else {
         return Ok(None);
     };
-    if request.version.as_ref().is_some_and(|v| *v != served.version) {
+    if request
+        .version
+        .as_ref()
+        .is_some_and(|v| *v != served.version)
+    {
         return Ok(None);
     }
     let digest: [u8; 32] = Sha256::digest(&request.bytes).into();

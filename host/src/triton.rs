@@ -82,6 +82,11 @@ pub fn stats(models: &[Arc<ServedModel>]) -> Value {
             let stats = &served.metrics.stats;
             let zero = json!({ "count": 0, "ns": 0 });
             let success = stats.success.count.load(Ordering::Relaxed);
+            // wasm-host does not split a call into input, infer and output
+            // steps: all of its time is "infer", and the other two count
+            // the same calls at 0 ns (perf_analyzer requires equal counts).
+            let calls = stats.compute_infer.count.load(Ordering::Relaxed);
+            let untimed = json!({ "count": calls, "ns": 0 });
             json!({
                 "name": served.name,
                 "version": served.version,
@@ -92,9 +97,9 @@ pub fn stats(models: &[Arc<ServedModel>]) -> Value {
                     "success": stats.success.json(),
                     "fail": stats.fail.json(),
                     "queue": stats.queue.json(),
-                    "compute_input": zero,
+                    "compute_input": untimed,
                     "compute_infer": stats.compute_infer.json(),
-                    "compute_output": zero,
+                    "compute_output": untimed,
                     "cache_hit": zero,
                     "cache_miss": zero,
                 },

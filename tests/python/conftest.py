@@ -6,8 +6,10 @@ and announces it on stderr; it is stopped by PID when the session ends, and its 
 after the test summary whenever something failed.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import tritonclient.http as httpclient
 ROOT = Path(__file__).resolve().parents[2]
 HOST = ROOT / "target" / "release" / "wasm-host"
 MODEL = ROOT / "target" / "wasm32-wasip2" / "release" / "guest_model.wasm"
+ECHO = ROOT / "target" / "wasm32-wasip2" / "release" / "echo_model.wasm"
 REFERENCE = ROOT / "guest-model" / "weights" / "digits_reference.json"
 
 STARTUP_TIMEOUT = 30.0  # seconds to wait for "listening on http://..."
@@ -45,9 +48,9 @@ def _drain(stream, ready: threading.Event, found: list):
     ready.set()  # EOF: the host exited (before or after it listened)
 
 
-@pytest.fixture(scope="session")
-def server_addr():
-    """Start `wasm-host --instances 2 --bind 127.0.0.1:0 guest_model.wasm`; yield "127.0.0.1:PORT"."""
+@contextlib.contextmanager
+def running_host(args, extra_env=None):
+    """Start `wasm-host ARGS --bind 127.0.0.1:0`; yield "127.0.0.1:PORT"; stop it by PID."""
     for path, what in ((HOST, "the host"), (MODEL, "the digits model")):
         if not path.is_file():
             pytest.exit(
@@ -56,10 +59,10 @@ def server_addr():
                 returncode=2,
             )
 
-    env = dict(os.environ, NO_COLOR="1")
+    env = dict(os.environ, NO_COLOR="1", **(extra_env or {}))
     env.pop("RUST_LOG", None)
     proc = subprocess.Popen(
-        [str(HOST), "--instances", "2", "--bind", "127.0.0.1:0", str(MODEL)],
+        [str(HOST), "--bind", "127.0.0.1:0", *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -90,6 +93,27 @@ def server_addr():
                 proc.wait()
         reader.join(timeout=5)
         _host_log.append(f"(wasm-host pid {proc.pid} exited with code {proc.returncode})")
+
+
+@pytest.fixture(scope="session")
+def server_addr():
+    """`wasm-host --instances 2 guest_model.wasm`: the digits model alone."""
+    with running_host(["--instances", "2", str(MODEL)]) as addr:
+        yield addr
+
+
+ADMIN_TOKEN = "python-suite-token"
+
+
+@pytest.fixture(scope="session")
+def repository_addr(tmp_path_factory):
+    """A host serving a model repository (digits) with the repository API on, behind a token."""
+    repo = tmp_path_factory.mktemp("repository")
+    (repo / "digits").mkdir()
+    shutil.copy(MODEL, repo / "digits" / "model.wasm")
+    args = ["--instances", "2", "--model-repository", str(repo), "--model-control", "explicit"]
+    with running_host(args, {"WASM_HOST_ADMIN_TOKEN": ADMIN_TOKEN}) as addr:
+        yield addr
 
 
 @pytest.fixture(scope="session")
