@@ -696,3 +696,70 @@ fn triton_model_config_and_statistics_have_tritons_shapes() {
         );
     }
 }
+
+fn pss(host: &Host) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", host.pid())).unwrap();
+    let kib: u64 = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib << 10
+}
+
+#[test]
+fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
+    let dir = support::scratch_file("memory");
+    std::fs::create_dir_all(dir.join("echo")).unwrap();
+    std::fs::copy(guest("echo_model"), dir.join("echo/model.wasm")).unwrap();
+    let host = start_explicit(&dir, &[]);
+    let before = pss(&host);
+    // The 16 MiB model, 4 instances, each of which writes 8 MiB of its own.
+    std::fs::create_dir_all(dir.join("big")).unwrap();
+    std::fs::copy(guest("fault_model"), dir.join("big/model.wasm")).unwrap();
+    std::fs::write(dir.join("big/model.toml"), "instances = 4
+").unwrap();
+    assert_eq!(admin(&host, "/v2/repository/models/big/load", &json!({}), Some(TOKEN)).status, 200);
+    let addr = host.addr;
+    let touch: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = fault_action(4, 300);
+                let mut client = Client::connect(addr).unwrap();
+                // Sleep so the four land on four instances, then dirty 8 MiB.
+                assert_eq!(client.post_json("/v2/models/big/infer", &body).unwrap().status, 200);
+                let body = fault_action(3, 8);
+                assert_eq!(client.post_json("/v2/models/big/infer", &body).unwrap().status, 200);
+            })
+        })
+        .collect();
+    for t in touch {
+        t.join().unwrap();
+    }
+    let loaded = pss(&host);
+    assert_eq!(admin(&host, "/v2/repository/models/big/unload", &json!({}), Some(TOKEN)).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(&index(&host), "big").0 != "UNAVAILABLE" {
+        assert!(Instant::now() < deadline, "big never finished unloading");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = pss(&host);
+    let mib = |b: u64| b >> 20;
+    assert!(
+        loaded > before + (8 << 20),
+        "loading and using the model took only {} MiB",
+        mib(loaded - before)
+    );
+    // The instances' memory is given back: at least three quarters of what
+    // loading took.
+    assert!(
+        loaded - after > (loaded - before) * 3 / 4,
+        "PSS {} MiB before, {} MiB loaded, {} MiB after unloading",
+        mib(before),
+        mib(loaded),
+        mib(after)
+    );
+}

@@ -315,6 +315,7 @@ impl Registry {
                 request.name.as_deref().unwrap_or("")
             ),
         };
+        tracing::info!("loading {shown}");
         let settings = request
             .settings
             .resolve(&self.defaults)

@@ -48,6 +48,16 @@ pub struct ModelSettings {
     _backend: Option<IgnoredAny>,
     #[serde(default, rename = "max_batch_size")]
     _max_batch_size: Option<IgnoredAny>,
+    #[serde(default, rename = "input")]
+    _input: Option<IgnoredAny>,
+    #[serde(default, rename = "output")]
+    _output: Option<IgnoredAny>,
+    #[serde(default, rename = "version_policy")]
+    _version_policy: Option<IgnoredAny>,
+    #[serde(default, rename = "dynamic_batching")]
+    _dynamic_batching: Option<IgnoredAny>,
+    #[serde(default, rename = "parameters")]
+    _parameters: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
