@@ -16,12 +16,16 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let shown = args.model.display().to_string();
     let bytes = model::read(&args.model).map_err(super::model_failure)?;
     let size = bytes.len();
+    let onnx = crate::pack::provenance(&bytes);
     let cache = CompileCache::new(CompileCache::default_dir());
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await
         .map_err(super::model_failure)?;
 
     println!("file:     {shown} ({} KiB, {compiled})", size / 1024);
+    if let Some(onnx) = onnx {
+        print_onnx(&onnx);
+    }
     let ty = component.component_type();
     let kind = |item: &ComponentItem| match item {
         ComponentItem::ComponentInstance(_) => "instance",
@@ -58,4 +62,35 @@ fn print_specs(title: &str, specs: &[TensorSpec]) {
     for spec in specs {
         println!("  {:<16} {:<6} {:?}", spec.name, spec.datatype, spec.shape);
     }
+}
+
+/// What `wasm-host pack` recorded about the ONNX file a component came from.
+fn print_onnx(p: &serde_json::Value) {
+    let text = |key: &str| p[key].as_str().unwrap_or("?").to_string();
+    let opsets: Vec<String> = p["opset"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| format!("{} {}", o["domain"].as_str().unwrap_or("?"), o["version"]))
+        .collect();
+    let operators: Vec<&str> = p["operators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str())
+        .collect();
+    println!(
+        "packed:   from ONNX {} ({} bytes, sha256 {}) by {}",
+        text("source"),
+        p["source_bytes"],
+        text("source_sha256"),
+        text("packed_by")
+    );
+    println!(
+        "producer: {} {}",
+        text("producer"),
+        text("producer_version")
+    );
+    println!("opset:    {}", opsets.join(", "));
+    println!("operators: {} ({} nodes)", operators.join(", "), p["nodes"]);
 }
