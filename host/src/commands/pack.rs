@@ -6,12 +6,13 @@ use std::time::Instant;
 use crate::Failure;
 use crate::cache::CompileCache;
 use crate::cli::PackArgs;
+use crate::model;
 use crate::pack::{self, PackOptions};
 
 pub async fn run(args: PackArgs) -> Result<(), Failure> {
     let started = Instant::now();
     let memory_limit = usize::try_from(args.memory_limit).unwrap_or(usize::MAX);
-    let (engine, _) = super::tool_engine(memory_limit)?;
+    let (engine, linker) = super::tool_engine(memory_limit)?;
     let (runner_path, runner) =
         pack::find_runner().map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
     tracing::debug!("ONNX runner: {}", runner_path.display());
@@ -22,6 +23,16 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
         memory_limit,
     };
     let packed = pack::pack(&engine, &args.model, &runner, &options, &cache)
+        .await
+        .map_err(super::model_failure)?;
+    // Serve-check the result before writing it: compile it (into the cache,
+    // so serving it here starts at once), instantiate it under the memory
+    // limit and read its metadata, as `serve` will.
+    let shown = args.output.display().to_string();
+    let (component, _) = model::compile(&engine, packed.wasm.clone(), &cache, &shown)
+        .await
+        .map_err(super::model_failure)?;
+    model::prepare(&engine, &linker, &component, memory_limit, &shown)
         .await
         .map_err(super::model_failure)?;
     pack::write_file(&args.output, &packed.wasm).map_err(|err| {
