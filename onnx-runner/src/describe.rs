@@ -45,7 +45,11 @@ pub fn check_operators(proto: &pb::ModelProto) -> Result<(), String> {
             ));
         }
         if !known.0.contains_key(&node.op_type) {
-            let domain = if node.domain.is_empty() { "ai.onnx" } else { &node.domain };
+            let domain = if node.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &node.domain
+            };
             return Err(format!(
                 "operator {domain}.{} (node `{shown}`) is not supported by the ONNX runner \
                  (tract-onnx 0.23.9)",
@@ -100,7 +104,11 @@ pub fn provenance(proto: &pb::ModelProto) -> String {
         .opset_import
         .iter()
         .map(|o| {
-            let domain = if o.domain.is_empty() { "ai.onnx" } else { &o.domain };
+            let domain = if o.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &o.domain
+            };
             serde_json::json!({ "domain": domain, "version": o.version })
         })
         .collect();

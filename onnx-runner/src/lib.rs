@@ -70,12 +70,25 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
         .map_err(|err| format!("cannot read the graph: {}", one_line(&err)))?;
     drop(proto);
     name_unknown_dimensions(&mut model, &input_names)?;
-    let typed = model
-        .into_typed()
-        .map_err(|err| format!("cannot resolve the graph's types and shapes: {}", one_line(&err)))?;
+    let typed = model.into_typed().map_err(|err| {
+        format!(
+            "cannot resolve the graph's types and shapes: {}",
+            one_line(&err)
+        )
+    })?;
 
-    let inputs = specs(&typed, typed.input_outlets().map_err(text)?, &input_names, "input")?;
-    let outputs = specs(&typed, typed.output_outlets().map_err(text)?, &output_names, "output")?;
+    let inputs = specs(
+        &typed,
+        typed.input_outlets().map_err(text)?,
+        &input_names,
+        "input",
+    )?;
+    let outputs = specs(
+        &typed,
+        typed.output_outlets().map_err(text)?,
+        &output_names,
+        "output",
+    )?;
     let input_types = (0..inputs.len())
         .map(|ix| typed.input_fact(ix).map(|f| f.datum_type).map_err(text))
         .collect::<Result<Vec<_>, _>>()?;
@@ -141,7 +154,11 @@ fn specs(
     kind: &str,
 ) -> Result<Vec<TensorSpec>, String> {
     if outlets.len() != names.len() {
-        return Err(format!("the graph declares {} {kind}s, tract sees {}", names.len(), outlets.len()));
+        return Err(format!(
+            "the graph declares {} {kind}s, tract sees {}",
+            names.len(),
+            outlets.len()
+        ));
     }
     outlets
         .iter()
@@ -149,9 +166,16 @@ fn specs(
         .map(|(outlet, name)| {
             let fact = typed.outlet_fact(*outlet).map_err(text)?;
             let datatype = datatype(fact.datum_type).ok_or_else(|| {
-                format!("{kind} `{name}` is of type {:?}, which wasm-host cannot carry", fact.datum_type)
+                format!(
+                    "{kind} `{name}` is of type {:?}, which wasm-host cannot carry",
+                    fact.datum_type
+                )
             })?;
-            let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
+            let shape = fact
+                .shape
+                .iter()
+                .map(|d| d.to_i64().unwrap_or(-1))
+                .collect();
             Ok(TensorSpec {
                 name: name.clone(),
                 datatype,
@@ -213,15 +237,20 @@ impl Model for Runner {
             // SAFETY: `dt` is a plain numeric type (checked at load), and
             // `from_raw_dt` checks the byte count against the shape and copies
             // into an aligned buffer.
-            let value = unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &tensor.data) }
-                .map_err(|err| Error::InvalidInput(format!("input `{}`: {err}", tensor.name)))?;
+            let value =
+                unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &tensor.data) }
+                    .map_err(|err| {
+                        Error::InvalidInput(format!("input `{}`: {err}", tensor.name))
+                    })?;
             values.push(value.into_tvalue());
         }
         drop(inputs);
-        let results = loaded
-            .plan
-            .run(values)
-            .map_err(|err| Error::InvalidInput(format!("the model cannot run on these inputs: {}", one_line(&err))))?;
+        let results = loaded.plan.run(values).map_err(|err| {
+            Error::InvalidInput(format!(
+                "the model cannot run on these inputs: {}",
+                one_line(&err)
+            ))
+        })?;
         results
             .into_iter()
             .zip(&loaded.metadata.outputs)
