@@ -439,7 +439,8 @@ def onnx_section():
         f"of weights (1024 × 4096). Packed: {sizes}; the first pack also compiles the runner.",
         "",
         "Memory of N instances of the 16 MiB model (PSS, /proc/PID/smaps_rollup), booted and after 2 s of "
-        "16-row requests on 2N connections:",
+        f"{ONNX['density'][0].get('rows', 16)}-row requests on 2N connections (the fewest rows with which every "
+        "instance of the largest N served; each row adds its own working memory to every instance):",
         "",
         table(["instances", "served by", "PSS booted", "PSS under load", "PSS vs 1"], density_rows,
               ["r", "r", "r", "r", "r"]),
