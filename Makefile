@@ -6,7 +6,7 @@ GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model -p big-mod
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000
 
-.PHONY: serve test tools guests model host setup lint bench clean
+.PHONY: serve test tools guests model host onnx-runner setup lint bench clean
 
 ## Build the example model and the host, then serve the model with 8 instances.
 serve: guests host
@@ -14,7 +14,7 @@ serve: guests host
 
 ## Build everything and run every test (what CI runs): the Rust suites, then
 ## the official Triton client against the real server (tests/python).
-test: guests tools
+test: guests onnx-runner tools
 	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
 	cargo build --release -p wasm-host
 	bash tests/python/run.sh
@@ -35,20 +35,27 @@ model: setup
 host:
 	cargo build --release -p wasm-host
 
+## The ONNX runner (tract for wasm32-wasip2) that `wasm-host pack` pre-initialises,
+## copied beside the host binary, where wasm-host finds it.
+onnx-runner: setup
+	cargo build --release --target wasm32-wasip2 -p onnx-runner
+	mkdir -p target/release
+	cp $(WASM_DIR)/onnx_runner.wasm target/release/onnx-runner.wasm
+
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 ## The benchmarks: wasm-host against a native server and gunicorn, density,
 ## start-up and micro-benchmarks; prints the table, writes docs/benchmarks.md.
 ## Knobs (BENCH_SECONDS=1 for a smoke run, ...): see bench/run.sh.
-bench: guests host
+bench: guests onnx-runner host
 	bench/run.sh
 
 ## Formatting and lints, as reviewers expect them.
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --release -p wasm-host -p guest-model -p wasm-host-guest --all-targets -- -D warnings
-	cargo clippy --release --target wasm32-wasip2 $(GUESTS) -p wasm-host-guest -- -D warnings
+	cargo clippy --release --target wasm32-wasip2 $(GUESTS) -p onnx-runner -p wasm-host-guest -- -D warnings
 
 clean:
 	cargo clean

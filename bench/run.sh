@@ -10,6 +10,9 @@
 #      16 MiB of weights;
 #   3. start-up to ready, with and without the compiled-artifact cache;
 #   4. micro-benchmarks (cargo bench -p wasm-host --bench micro);
+#   5. ONNX models packed with `wasm-host pack`: memory of N instances of a
+#      16 MiB Gemm, first request after boot, predict time against
+#      onnxruntime on one thread (bench/onnx_bench.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -23,7 +26,7 @@
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
-#   BENCH_ONLY="throughput density startup micro"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -47,7 +50,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
@@ -86,7 +89,7 @@ build() {
     say "building the guests, the host, the native ceiling and the micro-benchmarks"
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
     cargo build --release --target wasm32-wasip2 \
-        -p guest-model -p fault-model -p echo-model -p big-model
+        -p guest-model -p fault-model -p echo-model -p big-model -p onnx-runner
     cargo build --release -p wasm-host -p native-ceiling
     cargo bench -p wasm-host --bench micro --no-run
     if [[ $SCALAR == 1 ]]; then
@@ -472,6 +475,21 @@ micro() {
     fi
 }
 
+# --- 5. ONNX models ------------------------------------------------------------------
+
+onnx() {
+    say "ONNX models: pack digits, a CNN and a 16 MiB Gemm; memory, first request, predict vs onnxruntime"
+    local venv=$OUT/onnx-venv
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
+        python3 -m venv "$venv"
+        # The test suite's pinned versions.
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            $(grep -E '^(onnx|onnxruntime|numpy)==' tests/python/requirements.txt)
+    fi
+    wait_quiet
+    BENCH_DENSITY="$DENSITY" "$venv/bin/python" bench/onnx_bench.py "$OUT" "$HOST" "$((PORT + 200))"
+}
+
 # --- the run ---------------------------------------------------------------------------
 
 machine() {
@@ -519,7 +537,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro; do
+    for part in throughput density startup micro onnx; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"

@@ -719,9 +719,22 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
     // The 16 MiB model, 4 instances, each of which writes 8 MiB of its own.
     std::fs::create_dir_all(dir.join("big")).unwrap();
     std::fs::copy(guest("fault_model"), dir.join("big/model.wasm")).unwrap();
-    std::fs::write(dir.join("big/model.toml"), "instances = 4
-").unwrap();
-    assert_eq!(admin(&host, "/v2/repository/models/big/load", &json!({}), Some(TOKEN)).status, 200);
+    std::fs::write(
+        dir.join("big/model.toml"),
+        "instances = 4
+",
+    )
+    .unwrap();
+    assert_eq!(
+        admin(
+            &host,
+            "/v2/repository/models/big/load",
+            &json!({}),
+            Some(TOKEN)
+        )
+        .status,
+        200
+    );
     let addr = host.addr;
     let touch: Vec<_> = (0..4)
         .map(|_| {
@@ -729,9 +742,21 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
                 let body = fault_action(4, 300);
                 let mut client = Client::connect(addr).unwrap();
                 // Sleep so the four land on four instances, then dirty 8 MiB.
-                assert_eq!(client.post_json("/v2/models/big/infer", &body).unwrap().status, 200);
+                assert_eq!(
+                    client
+                        .post_json("/v2/models/big/infer", &body)
+                        .unwrap()
+                        .status,
+                    200
+                );
                 let body = fault_action(3, 8);
-                assert_eq!(client.post_json("/v2/models/big/infer", &body).unwrap().status, 200);
+                assert_eq!(
+                    client
+                        .post_json("/v2/models/big/infer", &body)
+                        .unwrap()
+                        .status,
+                    200
+                );
             })
         })
         .collect();
@@ -739,7 +764,16 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
         t.join().unwrap();
     }
     let loaded = pss(&host);
-    assert_eq!(admin(&host, "/v2/repository/models/big/unload", &json!({}), Some(TOKEN)).status, 200);
+    assert_eq!(
+        admin(
+            &host,
+            "/v2/repository/models/big/unload",
+            &json!({}),
+            Some(TOKEN)
+        )
+        .status,
+        200
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while state_of(&index(&host), "big").0 != "UNAVAILABLE" {
         assert!(Instant::now() < deadline, "big never finished unloading");

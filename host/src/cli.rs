@@ -37,6 +37,8 @@ Commands (serve is the default):
                                          (serve M.cwasm with --allow-precompiled: it is native code)
   wasm-host inspect MODEL.wasm           name, inputs, outputs, imports; does it fit the contract?
   wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
+  wasm-host pack M.onnx -o MODEL.wasm    pack an ONNX model into a pre-initialised component
+  wasm-host [serve] MODEL.onnx           pack on the fly (cached), then serve
 
 Examples:
   wasm-host target/wasm32-wasip2/release/guest_model.wasm
@@ -103,6 +105,35 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Measure the model's latency on this machine and size the pool for a request rate.
     Plan(PlanArgs),
+    /// Pack an ONNX model into a sandboxed, pre-initialised model component.
+    Pack(PackArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PackArgs {
+    /// The ONNX model (e.g. from skl2onnx with zipmap=False, torch.onnx.export, tf2onnx).
+    #[arg(value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+
+    /// Where to write the component; serve it with `wasm-host MODEL.wasm`.
+    #[arg(short = 'o', long, value_name = "OUT.wasm")]
+    pub output: PathBuf,
+
+    /// The model's name in URLs (e.g. digits) [default: the file name without .onnx]
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// The model's version (e.g. 2) [default: 1]
+    #[arg(long = "version", value_name = "VERSION")]
+    pub model_version: Option<String>,
+
+    /// The memory cap the model will be served with (e.g. 512MiB); loading must fit in it.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub memory_limit: u64,
+
+    /// Where compiled code is cached (e.g. /var/cache/wasm-host) [default: $XDG_CACHE_HOME/wasm-host or ~/.cache/wasm-host]
+    #[arg(long, env = "WASM_HOST_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -165,7 +196,7 @@ pub enum ModelControl {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), each served under its own name.
+    /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), or ONNX files (packed on the fly), each served under its own name.
     #[arg(
         value_name = "MODEL.wasm",
         env = "WASM_HOST_MODEL",

@@ -117,7 +117,7 @@ async fn from_repository(
     };
     let found = repository::find(dir, name).map_err(ApiError::not_found)?;
     let mut request = found
-        .load_request()
+        .load_request(&app.registry)
         .await
         .map_err(|why| ApiError::bad_request(format!("cannot load {name}: {why}")))?;
     request.settings = config.over(&found.settings);

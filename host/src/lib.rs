@@ -7,7 +7,8 @@
 //! [`protocol`]. [`model`] loads and compiles a component once (through the
 //! [`cache`]), [`engine`] configures wasmtime, [`sandbox`] decides what a
 //! guest can reach, and [`contract`] is the host side of `wit/model.wit`.
-//! [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
+//! [`pack`] turns an ONNX model into a
+//! pre-initialised model component. [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
 //! flags, environment and a TOML file into settings.
 
 pub mod app;
@@ -24,6 +25,7 @@ pub mod escape;
 pub mod instance;
 pub mod metrics;
 pub mod model;
+pub mod pack;
 pub mod pool;
 pub mod protocol;
 pub mod registry;

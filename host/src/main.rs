@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             Command::Compile(args) => commands::compile::run(args).await,
             Command::Inspect(args) => commands::inspect::run(args).await,
             Command::Plan(args) => commands::plan::run(args).await,
+            Command::Pack(args) => commands::pack::run(args).await,
         }
     });
     // Stop waiting for blocking work that is stuck (a model file read on a

@@ -244,7 +244,11 @@ impl Model {
         cache: &CompileCache,
     ) -> Result<Model> {
         let shown = path.display().to_string();
-        let bytes = read(path).await?;
+        let bytes = if crate::pack::is_onnx(path) {
+            crate::pack::packed_for_serving(engine, path, memory_limit, cache).await?
+        } else {
+            read(path).await?
+        };
         let file_size = bytes.len();
         let (component, compiled) = compile(engine, bytes, cache, &shown).await?;
         let (pre, metadata) = prepare(engine, linker, &component, memory_limit, &shown).await?;

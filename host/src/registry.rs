@@ -188,6 +188,18 @@ impl Registry {
         &self.metrics
     }
 
+    /// A model file's component: read as it is, or, for an `.onnx` file,
+    /// packed on the fly (and cached by content hash).
+    pub async fn read_model(&self, path: &Path) -> Result<Vec<u8>, String> {
+        let read = if crate::pack::is_onnx(path) {
+            let limit = self.defaults.pool.memory_limit;
+            crate::pack::packed_for_serving(&self.engine, path, limit, &self.cache).await
+        } else {
+            model::read(path).await
+        };
+        read.map_err(|err| format!("{err:#}"))
+    }
+
     /// The host's flags, as settings.
     pub fn defaults(&self) -> &Settings {
         &self.defaults
@@ -543,7 +555,7 @@ impl Registry {
             let Source::File { path, digest } = &served.source else {
                 continue;
             };
-            let bytes = match model::read(path).await {
+            let bytes = match self.read_model(path).await {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(

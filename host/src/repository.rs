@@ -11,20 +11,20 @@
 //!
 //! A folder's name is the model's name in every URL. `model.cwasm` (from
 //! `wasm-host compile`) is accepted beside or instead of `model.wasm`; it is
-//! loaded only where the operator allows precompiled artifacts.
+//! loaded only where the operator allows precompiled artifacts. A
+//! `model.onnx` is packed into a component on the fly (`wasm-host pack`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::model;
 use crate::registry::{LoadRequest, Registry};
 use crate::settings::ModelSettings;
 
 /// The file names a model folder may hold its component under, in order of
 /// preference.
-const MODEL_FILES: [&str; 2] = ["model.wasm", "model.cwasm"];
+const MODEL_FILES: [&str; 3] = ["model.wasm", "model.cwasm", "model.onnx"];
 
 /// One model found in the repository.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,10 +42,8 @@ pub struct Found {
 
 impl Found {
     /// Reads the component and makes the load request for it.
-    pub async fn load_request(&self) -> Result<LoadRequest, String> {
-        let bytes = model::read(&self.path)
-            .await
-            .map_err(|err| format!("{err:#}"))?;
+    pub async fn load_request(&self, registry: &Registry) -> Result<LoadRequest, String> {
+        let bytes = registry.read_model(&self.path).await?;
         Ok(LoadRequest {
             name: Some(self.name.clone()),
             version: self.version.clone(),
@@ -157,7 +155,7 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
     }
     let mut loaded = Vec::new();
     for model in found {
-        let result = match model.load_request().await {
+        let result = match model.load_request(&registry).await {
             Ok(request) => registry.load(request).await.map(drop),
             Err(why) => {
                 registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
@@ -201,7 +199,7 @@ pub fn spawn_poll(registry: Arc<Registry>, dir: PathBuf, interval: Duration, loa
                     "repository poll: model {} is {what}; loading it",
                     model.name
                 );
-                let result = match model.load_request().await {
+                let result = match model.load_request(&registry).await {
                     Ok(request) => registry.load(request).await.map(drop),
                     Err(why) => Err(why),
                 };

@@ -20,6 +20,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         .await
         .map_err(super::model_failure)?;
     let size = bytes.len();
+    let onnx = crate::pack::provenance(&bytes);
     let cache = CompileCache::from_args(&args.code);
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await
@@ -28,6 +29,9 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(out, "file:     {shown} ({} KiB, {compiled})", size / 1024);
+    if let Some(onnx) = onnx {
+        write_onnx(&mut out, &onnx);
+    }
     let ty = component.component_type();
     let kind = |item: &ComponentItem| match item {
         ComponentItem::ComponentInstance(_) => "instance",
@@ -69,4 +73,42 @@ fn write_specs(out: &mut String, title: &str, specs: &[TensorSpec]) {
             spec.name, spec.datatype, spec.shape
         );
     }
+}
+
+/// What `wasm-host pack` recorded about the ONNX file a component came from.
+fn write_onnx(out: &mut String, p: &serde_json::Value) {
+    let text = |key: &str| p[key].as_str().unwrap_or("?").to_string();
+    let opsets: Vec<String> = p["opset"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| format!("{} {}", o["domain"].as_str().unwrap_or("?"), o["version"]))
+        .collect();
+    let operators: Vec<&str> = p["operators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "packed:   from ONNX {} ({} bytes, sha256 {}) by {}",
+        text("source"),
+        p["source_bytes"],
+        text("source_sha256"),
+        text("packed_by")
+    );
+    let _ = writeln!(
+        out,
+        "producer: {} {}",
+        text("producer"),
+        text("producer_version")
+    );
+    let _ = writeln!(out, "opset:    {}", opsets.join(", "));
+    let _ = writeln!(
+        out,
+        "operators: {} ({} nodes)",
+        operators.join(", "),
+        p["nodes"]
+    );
 }

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod inspect;
+pub mod pack;
 pub mod plan;
 pub mod serve;
 

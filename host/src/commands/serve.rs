@@ -72,9 +72,10 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let registry = Registry::new(engine, linker, cache, defaults, budget);
 
     for path in &cli.models {
-        let bytes = model::read(path)
+        let bytes = registry
+            .read_model(path)
             .await
-            .map_err(|err| Failure::new(Failure::MODEL, format!("{err:#}")))?;
+            .map_err(|why| Failure::new(Failure::MODEL, why))?;
         let request = LoadRequest {
             name: None,
             version: None,

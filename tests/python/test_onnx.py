@@ -1,0 +1,165 @@
+"""ONNX models served by wasm-host, checked against their own references.
+
+- scikit-learn's export of the digits MLP (`guest-model/weights/digits_mlp.onnx`), packed with
+  `wasm-host pack`, through the official Triton client in both encodings: all 200 reference rows
+  match scikit-learn within 1e-5, labels exactly.
+- A convolutional network made by `examples/onnx/make_models.py` (conv, pools, gemm, softmax,
+  symbolic batch), served straight from its `.onnx` file (packed on the fly): outputs match
+  onnxruntime's on the same inputs within 1e-4.
+- A model whose 16 MiB of weights do not fit `--memory-limit 32MiB` is refused at pack time.
+
+Each test's host uses one compile cache for the session, so the ONNX runner compiles once.
+"""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+
+from conftest import HOST, LISTENING, ANSI, ROOT, STARTUP_TIMEOUT
+
+DIGITS_ONNX = ROOT / "guest-model" / "weights" / "digits_mlp.onnx"
+MAKE_MODELS = ROOT / "examples" / "onnx" / "make_models.py"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="module")
+def env(workdir):
+    return dict(os.environ, NO_COLOR="1", WASM_HOST_CACHE_DIR=str(workdir / "cache"))
+
+
+@pytest.fixture(scope="module")
+def models(workdir):
+    """The generated models, by name: {"cnn": Path, "big": Path, ...}."""
+    spec = importlib.util.spec_from_file_location("make_models", MAKE_MODELS)
+    make_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_models)
+    out = workdir / "models"
+    make_models.main(["make_models.py", str(out), "cnn", "big"])
+    return {p.stem: p for p in out.glob("*.onnx")}
+
+
+class Served:
+    """A `wasm-host` serving one model on an ephemeral loopback port, stopped by PID."""
+
+    def __init__(self, model, env):
+        self.log = []
+        self.proc = subprocess.Popen(
+            [str(HOST), "--instances", "2", "--bind", "127.0.0.1:0", str(model)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env,
+        )
+        ready, found = threading.Event(), []
+
+        def drain():
+            for raw in self.proc.stderr:
+                line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
+                self.log.append(line)
+                m = LISTENING.search(line)
+                if m and not ready.is_set():
+                    found.append(m.group(1))
+                    ready.set()
+            ready.set()
+
+        self.reader = threading.Thread(target=drain, daemon=True)
+        self.reader.start()
+        # Packing on the fly compiles the runner the first time: allow for it.
+        if not ready.wait(STARTUP_TIMEOUT * 6) or not found:
+            self.stop()
+            pytest.fail(f"wasm-host did not start on {model}; its log:\n" + "\n".join(self.log))
+        self.addr = found[0]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.reader.join(timeout=5)
+
+
+def pack(model, out, env, *extra):
+    return subprocess.run(
+        [str(HOST), "pack", str(model), "-o", str(out), *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def packed_digits(workdir, env):
+    out = workdir / "digits.wasm"
+    done = pack(DIGITS_ONNX, out, env, "--name", "digits-onnx", "--version", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    served = Served(out, env)
+    yield served
+    served.stop()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_packed_scikit_learn_export_matches_scikit_learn_through_tritonclient(
+    packed_digits, reference, binary
+):
+    client = httpclient.InferenceServerClient(url=packed_digits.addr)
+    meta = client.get_model_metadata("digits-onnx")
+    assert meta["versions"] == ["3"]
+    assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+        ("input", "FP32", [-1, 64])
+    ]
+    x = httpclient.InferInput("input", list(reference["inputs"].shape), "FP32")
+    x.set_data_from_numpy(reference["inputs"], binary_data=binary)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+    result = client.infer("digits-onnx", [x], outputs=outputs)
+    np.testing.assert_array_equal(result.as_numpy("label"), reference["labels"])
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"), reference["probabilities"], rtol=0, atol=1e-5
+    )
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def served_cnn(models, env):
+    served = Served(models["cnn"], env)  # the .onnx itself: packed on the fly
+    yield served
+    served.stop()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_convolutional_network_matches_onnxruntime(served_cnn, models, batch):
+    images = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+    session = ort.InferenceSession(str(models["cnn"]), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"image": images})
+
+    client = httpclient.InferenceServerClient(url=served_cnn.addr)
+    meta = client.get_model_metadata("cnn")
+    assert [(i["name"], i["shape"]) for i in meta["inputs"]] == [("image", [-1, 1, 28, 28])]
+    assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [("probabilities", [-1, 10])]
+    x = httpclient.InferInput("image", list(images.shape), "FP32")
+    x.set_data_from_numpy(images, binary_data=True)
+    got = client.infer("cnn", [x]).as_numpy("probabilities")
+    client.close()
+    assert got.shape == expected.shape == (batch, 10)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    # Not a constant answer: the network tells these inputs apart.
+    assert batch == 1 or np.ptp(expected, axis=0).max() > 1e-3
+
+
+def test_weights_larger_than_the_memory_limit_are_refused_at_pack_time(models, workdir, env):
+    out = workdir / "big.wasm"
+    done = pack(models["big"], out, env, "--memory-limit", "32MiB")
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "needs more than the memory limit of 32 MiB" in lines[0], lines[0]
+    assert not out.exists()
