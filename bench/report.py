@@ -406,6 +406,15 @@ def command():
     return "make bench    # = bench/run.sh with the defaults:\n              # " + " ".join(knobs)
 
 
+def many_models_section():
+    """The many-models part (bench/many_models.py writes its own Markdown section)."""
+    path = os.path.join(OUT, "many_models.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [f.read().rstrip(), ""]
+
+
 def onnx_section():
     """The ONNX part (bench/onnx_bench.py): packed models' memory, first request, predict vs onnxruntime."""
     if not ONNX:
@@ -602,6 +611,7 @@ def write_doc(target_rows):
         "`--cache-dir` after one run has filled it; *no cache* compiles with Cranelift every time (`--no-cache`).",
         "",
         *onnx_section(),
+        *many_models_section(),
         "## Micro-benchmarks",
         "",
         "`cargo bench -p wasm-host --bench micro` (`host/benches/micro.rs`): timing loops over the library API "

@@ -26,7 +26,7 @@
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
-#   BENCH_ONLY="throughput density startup micro onnx"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -50,7 +50,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
@@ -477,6 +477,14 @@ micro() {
 
 # --- 5. ONNX models ------------------------------------------------------------------
 
+models() {
+    say "many models in one host: 100 copies of digits and of echo, memory per model, load times"
+    wait_quiet
+    python3 bench/many_models.py --host "$HOST" --digits "$WASM/guest_model.wasm" \
+        --echo "$WASM/echo_model.wasm" --workdir "$OUT/many-models" \
+        --out-md "$OUT/many_models.md" --out-json "$OUT/many_models.json"
+}
+
 onnx() {
     say "ONNX models: pack digits, a CNN and a 16 MiB Gemm; memory, first request, predict vs onnxruntime"
     local venv=$OUT/onnx-venv
@@ -537,7 +545,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx; do
+    for part in throughput density startup micro onnx models; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"

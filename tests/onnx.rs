@@ -285,3 +285,17 @@ fn a_model_too_big_for_the_memory_limit_is_refused() {
         ],
     );
 }
+
+#[test]
+fn a_repository_folder_holding_model_onnx_is_served_under_the_folders_name() {
+    packed_digits();
+    let dir = scratch_file("onnx-repository");
+    std::fs::create_dir_all(dir.join("sklearn-digits")).unwrap();
+    std::fs::copy(digits_onnx(), dir.join("sklearn-digits/model.onnx")).unwrap();
+    let repository = dir.display().to_string();
+    let host = Host::start_without_model(
+        &["--model-repository", &repository, "--instances", "2"],
+        &[],
+    );
+    assert_matches_scikit_learn(&host, "sklearn-digits");
+}

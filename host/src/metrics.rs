@@ -304,6 +304,11 @@ impl std::ops::Deref for ModelMetrics {
 }
 
 impl ModelHandles {
+    /// The name the model is served under.
+    pub fn model_name(&self) -> &str {
+        &self.labels.model
+    }
+
     pub fn request_done(&self, outcome: &'static str, took: Duration) {
         let Some((_, count, duration)) = self.by_outcome.iter().find(|(o, ..)| *o == outcome)
         else {

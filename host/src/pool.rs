@@ -212,7 +212,7 @@ impl Pool {
         let id = instance.id;
         tracing::info!(
             instance = id,
-            model = %self.model.metadata.name,
+            model = self.metrics.model_name(),
             "booted instance {id} in {:?}",
             started.elapsed()
         );

@@ -155,7 +155,7 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
     }
     let mut loaded = Vec::new();
     for model in found {
-        let result = match model.load_request(&registry).await {
+        let result = match model.load_request(registry).await {
             Ok(request) => registry.load(request).await.map(drop),
             Err(why) => {
                 registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
