@@ -13,18 +13,107 @@
 //! backoff), recycling after `--max-requests`, growing and shrinking. Loading
 //! a new version is not the pool's business: the registry builds a new
 //! served model with a pool of its own and lets this one drain.
+//!
+//! What the pool needs of an instance is the small [`Worker`] trait, and of
+//! a model the [`Boot`] trait, so that its rules (fair queueing, timeouts,
+//! replacement, resizing) are unit-tested with fake instances under tokio's
+//! paused clock; [`ModelBoot`] and [`Instance`] are the real ones.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use wasmtime::Engine;
 
 use crate::contract::Tensor;
 use crate::instance::{Fault, Instance, InstanceId};
 use crate::metrics::ModelMetrics;
 use crate::model::Model;
+
+/// What the pool needs of one instance.
+pub trait Worker: Send + 'static {
+    fn id(&self) -> InstanceId;
+    /// Linear memory it holds, for the metrics.
+    fn memory_in_use(&self) -> usize;
+    /// Whether `--max-requests` says it has served enough.
+    fn recycle_due(&self) -> bool;
+    /// Requests it served.
+    fn served(&self) -> u64;
+    fn predict(
+        &mut self,
+        inputs: &[Tensor],
+        parameters: &[(String, String)],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<Tensor>, Fault>> + Send;
+}
+
+/// How the pool makes instances of its model.
+pub trait Boot: Send + Sync + 'static {
+    type Worker: Worker;
+    fn boot(
+        &self,
+        id: InstanceId,
+        recycle_after: Option<u64>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Worker>> + Send;
+}
+
+/// Instances of a compiled model, in stores of the host's engine.
+pub struct ModelBoot {
+    pub engine: Engine,
+    pub model: Arc<Model>,
+    pub memory_limit: usize,
+}
+
+impl Boot for ModelBoot {
+    type Worker = Instance;
+
+    fn boot(
+        &self,
+        id: InstanceId,
+        recycle_after: Option<u64>,
+    ) -> impl Future<Output = wasmtime::Result<Instance>> + Send {
+        Instance::new(
+            &self.engine,
+            Arc::clone(&self.model),
+            id,
+            self.memory_limit,
+            recycle_after,
+        )
+    }
+}
+
+impl Worker for Instance {
+    fn id(&self) -> InstanceId {
+        self.id
+    }
+
+    fn memory_in_use(&self) -> usize {
+        Instance::memory_in_use(self)
+    }
+
+    fn recycle_due(&self) -> bool {
+        Instance::recycle_due(self)
+    }
+
+    fn served(&self) -> u64 {
+        self.served
+    }
+
+    fn predict(
+        &mut self,
+        inputs: &[Tensor],
+        parameters: &[(String, String)],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<Tensor>, Fault>> + Send {
+        Instance::predict(self, inputs, parameters, timeout)
+    }
+}
+
+/// The pool of a served model.
+pub type ModelPool = Pool<ModelBoot>;
 
 /// The limits a pool enforces.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,9 +163,8 @@ impl std::fmt::Display for Overloaded {
     }
 }
 
-pub struct Pool {
-    engine: Engine,
-    model: Arc<Model>,
+pub struct Pool<B: Boot> {
+    boot: B,
     metrics: ModelMetrics,
     config: PoolConfig,
     /// Host-wide instance ids: never reused, so logs, metrics and
@@ -84,7 +172,7 @@ pub struct Pool {
     ids: Arc<AtomicU64>,
     /// How many instances the pool should have (TTIN/TTOU and resizes move it).
     target: AtomicUsize,
-    idle: Mutex<Vec<Instance>>,
+    idle: Mutex<Vec<B::Worker>>,
     /// One permit per idle instance; tokio's semaphore is FIFO-fair.
     free: Semaphore,
     queued: AtomicUsize,
@@ -114,19 +202,17 @@ pub struct Status {
     pub calls: u64,
 }
 
-impl Pool {
+impl<B: Boot> Pool<B> {
     /// Boots `config.instances` instances, logging each as gunicorn logs its
     /// workers.
     pub async fn start(
-        engine: Engine,
-        model: Arc<Model>,
+        boot: B,
         config: PoolConfig,
         metrics: ModelMetrics,
         ids: Arc<AtomicU64>,
-    ) -> wasmtime::Result<Arc<Pool>> {
+    ) -> wasmtime::Result<Arc<Pool<B>>> {
         let pool = Arc::new(Pool {
-            engine,
-            model,
+            boot,
             metrics,
             ids,
             target: AtomicUsize::new(config.instances),
@@ -145,10 +231,6 @@ impl Pool {
             pool.add_instance().await?;
         }
         Ok(pool)
-    }
-
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -183,20 +265,13 @@ impl Pool {
         self.busy.load(Ordering::SeqCst) + self.queued.load(Ordering::SeqCst)
     }
 
-    async fn new_instance(&self) -> wasmtime::Result<Instance> {
+    async fn new_instance(&self) -> wasmtime::Result<B::Worker> {
         let id = self.ids.fetch_add(1, Ordering::SeqCst);
         let recycle_after = self
             .config
             .max_requests
             .map(|n| n + jitter(id, self.config.max_requests_jitter));
-        Instance::new(
-            &self.engine,
-            Arc::clone(&self.model),
-            id,
-            self.config.memory_limit,
-            recycle_after,
-        )
-        .await
+        self.boot.boot(id, recycle_after).await
     }
 
     /// Boots one more instance and makes it available.
@@ -209,7 +284,7 @@ impl Pool {
                 return Err(err);
             }
         };
-        let id = instance.id;
+        let id = instance.id();
         tracing::info!(
             instance = id,
             model = self.metrics.model_name(),
@@ -224,7 +299,7 @@ impl Pool {
 
     /// Waits for a free instance: at once if one is idle, else in FIFO order
     /// behind the other waiting requests, within the queue's bounds.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Overloaded> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease<B>, Overloaded> {
         let arrived = Instant::now();
         let permit = match self.free.try_acquire() {
             Ok(permit) => permit,
@@ -253,40 +328,37 @@ impl Pool {
         })
     }
 
-    fn give_back(&self, instance: Instance) {
+    fn give_back(&self, instance: B::Worker) {
         self.idle.lock().unwrap().push(instance);
         self.free.add_permits(1);
     }
 
     /// Drops an instance for good.
-    fn retire(&self, instance: Instance, why: &str) {
+    fn retire(&self, instance: B::Worker, why: &str) {
         self.total.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.instance_gone(instance.id);
-        tracing::info!(
-            instance = instance.id,
-            "retired instance {}: {why}",
-            instance.id
-        );
+        let id = instance.id();
+        self.metrics.instance_gone(id);
+        tracing::info!(instance = id, "retired instance {id}: {why}");
     }
 
     /// Throws an instance away and boots a new one in its place, off the
     /// request's path. A failed boot is retried with backoff for as long as
     /// the pool is in use; meanwhile the pool is one short, and says so.
-    fn replace(self: &Arc<Self>, old: Instance, kind: &'static str, cause: String) {
+    fn replace(self: &Arc<Self>, old: B::Worker, kind: &'static str, cause: String) {
         self.metrics.replaced(kind);
-        self.metrics.instance_gone(old.id);
+        self.metrics.instance_gone(old.id());
         // Weak: a pool that was unloaded must not be kept alive (with its
         // memory) by a replacement that keeps failing.
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let old_id = old.id;
+            let old_id = old.id();
             // Drop first: the pooling allocator's slot is then free for the
             // replacement.
             drop(old);
             let started = Instant::now();
             let mut missing = false;
             let boot = || {
-                let weak: Weak<Pool> = weak.clone();
+                let weak: Weak<Pool<B>> = weak.clone();
                 async move {
                     match weak.upgrade() {
                         Some(pool) => pool.new_instance().await.map(|i| Some((pool, i))),
@@ -321,20 +393,20 @@ impl Pool {
                 pool.total.fetch_add(1, Ordering::SeqCst);
             }
             pool.replaced.fetch_add(1, Ordering::SeqCst);
+            let new_id = new.id();
             tracing::warn!(
                 old = old_id,
-                new = new.id,
-                "replaced instance {old_id} with {} in {:?}: {cause}",
-                new.id,
+                new = new_id,
+                "replaced instance {old_id} with {new_id} in {:?}: {cause}",
                 started.elapsed()
             );
-            pool.metrics.instance_memory(new.id, new.memory_in_use());
+            pool.metrics.instance_memory(new_id, new.memory_in_use());
             pool.give_back(new);
         });
     }
 
     /// Where a returning instance goes: back to the pool, replaced, or retired.
-    fn take_back(self: &Arc<Self>, instance: Instance, fault: Option<(&'static str, String)>) {
+    fn take_back(self: &Arc<Self>, instance: B::Worker, fault: Option<(&'static str, String)>) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
         if let Some((kind, cause)) = fault {
             self.replace(instance, kind, cause);
@@ -343,12 +415,12 @@ impl Pool {
         } else if instance.recycle_due() {
             let cause = format!(
                 "recycled after {} requests (--max-requests)",
-                instance.served
+                instance.served()
             );
             self.replace(instance, "recycled", cause);
         } else {
             self.metrics
-                .instance_memory(instance.id, instance.memory_in_use());
+                .instance_memory(instance.id(), instance.memory_in_use());
             self.give_back(instance);
         }
     }
@@ -418,10 +490,10 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl<B: Boot> Drop for Pool<B> {
     fn drop(&mut self) {
         for instance in self.idle.get_mut().unwrap().drain(..) {
-            self.metrics.instance_gone(instance.id);
+            self.metrics.instance_gone(instance.id());
         }
     }
 }
@@ -475,7 +547,7 @@ fn jitter(id: u64, max: u64) -> u64 {
 struct QueueSlot<'a>(&'a AtomicUsize);
 
 impl<'a> QueueSlot<'a> {
-    fn take(pool: &'a Pool) -> Result<Self, Overloaded> {
+    fn take<B: Boot>(pool: &'a Pool<B>) -> Result<Self, Overloaded> {
         let before = pool.queued.fetch_add(1, Ordering::SeqCst);
         let slot = QueueSlot(&pool.queued);
         if before >= pool.config.max_queue {
@@ -495,29 +567,21 @@ impl Drop for QueueSlot<'_> {
 }
 
 /// The right to use one instance for one request.
-pub struct Lease {
-    pool: Arc<Pool>,
-    instance: Option<Instance>,
+pub struct Lease<B: Boot> {
+    pool: Arc<Pool<B>>,
+    instance: Option<B::Worker>,
     /// Set while a call is in flight and kept if it poisoned the instance, so
     /// that a lease dropped mid-call replaces its instance instead of
     /// returning a store in an unknown state.
     replace_because: Option<(&'static str, String)>,
 }
 
-impl Lease {
+impl<B: Boot> Lease<B> {
     pub fn instance_id(&self) -> InstanceId {
-        self.instance().id
-    }
-
-    /// The model this instance runs.
-    pub fn model(&self) -> &Arc<Model> {
-        &self.instance().model
-    }
-
-    fn instance(&self) -> &Instance {
         self.instance
             .as_ref()
             .expect("a live lease holds an instance")
+            .id()
     }
 
     pub async fn predict(
@@ -543,7 +607,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl<B: Boot> Drop for Lease<B> {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take() {
             self.pool.take_back(instance, self.replace_because.take());
@@ -603,5 +667,268 @@ mod tests {
         let distinct: std::collections::HashSet<_> = values.iter().collect();
         assert!(distinct.len() >= 8, "{values:?}");
         assert_eq!(jitter(7, 0), 0);
+    }
+
+    /// The pool's rules with fake instances: no wasmtime, and tokio's clock
+    /// paused, so waits and timeouts are exact and instant.
+    mod fake {
+        use std::future::Future;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        use super::super::*;
+        use crate::metrics::Metrics;
+
+        /// A fake instance: its input's first byte says what to do.
+        pub struct Fake {
+            id: InstanceId,
+            served: u64,
+        }
+
+        /// 0: answer after 100 ms; 1: trap at once; 2: run for 10 s.
+        pub fn input(action: u8) -> Vec<Tensor> {
+            vec![Tensor {
+                name: "x".into(),
+                datatype: crate::contract::Datatype::Uint8,
+                shape: vec![1],
+                data: vec![action],
+            }]
+        }
+
+        impl Worker for Fake {
+            fn id(&self) -> InstanceId {
+                self.id
+            }
+            fn memory_in_use(&self) -> usize {
+                0
+            }
+            fn recycle_due(&self) -> bool {
+                false
+            }
+            fn served(&self) -> u64 {
+                self.served
+            }
+            fn predict(
+                &mut self,
+                inputs: &[Tensor],
+                _: &[(String, String)],
+                timeout: Duration,
+            ) -> impl Future<Output = Result<Vec<Tensor>, Fault>> + Send {
+                self.served += 1;
+                let action = inputs[0].data[0];
+                async move {
+                    match action {
+                        1 => Err(Fault::Trap("asked to trap".into())),
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            Err(Fault::Timeout(timeout))
+                        }
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Ok(Vec::new())
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Boots fakes; fails the boots numbered in `fail` (0 is the first).
+        pub struct FakeBoot {
+            pub boots: Arc<AtomicUsize>,
+            pub fail: Vec<usize>,
+        }
+
+        impl Boot for FakeBoot {
+            type Worker = Fake;
+            fn boot(
+                &self,
+                id: InstanceId,
+                _: Option<u64>,
+            ) -> impl Future<Output = wasmtime::Result<Fake>> + Send {
+                let n = self.boots.fetch_add(1, Ordering::SeqCst);
+                let fails = self.fail.contains(&n);
+                async move {
+                    if fails {
+                        Err(wasmtime::Error::msg("no slot"))
+                    } else {
+                        Ok(Fake { id, served: 0 })
+                    }
+                }
+            }
+        }
+
+        pub async fn pool(
+            instances: usize,
+            max_queue: usize,
+            fail: Vec<usize>,
+        ) -> Arc<Pool<FakeBoot>> {
+            let config = PoolConfig {
+                instances,
+                max_instances: instances * 2,
+                memory_limit: 1 << 20,
+                queue_timeout: Duration::from_secs(1),
+                max_queue,
+                max_requests: None,
+                max_requests_jitter: 0,
+            };
+            let metrics = Arc::new(Metrics::new()).for_model("fake", "1");
+            let boot = FakeBoot {
+                boots: Arc::new(AtomicUsize::new(0)),
+                fail,
+            };
+            Pool::start(boot, config, metrics, Arc::new(AtomicU64::new(1)))
+                .await
+                .unwrap()
+        }
+    }
+
+    use std::sync::{Arc, Mutex};
+
+    use fake::{input, pool};
+    use tokio::time::Instant;
+
+    use super::Overloaded;
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_are_served_in_arrival_order_and_time_out_with_503() {
+        let pool = pool(1, 8, vec![]).await;
+        let mut first = pool.acquire().await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..3)
+            .map(|n| {
+                let (pool, order) = (Arc::clone(&pool), Arc::clone(&order));
+                tokio::spawn(async move {
+                    // Arrive 10 ms apart.
+                    tokio::time::sleep(Duration::from_millis(10 * n)).await;
+                    let mut lease = pool.acquire().await?;
+                    order.lock().unwrap().push(n);
+                    lease
+                        .predict(&input(0), &[], Duration::from_secs(1))
+                        .await
+                        .unwrap();
+                    Ok::<_, Overloaded>(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.status().queued, 3);
+        first
+            .predict(&input(0), &[], Duration::from_secs(1))
+            .await
+            .unwrap();
+        drop(first);
+        // 3 × 100 ms of work behind one instance: the third waited 350 ms
+        // of its 1 s queue timeout, and all were served in order.
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        // A request that waits longer than the queue timeout gets Waited.
+        let _held = pool.acquire().await.unwrap();
+        let started = Instant::now();
+        let late = pool.acquire().await.err().unwrap();
+        assert_eq!(late, Overloaded::Waited(Duration::from_secs(1)));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_at_once() {
+        let pool = pool(1, 1, vec![]).await;
+        let _held = pool.acquire().await.unwrap();
+        let waiting = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.acquire().await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        let refused = pool.acquire().await.err().unwrap();
+        assert_eq!(
+            refused,
+            Overloaded::QueueFull {
+                instances: 1,
+                max_queue: 1
+            }
+        );
+        drop(_held);
+        waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trapped_or_abandoned_instance_is_replaced_with_a_new_id() {
+        let pool = pool(1, 8, vec![]).await;
+        let mut lease = pool.acquire().await.unwrap();
+        let first = lease.instance_id();
+        assert!(
+            lease
+                .predict(&input(1), &[], Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        drop(lease);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut lease = pool.acquire().await.unwrap();
+        let second = lease.instance_id();
+        assert_ne!(second, first);
+        // A call whose future is dropped half-way (a client that left).
+        let long = input(2);
+        {
+            let call = lease.predict(&long, &[], Duration::from_secs(60));
+            let _ = tokio::time::timeout(Duration::from_millis(5), call).await;
+        }
+        drop(lease);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let lease = pool.acquire().await.unwrap();
+        assert_ne!(lease.instance_id(), second);
+        let status = pool.status();
+        assert_eq!((status.total, status.replaced), (1, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replacement_that_fails_to_boot_is_retried_and_the_shortfall_shows() {
+        // Boots 0 and 1 start the pool; 2 and 3 (the first replacement's
+        // first two tries) fail.
+        let pool = pool(2, 8, vec![2, 3]).await;
+        let mut lease = pool.acquire().await.unwrap();
+        assert!(
+            lease
+                .predict(&input(1), &[], Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        drop(lease);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status = pool.status();
+        assert_eq!(
+            (status.total, status.missing),
+            (1, 1),
+            "one short while retrying"
+        );
+        assert!(!pool.ready(), "a pool short of its target is not ready");
+        // The retries wait 10 ms, then 20 ms.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let status = pool.status();
+        assert_eq!((status.total, status.missing), (2, 0), "{status:?}");
+        assert!(pool.ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resize_grows_at_once_and_shrinks_as_instances_come_back() {
+        let pool = pool(2, 8, vec![]).await;
+        assert_eq!(pool.resize(4).await.unwrap(), 4);
+        assert_eq!(pool.status().total, 4);
+        let (busy, also_busy) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        assert_eq!(pool.resize(1).await.unwrap(), 1);
+        // Idle ones leave at once; busy ones as they come back, until the
+        // target is met.
+        assert_eq!(pool.status().total, 2);
+        drop(busy);
+        assert_eq!(pool.status().total, 1);
+        drop(also_busy);
+        assert_eq!((pool.status().total, pool.status().idle), (1, 1));
+        assert_eq!(
+            pool.resize(100).await.unwrap(),
+            4,
+            "never past the pool's maximum"
+        );
     }
 }

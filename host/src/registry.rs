@@ -27,7 +27,7 @@ use wasmtime::component::Linker;
 use crate::cache::CompileCache;
 use crate::metrics::Metrics;
 use crate::model::{self, Model};
-use crate::pool::Pool;
+use crate::pool::{ModelBoot, Pool};
 use crate::sandbox::GuestState;
 use crate::served::{ServedModel, Source};
 use crate::settings::{ModelSettings, Settings};
@@ -359,9 +359,13 @@ impl Registry {
             compiled,
         });
         let metrics = self.metrics.for_model(&name, &version);
+        let boot = ModelBoot {
+            engine: self.engine.clone(),
+            model: Arc::clone(&model),
+            memory_limit: settings.pool.memory_limit,
+        };
         let pool = Pool::start(
-            self.engine.clone(),
-            Arc::clone(&model),
+            boot,
             settings.pool.clone(),
             metrics.clone(),
             Arc::clone(&self.ids),

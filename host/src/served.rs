@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::metrics::ModelMetrics;
 use crate::model::Model;
-use crate::pool::Pool;
+use crate::pool::ModelPool;
 use crate::settings::{ModelSettings, Settings};
 
 pub struct ServedModel {
@@ -23,7 +23,7 @@ pub struct ServedModel {
     /// reload of the same source keeps them.
     pub given: ModelSettings,
     pub model: Arc<Model>,
-    pub pool: Arc<Pool>,
+    pub pool: Arc<ModelPool>,
     pub metrics: ModelMetrics,
     pub source: Source,
     pub loaded_at: Instant,
