@@ -797,3 +797,40 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
         mib(after)
     );
 }
+
+#[test]
+fn two_model_files_serve_side_by_side_under_their_own_names() {
+    let (digits, echo) = (guest("guest_model"), guest("echo_model"));
+    let host = Host::start_without_model(
+        &[
+            digits.to_str().unwrap(),
+            echo.to_str().unwrap(),
+            "--instances",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(
+        host.post_json("/v2/models/digits/infer", &digits_body())
+            .status,
+        200
+    );
+    assert_eq!(
+        host.post_json("/v2/models/echo/infer", &echo_body(1.0))
+            .status,
+        200
+    );
+    // /predict needs one model to be unambiguous.
+    let predict = host.post_json("/predict", &json!({ "inputs": [[0.5]] }));
+    assert_eq!(predict.status, 404);
+    assert!(
+        predict.error().contains("digits, echo"),
+        "{}",
+        predict.error()
+    );
+    assert!(
+        host.log()
+            .iter()
+            .any(|l| l.contains("with 2 models, 2 instances"))
+    );
+}
