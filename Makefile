@@ -15,6 +15,7 @@ serve: guests host
 ## Build everything and run every test (what CI runs): the Rust suites, then
 ## the official Triton client against the real server (tests/python).
 test: guests onnx-runner tools
+	rm -rf target/test-scratch
 	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
 	cargo build --release -p wasm-host
 	bash tests/python/run.sh

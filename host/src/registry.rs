@@ -228,9 +228,13 @@ impl Registry {
                 }),
                 _ => Ok(Arc::clone(served)),
             },
-            None if slot.reason == UNLOADED => Err(Lookup::Unloaded {
-                name: name.to_owned(),
-            }),
+            // Unloading takes no new requests either: the model is gone
+            // for clients from the moment the unload was asked for.
+            None if slot.reason == UNLOADED || slot.state == State::Unloading => {
+                Err(Lookup::Unloaded {
+                    name: name.to_owned(),
+                })
+            }
             None => Err(Lookup::Unavailable {
                 name: name.to_owned(),
                 state: slot.state,

@@ -21,11 +21,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A guest component built by `make guests` (crate name with underscores).
-pub fn guest(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn guest(name: &str) -> PathBuf {
+    let path = target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
     assert!(
@@ -41,17 +44,26 @@ pub fn reference() -> Value {
     serde_json::from_slice(&std::fs::read(&path).expect("reference outputs")).unwrap()
 }
 
+/// Where tests write files: under the target dir, not /tmp, so that what a
+/// run leaves (compiled artifacts, packed ONNX models: hundreds of MB) goes
+/// with `cargo clean`, and `make test` clears it before each run.
+fn scratch_root() -> PathBuf {
+    let root = target_dir().join("test-scratch");
+    std::fs::create_dir_all(&root).expect("create target/test-scratch");
+    root
+}
+
 /// A unique scratch file path for this test process.
 pub fn scratch_file(name: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    std::env::temp_dir().join(format!("wasm-host-test-{}-{n}-{name}", std::process::id()))
+    scratch_root().join(format!("{}-{n}-{name}", std::process::id()))
 }
 
 /// A compile cache for this test process, so tests neither read nor write
 /// the user's own cache.
 pub fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("wasm-host-test-cache-{}", std::process::id()))
+    scratch_root().join(format!("cache-{}", std::process::id()))
 }
 
 /// A running `wasm-host` process, killed (by its pid) when dropped.
