@@ -287,7 +287,7 @@ impl<B: Boot> Pool<B> {
         let id = instance.id();
         tracing::info!(
             instance = id,
-            model = self.metrics.model_name(),
+            model = %self.metrics.model_name(),
             "booted instance {id} in {:?}",
             started.elapsed()
         );
