@@ -21,10 +21,10 @@ its own request; its instance is replaced and nothing else is affected.";
 
 const AFTER_HELP: &str = "\
 Endpoints:
-  POST /predict                    {\"inputs\": [[...]]} in, outputs, prediction and instance out (one model)
+  POST /predict                    {\"inputs\": [[...]]} in, outputs and instance out (one model)
   POST /v2/models/{name}/infer     Open Inference Protocol (KServe v2 / Triton) inference
   GET  /v2/models/{name}[/ready]   model metadata and readiness (also /versions/{v}/...)
-  GET  /v2/models/{name}/config    Triton model configuration; /stats and /v2/models/stats: statistics
+  GET  /v2/models/{name}/config    Triton model configuration; .../stats: Triton statistics
   POST /v2/repository/index        models and their states; /v2/repository/models/{name}/load and
                                    /unload load, swap and unload them (--model-control explicit)
   GET  /v2, /v2/health/live, /v2/health/ready
