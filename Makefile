@@ -17,7 +17,7 @@ serve: guests host
 test: guests onnx-runner tools
 	rm -rf target/test-scratch
 	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
-	cargo build --release -p wasm-host
+	cargo build --release -p wasm-host -p native-ceiling
 	bash tests/python/run.sh
 
 ## Test tools a fresh machine lacks: promtool (Debian's prometheus package).
@@ -34,7 +34,7 @@ model: setup
 	cargo build --release --target wasm32-wasip2 -p guest-model
 
 host:
-	cargo build --release -p wasm-host
+	cargo build --release -p wasm-host -p native-ceiling
 
 ## The ONNX runner (tract for wasm32-wasip2) that `wasm-host pack` pre-initialises,
 ## copied beside the host binary, where wasm-host finds it.

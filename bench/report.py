@@ -427,9 +427,11 @@ def onnx_section():
         for d in ONNX["density"]
     ]
     first_rows = [
-        [name, us(r["warm_us"]), us(r["first_us"]), ratio(r["first_us"] / r["warm_us"])]
+        [name, us(r["first_us"]), us(r["warm_us"]), ratio(r["first_us"] / r["warm_us"]),
+         us(r["hot_us"]) if "hot_us" in r else "", ratio(r["first_us"] / r["hot_us"]) if "hot_us" in r else ""]
         for name, r in ONNX["first_request"].items()
     ]
+    gap_ms = next(iter(ONNX["first_request"].values())).get("gap_s", 0) * 1e3
     predict_rows = [
         [r["case"], us(r["wasm_us"]), us(r["onnxruntime_us"]), ratio(r["wasm_us"] / r["onnxruntime_us"])]
         for r in ONNX["predict"]
@@ -448,17 +450,23 @@ def onnx_section():
         f"of weights (1024 × 4096). Packed: {sizes}; the first pack also compiles the runner.",
         "",
         "Memory of N instances of the 16 MiB model (PSS, /proc/PID/smaps_rollup), booted and after 2 s of "
-        f"{ONNX['density'][0].get('rows', 16)}-row requests on 2N connections (the fewest rows with which every "
-        "instance of the largest N served; each row adds its own working memory to every instance):",
+        f"{ONNX['density'][0].get('rows', 16)}-row requests on {ONNX['density'][0].get('connections', '2N')} "
+        "connections for every N (the fewest rows with which every instance of the largest N served; the same "
+        "connections for every N, because each holds its body and buffers in the host's heap whether an instance "
+        "serves it or it waits in the queue):",
         "",
         table(["instances", "served by", "PSS booted", "PSS under load", "PSS vs 1"], density_rows,
               ["r", "r", "r", "r", "r"]),
         "",
         "First request to a freshly booted instance against warm ones (`--instances 1`, loopback HTTP, JSON, "
-        "client-side latency; median of 5 starts and of 200 warm requests). The plan is in the snapshot, so the "
-        "first request parses nothing; what it pays for is page faults on the weights it touches first.",
+        "client-side latency; medians of 7 starts). The plan is in the snapshot, so the first request parses "
+        f"nothing. Every first and warm request follows the same {gap_ms:.0f} ms pause, which on a shared machine "
+        "evicts the runner's ~19 MB of code from the CPU caches; *back to back* are warm requests with hot caches. "
+        "The first column against the second is what a fresh instance costs over a used one (page faults on the "
+        "snapshot, a new thread's signal stack); against the fourth it adds what cold caches cost any request.",
         "",
-        table(["model", "warm", "first after boot", "first / warm"], first_rows, ["l", "r", "r", "r"]),
+        table(["model", "first after boot", "warm, same pause", "first / warm", "warm, back to back",
+               "first / back to back"], first_rows, ["l", "r", "r", "r", "r", "r"]),
         "",
         f"Predict time in the guest (`wasm-host plan`, median of 200 calls, no HTTP) against onnxruntime "
         f"{ONNX['onnxruntime']} on the same inputs with one thread (`intra_op_num_threads=1`):",

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use wasm_host::contract::{Datatype, Metadata, Tensor, TensorSpec};
 use wasm_host::protocol::{
-    check_output, decode_infer, decode_predict, encode_infer_response, encode_predict_response,
+    check_outputs, decode_infer, decode_predict, encode_infer_response, encode_predict_response,
 };
 
 #[tokio::main]
@@ -98,13 +98,20 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
         Err(why) => return respond(StatusCode::BAD_REQUEST, error_body(&why)),
     };
     // The host checks every guest output before encoding it; so does this.
-    for output in &outputs {
-        if let Err(why) = check_output(output) {
-            return respond(StatusCode::INTERNAL_SERVER_ERROR, error_body(&why));
-        }
+    if let Err(why) = check_outputs(&outputs, metadata) {
+        return respond(StatusCode::INTERNAL_SERVER_ERROR, error_body(&why));
     }
     let mut response = if infer {
-        let encoded = encode_infer_response(metadata, &inference, &outputs);
+        let encoded = match encode_infer_response(
+            &metadata.name,
+            &metadata.version,
+            &inference,
+            &outputs,
+            usize::MAX,
+        ) {
+            Ok(encoded) => encoded,
+            Err(err) => return respond(err.status, err.body().into_bytes()),
+        };
         let mut response = respond(StatusCode::OK, encoded.body);
         if let Some(len) = encoded.json_len {
             // The client asked for binary outputs: say where the JSON ends.
@@ -117,10 +124,10 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
         }
         response
     } else {
-        respond(
-            StatusCode::OK,
-            encode_predict_response(metadata, &outputs, 0),
-        )
+        match encode_predict_response(metadata, &outputs, 0, usize::MAX) {
+            Ok(body) => respond(StatusCode::OK, body),
+            Err(err) => respond(err.status, err.body().into_bytes()),
+        }
     };
     response
         .headers_mut()
