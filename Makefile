@@ -34,7 +34,7 @@ model: setup
 	cargo build --release --target wasm32-wasip2 -p guest-model
 
 host:
-	cargo build --release -p wasm-host -p native-ceiling
+	cargo build --release -p wasm-host
 
 ## The ONNX runner (tract for wasm32-wasip2) that `wasm-host pack` pre-initialises,
 ## copied beside the host binary, where wasm-host finds it.
