@@ -241,6 +241,18 @@ pub struct ServeArgs {
     #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub instances: Option<u32>,
 
+    /// Make pools elastic, keeping at least this many instances when idle (0: scale to zero; the first request boots one in tens of µs). With --max-instances.
+    #[arg(long, env = "WASM_HOST_MIN_INSTANCES", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub min_instances: Option<u32>,
+
+    /// Make pools elastic, booting instances for queued requests up to this many (default with --min-instances: --instances).
+    #[arg(long, env = "WASM_HOST_MAX_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_instances: Option<u32>,
+
+    /// How long an elastic pool's instance may sit unused before it retires, down to --min-instances (e.g. 30s).
+    #[arg(long, env = "WASM_HOST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Address to listen on: IP:PORT, HOST:PORT (e.g. localhost:8000, resolved at start), or :PORT for every interface (serves beyond this machine).
     #[arg(
         short = 'b',

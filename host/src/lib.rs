@@ -51,6 +51,8 @@ pub struct Failure {
 impl Failure {
     /// Anything else: an internal error, a failed step.
     pub const OTHER: u8 = 1;
+    /// Flags that contradict each other (clap's own code for bad flags).
+    pub const USAGE: u8 = 2;
     /// The model file cannot be loaded or does not fit the contract.
     pub const MODEL: u8 = 3;
     /// The listen address cannot be bound.

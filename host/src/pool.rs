@@ -10,7 +10,10 @@
 //!
 //! A pool serves one compiled model and only hands out, replaces and resizes
 //! its instances: replacing faulted ones (retrying a failed boot with
-//! backoff), recycling after `--max-requests`, growing and shrinking. Loading
+//! backoff), recycling after `--max-requests`, growing and shrinking. An
+//! elastic pool (one with `min_instances`) also sizes itself: a request that finds every instance
+//! busy boots one more (up to the maximum), and instances idle for the idle
+//! timeout retire (down to the minimum, which may be 0: scale to zero). Loading
 //! a new version is not the pool's business: the registry builds a new
 //! served model with a pool of its own and lets this one drain.
 //!
@@ -19,6 +22,7 @@
 //! replacement, resizing) are unit-tested with fake instances under tokio's
 //! paused clock; [`ModelBoot`] and [`Instance`] are the real ones.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -118,9 +122,16 @@ pub type ModelPool = Pool<ModelBoot>;
 /// The limits a pool enforces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// Instances booted at start.
     pub instances: usize,
-    /// Most instances the pool may grow to (TTIN, a resize).
+    /// Most instances the pool may grow to (TTIN, a resize, or demand when
+    /// elastic).
     pub max_instances: usize,
+    /// `Some(min)`: the pool is elastic: it grows with demand up to
+    /// `max_instances` and shrinks when idle down to `min` (0: scale to zero).
+    pub min_instances: Option<usize>,
+    /// How long an elastic pool's instance may sit unused before it retires.
+    pub idle_timeout: Duration,
     pub memory_limit: usize,
     /// Longest a request may wait for a free instance before it gets a 503.
     pub queue_timeout: Duration,
@@ -172,13 +183,17 @@ pub struct Pool<B: Boot> {
     ids: Arc<AtomicU64>,
     /// How many instances the pool should have (TTIN/TTOU and resizes move it).
     target: AtomicUsize,
-    idle: Mutex<Vec<B::Worker>>,
+    /// Idle instances, the most recently used at the back (handed out first,
+    /// its caches warm), the longest idle at the front (retired first).
+    idle: Mutex<VecDeque<Idle<B::Worker>>>,
     /// One permit per idle instance; tokio's semaphore is FIFO-fair.
     free: Semaphore,
     queued: AtomicUsize,
     busy: AtomicUsize,
     /// Instances alive: idle, busy, or being replaced.
     total: AtomicUsize,
+    /// Instances an elastic pool is booting for waiting requests.
+    booting: AtomicUsize,
     replaced: AtomicU64,
     /// Instances that failed to boot as replacements and are being retried:
     /// the pool's shortfall, shown in `/health`, readiness and metrics.
@@ -189,11 +204,18 @@ pub struct Pool<B: Boot> {
     reshaping: tokio::sync::Mutex<()>,
 }
 
+/// An idle instance and when it last finished a request.
+struct Idle<W> {
+    since: Instant,
+    worker: W,
+}
+
 /// What `/health` reports.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Status {
     pub total: usize,
     pub target: usize,
+    pub booting: usize,
     pub busy: usize,
     pub idle: usize,
     pub queued: usize,
@@ -216,11 +238,12 @@ impl<B: Boot> Pool<B> {
             metrics,
             ids,
             target: AtomicUsize::new(config.instances),
-            idle: Mutex::new(Vec::with_capacity(config.max_instances)),
+            idle: Mutex::new(VecDeque::with_capacity(config.instances)),
             free: Semaphore::new(0),
             queued: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
+            booting: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
             missing: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
@@ -229,6 +252,9 @@ impl<B: Boot> Pool<B> {
         });
         for _ in 0..pool.config.instances {
             pool.add_instance().await?;
+        }
+        if pool.config.min_instances.is_some() {
+            spawn_reaper(&pool, pool.config.idle_timeout);
         }
         Ok(pool)
     }
@@ -245,6 +271,7 @@ impl<B: Boot> Pool<B> {
         Status {
             total: self.total.load(Ordering::SeqCst),
             target: self.target.load(Ordering::SeqCst),
+            booting: self.booting.load(Ordering::SeqCst),
             busy: self.busy.load(Ordering::SeqCst),
             idle: self.free.available_permits(),
             queued: self.queued.load(Ordering::SeqCst),
@@ -254,10 +281,10 @@ impl<B: Boot> Pool<B> {
         }
     }
 
-    /// Every wanted instance is up and the queue has room.
+    /// Every wanted instance is up or booting, and the queue has room.
     pub fn ready(&self) -> bool {
         let status = self.status();
-        status.total >= status.target && status.queued < self.config.max_queue
+        status.total + status.booting >= status.target && status.queued < self.config.max_queue
     }
 
     /// Requests computing or waiting: the pool is drained when this is 0.
@@ -305,6 +332,7 @@ impl<B: Boot> Pool<B> {
             Ok(permit) => permit,
             Err(_) => {
                 let _waiting = QueueSlot::take(self)?;
+                self.grow_for_demand();
                 let wait = tokio::time::timeout(self.config.queue_timeout, self.free.acquire());
                 match wait.await {
                     Ok(permit) => permit.expect("the pool's semaphore is never closed"),
@@ -317,8 +345,9 @@ impl<B: Boot> Pool<B> {
             .idle
             .lock()
             .unwrap()
-            .pop()
-            .expect("a permit always has an idle instance behind it");
+            .pop_back()
+            .expect("a permit always has an idle instance behind it")
+            .worker;
         self.busy.fetch_add(1, Ordering::SeqCst);
         self.metrics.queued(arrived.elapsed());
         Ok(Lease {
@@ -329,8 +358,76 @@ impl<B: Boot> Pool<B> {
     }
 
     fn give_back(&self, instance: B::Worker) {
-        self.idle.lock().unwrap().push(instance);
+        self.idle.lock().unwrap().push_back(Idle {
+            since: Instant::now(),
+            worker: instance,
+        });
         self.free.add_permits(1);
+    }
+
+    /// A request found every instance busy: an elastic pool below its
+    /// maximum boots one more for it. The new instance joins the pool like a
+    /// returning one, so it goes to the longest-waiting request, and it is
+    /// kept even if the request that asked for it gives up.
+    fn grow_for_demand(self: &Arc<Self>) {
+        if self.config.min_instances.is_none() {
+            return;
+        }
+        let max = self.config.max_instances;
+        let grown = self
+            .target
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                (t < max).then_some(t + 1)
+            });
+        if grown.is_err() {
+            return;
+        }
+        self.booting.fetch_add(1, Ordering::SeqCst);
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(err) = pool.add_instance().await {
+                pool.target.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    model = %pool.metrics.model_name(),
+                    "could not boot an instance for waiting requests: {}; they wait for the \
+                     running ones",
+                    crate::model::root_cause(&err)
+                );
+            }
+            pool.booting.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Retires instances that sat idle for `idle_timeout`, longest idle
+    /// first, while an elastic pool is above its minimum.
+    fn retire_idle(&self) {
+        let Some(min) = self.config.min_instances else {
+            return;
+        };
+        let idle_timeout = self.config.idle_timeout;
+        loop {
+            if self.target.load(Ordering::SeqCst) <= min {
+                return;
+            }
+            let mut idle = self.idle.lock().unwrap();
+            match idle.front() {
+                Some(oldest) if oldest.since.elapsed() >= idle_timeout => {}
+                _ => return,
+            }
+            // The permit that stands for it, so that no request is promised
+            // this instance; none free means requests are taking them now.
+            let Ok(permit) = self.free.try_acquire() else {
+                return;
+            };
+            permit.forget();
+            let instance = idle.pop_front().expect("checked above").worker;
+            drop(idle);
+            self.target.fetch_sub(1, Ordering::SeqCst);
+            self.retire(
+                instance,
+                &format!("idle for {idle_timeout:?} (--idle-timeout)"),
+            );
+        }
     }
 
     /// Drops an instance for good.
@@ -434,18 +531,24 @@ impl<B: Boot> Pool<B> {
                 return;
             };
             permit.forget();
-            let instance = self.idle.lock().unwrap().pop();
+            let instance = self.idle.lock().unwrap().pop_back();
             let instance = instance.expect("a permit always has an idle instance behind it");
-            self.retire(instance, why);
+            self.retire(instance.worker, why);
         }
     }
 
-    /// Changes the number of instances to `wanted` (within 1 and the pool's
-    /// maximum) with no failed request: new instances boot before they
-    /// count; surplus ones leave when idle. Returns the new target.
+    /// Fewest instances a resize may leave: 1, or an elastic pool's minimum.
+    fn floor(&self) -> usize {
+        self.config.min_instances.unwrap_or(1)
+    }
+
+    /// Changes the number of instances to `wanted` (within the pool's floor
+    /// and maximum) with no failed request: new instances boot before they
+    /// count; surplus ones leave when idle. Returns the new target. An
+    /// elastic pool then follows its load again from there.
     pub async fn resize(&self, wanted: usize) -> wasmtime::Result<usize> {
         let _reshaping = self.reshaping.lock().await;
-        let wanted = wanted.clamp(1, self.config.max_instances);
+        let wanted = wanted.clamp(self.floor(), self.config.max_instances);
         let target = self.target.load(Ordering::SeqCst);
         if wanted > target {
             for added in target..wanted {
@@ -477,12 +580,12 @@ impl<B: Boot> Pool<B> {
         }
     }
 
-    /// TTOU: one instance fewer, never below one. An idle instance goes at
-    /// once; otherwise the next one to finish its request.
+    /// TTOU: one instance fewer, never below the floor. An idle instance
+    /// goes at once; otherwise the next one to finish its request.
     pub async fn shrink(&self) {
         let target = self.target.load(Ordering::SeqCst);
-        if target <= 1 {
-            tracing::warn!("TTOU ignored: one instance is the minimum");
+        if target <= self.floor() {
+            tracing::warn!("TTOU ignored: {target} instances is this pool's minimum");
             return;
         }
         let _ = self.resize(target - 1).await;
@@ -492,10 +595,29 @@ impl<B: Boot> Pool<B> {
 
 impl<B: Boot> Drop for Pool<B> {
     fn drop(&mut self) {
-        for instance in self.idle.get_mut().unwrap().drain(..) {
-            self.metrics.instance_gone(instance.id());
+        for idle in self.idle.get_mut().unwrap().drain(..) {
+            self.metrics.instance_gone(idle.worker.id());
         }
     }
+}
+
+/// Retires an elastic pool's idle instances for as long as the pool lives,
+/// checking a few times per idle timeout (so an instance retires at most a
+/// quarter late).
+fn spawn_reaper<B: Boot>(pool: &Arc<Pool<B>>, idle_timeout: Duration) {
+    let weak = Arc::downgrade(pool);
+    let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(pool) = weak.upgrade() else {
+                return;
+            };
+            pool.retire_idle();
+        }
+    });
 }
 
 /// The first wait after a failed boot; it doubles up to [`MAX_BACKOFF`].
@@ -766,12 +888,34 @@ mod tests {
             let config = PoolConfig {
                 instances,
                 max_instances: instances * 2,
+                min_instances: None,
+                idle_timeout: Duration::from_secs(1),
                 memory_limit: 1 << 20,
                 queue_timeout: Duration::from_secs(1),
                 max_queue,
                 max_requests: None,
                 max_requests_jitter: 0,
             };
+            start(config, fail).await
+        }
+
+        /// An elastic pool from `min` to `max`, idle timeout 1 s.
+        pub async fn elastic(min: usize, max: usize, fail: Vec<usize>) -> Arc<Pool<FakeBoot>> {
+            let config = PoolConfig {
+                instances: min,
+                max_instances: max,
+                min_instances: Some(min),
+                idle_timeout: Duration::from_secs(1),
+                memory_limit: 1 << 20,
+                queue_timeout: Duration::from_secs(1),
+                max_queue: 64,
+                max_requests: None,
+                max_requests_jitter: 0,
+            };
+            start(config, fail).await
+        }
+
+        async fn start(config: PoolConfig, fail: Vec<usize>) -> Arc<Pool<FakeBoot>> {
             let metrics = Arc::new(Metrics::new()).for_model("fake", "1");
             let boot = FakeBoot {
                 boots: Arc::new(AtomicUsize::new(0)),
@@ -785,7 +929,7 @@ mod tests {
 
     use std::sync::{Arc, Mutex};
 
-    use fake::{input, pool};
+    use fake::{elastic, input, pool};
     use tokio::time::Instant;
 
     use super::Overloaded;
@@ -930,5 +1074,99 @@ mod tests {
             4,
             "never past the pool's maximum"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_scaled_to_zero_boots_an_instance_for_its_first_request() {
+        let pool = elastic(0, 2, vec![]).await;
+        assert_eq!(pool.status().total, 0);
+        assert!(pool.ready(), "an idle pool at zero is ready to serve");
+        let mut lease = pool.acquire().await.unwrap();
+        lease
+            .predict(&input(0), &[], Duration::from_secs(1))
+            .await
+            .unwrap();
+        drop(lease);
+        assert_eq!(pool.status().total, 1);
+        // Idle for the timeout (checked every 250 ms): back to zero.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let status = pool.status();
+        assert_eq!((status.total, status.target, status.idle), (0, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_grows_an_elastic_pool_to_its_max_and_idle_instances_retire_to_its_min() {
+        let pool = elastic(1, 4, vec![]).await;
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests: Vec<_> = (0..12)
+            .map(|_| {
+                let (pool, peak) = (Arc::clone(&pool), Arc::clone(&peak));
+                tokio::spawn(async move {
+                    let mut lease = pool.acquire().await?;
+                    peak.fetch_max(pool.status().total, std::sync::atomic::Ordering::SeqCst);
+                    lease
+                        .predict(&input(0), &[], Duration::from_secs(1))
+                        .await
+                        .unwrap();
+                    Ok::<_, Overloaded>(lease.instance_id())
+                })
+            })
+            .collect();
+        let mut served = std::collections::HashSet::new();
+        for request in requests {
+            served.insert(request.await.unwrap().unwrap());
+        }
+        // 12 requests of 100 ms on 4 instances: every one served, by 4
+        // instances, never more.
+        assert_eq!(served.len(), 4);
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert_eq!(pool.status().total, 4);
+        // Within the idle timeout nothing retires; after it, all but one.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(pool.status().total, 4);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let status = pool.status();
+        assert_eq!((status.total, status.target, status.idle), (1, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_fails_to_boot_on_demand_leaves_its_request_to_a_running_one() {
+        // Boot 0 starts the pool; boot 1, the one for the second request, fails.
+        let pool = elastic(1, 2, vec![1]).await;
+        let mut first = pool.acquire().await.unwrap();
+        let second = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let mut lease = pool.acquire().await?;
+                lease
+                    .predict(&input(0), &[], Duration::from_secs(1))
+                    .await
+                    .unwrap();
+                Ok::<_, Overloaded>(lease.instance_id())
+            })
+        };
+        first
+            .predict(&input(0), &[], Duration::from_secs(1))
+            .await
+            .unwrap();
+        let id = first.instance_id();
+        drop(first);
+        assert_eq!(second.await.unwrap().unwrap(), id);
+        let status = pool.status();
+        assert_eq!((status.total, status.target, status.booting), (1, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_pool_never_grows_by_itself() {
+        let pool = pool(1, 8, vec![]).await;
+        let _held = pool.acquire().await.unwrap();
+        let waiting = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.acquire().await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((pool.status().total, pool.status().queued), (1, 1));
+        drop(_held);
+        waiting.await.unwrap().unwrap();
     }
 }

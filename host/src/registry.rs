@@ -27,7 +27,7 @@ use wasmtime::component::Linker;
 use crate::cache::CompileCache;
 use crate::metrics::Metrics;
 use crate::model::{self, Model};
-use crate::pool::{ModelBoot, Pool};
+use crate::pool::{ModelBoot, Pool, PoolConfig};
 use crate::sandbox::GuestState;
 use crate::served::{ServedModel, Source};
 use crate::settings::{ModelSettings, Settings};
@@ -402,11 +402,11 @@ impl Registry {
         let meta = &served.model.metadata;
         tracing::info!(
             model = %name,
-            "loaded model {name} v{version} from {shown} ({} KiB), {}; {} instances, memory limit \
+            "loaded model {name} v{version} from {shown} ({} KiB), {}; {}, memory limit \
              {} MiB, timeout {:?}; inputs: {}; outputs: {}; ready in {:?}",
             file_size / 1024,
             served.model.compiled,
-            served.settings.pool.instances,
+            describe_pool(&served.settings.pool),
             served.settings.pool.memory_limit >> 20,
             served.settings.timeout,
             describe(&meta.inputs),
@@ -649,4 +649,16 @@ fn describe(specs: &[crate::contract::TensorSpec]) -> String {
         .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
         .collect();
     described.join(", ")
+}
+
+/// "8 instances", or for an elastic pool "elastic, 0 to 8 instances (idle
+/// timeout 60s)".
+fn describe_pool(pool: &PoolConfig) -> String {
+    match pool.min_instances {
+        None => format!("{} instances", pool.instances),
+        Some(min) => format!(
+            "elastic, {min} to {} instances (idle timeout {:?})",
+            pool.max_instances, pool.idle_timeout
+        ),
+    }
 }

@@ -20,6 +20,14 @@ use crate::pool::PoolConfig;
 pub struct ModelSettings {
     #[serde(alias = "instances_count")]
     pub instances: Option<usize>,
+    /// With `max-instances`, makes the pool elastic: it keeps this many
+    /// when idle (0: scale to zero).
+    #[serde(alias = "min_instances")]
+    pub min_instances: Option<usize>,
+    #[serde(alias = "max_instances")]
+    pub max_instances: Option<usize>,
+    #[serde(default, alias = "idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
     #[serde(default, alias = "memory_limit", deserialize_with = "size")]
     pub memory_limit: Option<u64>,
     #[serde(default, deserialize_with = "duration")]
@@ -91,6 +99,9 @@ impl ModelSettings {
     pub fn over(&self, base: &ModelSettings) -> ModelSettings {
         ModelSettings {
             instances: self.instances().or(base.instances()),
+            min_instances: self.min_instances.or(base.min_instances),
+            max_instances: self.max_instances.or(base.max_instances),
+            idle_timeout: self.idle_timeout.or(base.idle_timeout),
             memory_limit: self.memory_limit.or(base.memory_limit),
             timeout: self.timeout.or(base.timeout),
             max_queue: self.max_queue.or(base.max_queue),
@@ -110,10 +121,7 @@ impl ModelSettings {
     /// Every key decided, unset ones from the host's `defaults`; checked.
     pub fn resolve(&self, defaults: &Settings) -> Result<Settings, String> {
         let d = &defaults.pool;
-        let instances = self.instances().unwrap_or(d.instances);
-        if instances == 0 || instances > 1024 {
-            return Err(format!("instances = {instances}: use 1 to 1024"));
-        }
+        let (instances, max_instances, min_instances) = self.pool_size(d)?;
         let memory_limit = match self.memory_limit {
             Some(bytes) => usize::try_from(bytes).unwrap_or(usize::MAX),
             None => d.memory_limit,
@@ -123,17 +131,18 @@ impl ModelSettings {
                 "memory-limit = {memory_limit} bytes: use 1MiB to 4GiB (wasm32's whole space)"
             ));
         }
-        let explicit = self.instances().is_some();
+        let idle_timeout = self.idle_timeout.unwrap_or(d.idle_timeout);
+        if idle_timeout < Duration::from_millis(10) {
+            return Err(format!(
+                "idle-timeout = {idle_timeout:?}: use 10ms or more (e.g. \"30s\")"
+            ));
+        }
         Ok(Settings {
             pool: PoolConfig {
                 instances,
-                // A model sized explicitly may grow to twice that, as TTIN
-                // does for the host's own count.
-                max_instances: if explicit {
-                    instances * 2
-                } else {
-                    d.max_instances.max(instances)
-                },
+                max_instances,
+                min_instances,
+                idle_timeout,
                 memory_limit,
                 queue_timeout: self.queue_timeout.unwrap_or(d.queue_timeout),
                 max_queue: self.max_queue.unwrap_or(d.max_queue),
@@ -144,6 +153,64 @@ impl ModelSettings {
         })
     }
 }
+
+impl ModelSettings {
+    /// Instances at start, the most, and the elastic minimum if any. A model
+    /// that sets only `instances` gets a fixed pool even on an elastic host;
+    /// one that sets `min-instances` or `max-instances` (or inherits them)
+    /// gets an elastic one, which starts at its minimum.
+    fn pool_size(&self, d: &PoolConfig) -> Result<(usize, usize, Option<usize>), String> {
+        let fixed_here = self.instances().is_some()
+            && self.min_instances.is_none()
+            && self.max_instances.is_none();
+        let host_elastic = d.min_instances.is_some();
+        let elastic = !fixed_here
+            && (self.min_instances.is_some() || self.max_instances.is_some() || host_elastic);
+        if !elastic {
+            let instances = self.instances().unwrap_or(d.instances);
+            if instances == 0 || instances > MOST_INSTANCES {
+                return Err(format!(
+                    "instances = {instances}: use 1 to {MOST_INSTANCES}, or min-instances = 0 \
+                     to scale to zero"
+                ));
+            }
+            // A model sized explicitly may grow to twice that, as TTIN does
+            // for the host's own count.
+            let max = match self.instances() {
+                Some(n) => n * 2,
+                None => d.max_instances.max(instances),
+            };
+            return Ok((instances, max, None));
+        }
+        let min = self.min_instances.or(d.min_instances).unwrap_or(1);
+        let max = self
+            .max_instances
+            .or(host_elastic.then_some(d.max_instances))
+            .unwrap_or_else(|| self.instances().unwrap_or(d.instances).max(min).max(1));
+        if max == 0 || max > MOST_INSTANCES {
+            return Err(format!("max-instances = {max}: use 1 to {MOST_INSTANCES}"));
+        }
+        if min > max {
+            return Err(format!(
+                "min-instances = {min} is more than max-instances = {max}"
+            ));
+        }
+        let start = match self.instances() {
+            Some(n) if !(min..=max).contains(&n) => {
+                return Err(format!(
+                    "instances = {n} is outside min-instances = {min} to max-instances = {max}: \
+                     an elastic pool starts with `instances` (default: its minimum)"
+                ));
+            }
+            Some(n) => n,
+            None => min,
+        };
+        Ok((start, max, Some(min)))
+    }
+}
+
+/// The most instances one model may have.
+const MOST_INSTANCES: usize = 1024;
 
 /// A size: a string as the flags take it, or a number of bytes.
 fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
@@ -189,6 +256,8 @@ mod tests {
             pool: PoolConfig {
                 instances: 4,
                 max_instances: 8,
+                min_instances: None,
+                idle_timeout: Duration::from_secs(60),
                 memory_limit: 256 << 20,
                 queue_timeout: Duration::from_secs(30),
                 max_queue: 1024,
@@ -236,5 +305,94 @@ mod tests {
             .unwrap()
             .resolve(&defaults());
         assert!(err.unwrap_err().contains("instances = 0"));
+    }
+
+    #[test]
+    fn min_or_max_instances_make_an_elastic_pool_that_starts_at_its_minimum() {
+        let toml =
+            ModelSettings::from_toml("min-instances = 0\nmax-instances = 8\nidle-timeout = \"5s\"")
+                .unwrap();
+        let pool = toml.resolve(&defaults()).unwrap().pool;
+        assert_eq!(
+            (pool.instances, pool.max_instances, pool.min_instances),
+            (0, 8, Some(0))
+        );
+        assert_eq!(pool.idle_timeout, Duration::from_secs(5));
+        // Only a maximum: at least one instance, the host's idle timeout.
+        let pool = ModelSettings::from_toml("max-instances = 3")
+            .unwrap()
+            .resolve(&defaults())
+            .unwrap()
+            .pool;
+        assert_eq!(
+            (pool.instances, pool.max_instances, pool.min_instances),
+            (1, 3, Some(1))
+        );
+        assert_eq!(pool.idle_timeout, Duration::from_secs(60));
+        // Only a minimum: up to the host's instance count.
+        let pool = ModelSettings::from_toml("min_instances = 2")
+            .unwrap()
+            .resolve(&defaults())
+            .unwrap()
+            .pool;
+        assert_eq!(
+            (pool.instances, pool.max_instances, pool.min_instances),
+            (2, 4, Some(2))
+        );
+    }
+
+    #[test]
+    fn a_model_that_sets_only_instances_keeps_a_fixed_pool_on_an_elastic_host() {
+        let mut host = defaults();
+        host.pool.min_instances = Some(0);
+        host.pool.instances = 0;
+        host.pool.max_instances = 16;
+        let inherits = ModelSettings::default().resolve(&host).unwrap().pool;
+        assert_eq!(
+            (
+                inherits.instances,
+                inherits.max_instances,
+                inherits.min_instances
+            ),
+            (0, 16, Some(0))
+        );
+        let fixed = ModelSettings::from_toml("instances = 3")
+            .unwrap()
+            .resolve(&host)
+            .unwrap()
+            .pool;
+        assert_eq!(
+            (fixed.instances, fixed.max_instances, fixed.min_instances),
+            (3, 6, None)
+        );
+        let capped = ModelSettings::from_toml("max-instances = 2")
+            .unwrap()
+            .resolve(&host)
+            .unwrap()
+            .pool;
+        assert_eq!(
+            (capped.instances, capped.max_instances, capped.min_instances),
+            (0, 2, Some(0))
+        );
+    }
+
+    #[test]
+    fn contradictory_pool_sizes_are_refused_with_their_names() {
+        for (toml, says) in [
+            (
+                "min-instances = 5\nmax-instances = 2",
+                "min-instances = 5 is more than max-instances = 2",
+            ),
+            ("max-instances = 0", "max-instances = 0"),
+            ("max-instances = 2000", "max-instances = 2000"),
+            (
+                "instances = 9\nmin-instances = 1\nmax-instances = 8",
+                "instances = 9 is outside",
+            ),
+            ("max-instances = 2\nidle-timeout = \"1ms\"", "idle-timeout"),
+        ] {
+            let err = ModelSettings::from_toml(toml).unwrap().resolve(&defaults());
+            assert!(err.as_ref().unwrap_err().contains(says), "{toml}: {err:?}");
+        }
     }
 }

@@ -23,7 +23,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
     if cli.body_budget < cli.max_body {
         return Err(Failure::new(
-            2,
+            Failure::USAGE,
             format!(
                 "--body-budget ({} bytes) must be at least --max-body ({} bytes): \
                  otherwise a body of the largest accepted size could never be read",
@@ -33,7 +33,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     }
     if cli.model_control == ModelControl::Poll && cli.model_repository.is_none() {
         return Err(Failure::new(
-            2,
+            Failure::USAGE,
             "--model-control poll needs --model-repository DIR: the folder to rescan",
         ));
     }
@@ -56,11 +56,13 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
     let cache = CompileCache::from_args(&cli.code);
-    let defaults = Settings {
+    let fixed = Settings {
         pool: PoolConfig {
             instances,
             // TTIN may double the pool.
             max_instances: instances * 2,
+            min_instances: None,
+            idle_timeout: cli.idle_timeout,
             memory_limit,
             queue_timeout: cli.queue_timeout,
             max_queue: cli.max_queue,
@@ -69,6 +71,15 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         },
         timeout: cli.timeout,
     };
+    // The pool flags go through the same checks as a model.toml's keys, so
+    // `--min-instances 4 --max-instances 2` is refused the same way.
+    let mut flags = ModelSettings::default();
+    flags.instances = cli.instances.map(|n| n as usize);
+    flags.min_instances = cli.min_instances.map(|n| n as usize);
+    flags.max_instances = cli.max_instances.map(|n| n as usize);
+    let defaults = flags
+        .resolve(&fixed)
+        .map_err(|why| Failure::new(Failure::USAGE, format!("{why} (from the flags)")))?;
     let registry = Registry::new(engine, linker, cache, defaults, budget);
 
     for path in &cli.models {
