@@ -400,24 +400,26 @@ impl<B: Boot> Pool<B> {
 
     /// Retires instances that sat idle for `idle_timeout`, longest idle
     /// first, while an elastic pool is above its minimum.
-    fn retire_idle(&self) {
+    /// Returns how many retired.
+    fn retire_idle(&self) -> usize {
         let Some(min) = self.config.min_instances else {
-            return;
+            return 0;
         };
         let idle_timeout = self.config.idle_timeout;
+        let mut retired = 0;
         loop {
             if self.target.load(Ordering::SeqCst) <= min {
-                return;
+                return retired;
             }
             let mut idle = self.idle.lock().unwrap();
             match idle.front() {
                 Some(oldest) if oldest.since.elapsed() >= idle_timeout => {}
-                _ => return,
+                _ => return retired,
             }
             // The permit that stands for it, so that no request is promised
             // this instance; none free means requests are taking them now.
             let Ok(permit) = self.free.try_acquire() else {
-                return;
+                return retired;
             };
             permit.forget();
             let instance = idle.pop_front().expect("checked above").worker;
@@ -427,6 +429,7 @@ impl<B: Boot> Pool<B> {
                 instance,
                 &format!("idle for {idle_timeout:?} (--idle-timeout)"),
             );
+            retired += 1;
         }
     }
 
@@ -615,9 +618,22 @@ fn spawn_reaper<B: Boot>(pool: &Arc<Pool<B>>, idle_timeout: Duration) {
             let Some(pool) = weak.upgrade() else {
                 return;
             };
-            pool.retire_idle();
+            if pool.retire_idle() > 0 {
+                release_free_memory();
+            }
         }
     });
+}
+
+/// Hands what glibc keeps in its arenas back to the system, so that retired
+/// instances and unloaded models show in the process's memory.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at
+    // any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The first wait after a failed boot; it doubles up to [`MAX_BACKOFF`].

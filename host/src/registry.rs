@@ -552,14 +552,7 @@ impl Registry {
                 started.elapsed()
             );
             drop(old);
-            // glibc keeps what the model freed in its arenas; hand it back
-            // to the system, so that unloading shows in the process's memory.
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only releases free memory; it is safe to
-            // call at any time from any thread.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::pool::release_free_memory();
         });
     }
 
