@@ -250,8 +250,20 @@ impl<B: Boot> Pool<B> {
             reshaping: tokio::sync::Mutex::new(()),
             config,
         });
+        // Each boot gets its line, as gunicorn logs its workers; past a
+        // screenful, one line for the lot.
+        let started = Instant::now();
+        let quiet = pool.config.instances > LOG_EACH_BOOT;
         for _ in 0..pool.config.instances {
-            pool.add_instance().await?;
+            pool.add_instance(!quiet).await?;
+        }
+        if quiet {
+            tracing::info!(
+                model = %pool.metrics.model_name(),
+                "booted {} instances in {:?}",
+                pool.config.instances,
+                started.elapsed()
+            );
         }
         if pool.config.min_instances.is_some() {
             spawn_reaper(&pool, pool.config.idle_timeout);
@@ -302,7 +314,7 @@ impl<B: Boot> Pool<B> {
     }
 
     /// Boots one more instance and makes it available.
-    async fn add_instance(&self) -> wasmtime::Result<InstanceId> {
+    async fn add_instance(&self, log: bool) -> wasmtime::Result<InstanceId> {
         let started = Instant::now();
         let instance = match self.new_instance().await {
             Ok(instance) => instance,
@@ -312,12 +324,14 @@ impl<B: Boot> Pool<B> {
             }
         };
         let id = instance.id();
-        tracing::info!(
-            instance = id,
-            model = %self.metrics.model_name(),
-            "booted instance {id} in {:?}",
-            started.elapsed()
-        );
+        if log {
+            tracing::info!(
+                instance = id,
+                model = %self.metrics.model_name(),
+                "booted instance {id} in {:?}",
+                started.elapsed()
+            );
+        }
         self.total.fetch_add(1, Ordering::SeqCst);
         self.metrics.instance_memory(id, instance.memory_in_use());
         self.give_back(instance);
@@ -385,7 +399,7 @@ impl<B: Boot> Pool<B> {
         self.booting.fetch_add(1, Ordering::SeqCst);
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(err) = pool.add_instance().await {
+            if let Err(err) = pool.add_instance(true).await {
                 pool.target.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(
                     model = %pool.metrics.model_name(),
@@ -556,7 +570,7 @@ impl<B: Boot> Pool<B> {
         if wanted > target {
             for added in target..wanted {
                 self.target.store(added + 1, Ordering::SeqCst);
-                if let Err(err) = self.add_instance().await {
+                if let Err(err) = self.add_instance(true).await {
                     self.target.store(added, Ordering::SeqCst);
                     return Err(err);
                 }
@@ -635,6 +649,9 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Above this many instances at start, one line for them all.
+const LOG_EACH_BOOT: usize = 64;
 
 /// The first wait after a failed boot; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
