@@ -82,11 +82,31 @@ pub struct App {
     /// request that still arrives is served as usual (a Kubernetes Service
     /// takes a few seconds to drop a pod; refusing those would fail them).
     draining: AtomicBool,
-    /// Inference requests being served now, and since start: what a rolling
-    /// upgrade watches to know that the balancer has stopped sending.
+    /// A drain that also refuses new inference requests, for a balancer
+    /// that does not poll readiness (open-source nginx): their connection is
+    /// closed before any answer, which nginx retries on the next host, and
+    /// counts against this one until it stops sending.
+    refusing: AtomicBool,
+    /// Inference requests being served now, served since start, and
+    /// refused while draining: what a rolling upgrade watches to know that
+    /// the balancer has stopped sending.
     in_flight: AtomicUsize,
     requests: AtomicU64,
+    refused: AtomicU64,
     started: Instant,
+}
+
+/// How a drain treats the requests that still arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Not draining: ready, serving.
+    Off,
+    /// Readiness 503; every request that arrives is served. For balancers
+    /// that poll readiness (a Kubernetes Service).
+    Serve,
+    /// Readiness 503; new inference requests are closed unanswered, so a
+    /// balancer that retries on a closed connection sends them elsewhere.
+    Refuse,
 }
 
 /// Whether a host takes part in its fleet, as `/health`, the status page
@@ -94,10 +114,14 @@ pub struct App {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Traffic {
     pub draining: bool,
+    /// Whether the drain refuses new inference requests.
+    pub refusing: bool,
     /// Inference requests being served now.
     pub in_flight: usize,
-    /// Inference requests received since start.
+    /// Inference requests served (begun) since start.
     pub requests: u64,
+    /// Inference requests refused by a drain since start.
+    pub refused: u64,
 }
 
 impl App {
@@ -110,8 +134,10 @@ impl App {
             control,
             accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             started: Instant::now(),
         })
     }
@@ -127,29 +153,43 @@ impl App {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// Turns draining on or off; returns whether it was on.
-    pub fn set_draining(&self, draining: bool) -> bool {
-        let was = self.draining.swap(draining, Ordering::SeqCst);
-        if was != draining {
-            let traffic = self.traffic();
-            if draining {
-                tracing::info!(
-                    "draining: readiness is 503 so that the balancer stops sending; the {} \
-                     requests in flight and any that still arrive are served",
-                    traffic.in_flight
-                );
-            } else {
-                tracing::info!("drain ended: readiness is 200 again");
-            }
+    /// Starts, changes or ends a drain.
+    pub fn set_drain(&self, drain: Drain) {
+        let refusing = drain == Drain::Refuse;
+        let was_refusing = self.refusing.swap(refusing, Ordering::SeqCst);
+        let was = self.draining.swap(drain != Drain::Off, Ordering::SeqCst);
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        match drain {
+            Drain::Off if was => tracing::info!("drain ended: readiness is 200 again"),
+            Drain::Serve if !was || was_refusing => tracing::info!(
+                "draining: readiness is 503 so that the balancer stops sending; the \
+                 {in_flight} requests in flight and any that still arrive are served"
+            ),
+            Drain::Refuse if !was || !was_refusing => tracing::info!(
+                "draining: readiness is 503 and new inference requests are closed unanswered, \
+                 for the balancer to retry elsewhere; the {in_flight} in flight finish"
+            ),
+            _ => {}
         }
-        was
+    }
+
+    /// Whether a drain refuses new inference requests.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused request.
+    pub fn refused_one(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn traffic(&self) -> Traffic {
         Traffic {
             draining: self.draining.load(Ordering::SeqCst),
+            refusing: self.refusing.load(Ordering::SeqCst),
             in_flight: self.in_flight.load(Ordering::SeqCst),
             requests: self.requests.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
         }
     }
 

@@ -25,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
+use crate::app::{App, Drain};
 use crate::body::{self, BodyLimits};
 use crate::cli::ModelControl;
 use crate::error::ApiError;
@@ -106,9 +106,11 @@ pub async fn unload(
     Ok(empty(StatusCode::OK))
 }
 
-/// Turns draining on or off and answers `{"draining", "in_flight",
-/// "requests"}`; calling it again changes nothing and answers the same, so
-/// it is also how a script watches a drain.
+/// Turns draining on (`{"refuse": true}` to refuse new inference requests
+/// too) or off, and answers the host's traffic: `draining`, `refusing`,
+/// `in_flight`, `requests` (served since start), `refused`. Calling it again
+/// changes nothing and answers the same, so it is also how a script watches
+/// a drain.
 pub async fn drain(
     app: &App,
     request: Request<Incoming>,
@@ -116,8 +118,21 @@ pub async fn drain(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     authorize(app, &request)?;
     may_change(app)?;
-    let _ = read(app, request).await?;
-    app.set_draining(on);
+    let body = read(app, request).await?;
+    let refuse = match body.get("refuse") {
+        None => false,
+        Some(Value::Bool(refuse)) => *refuse,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "refuse must be true or false, not {other}"
+            )));
+        }
+    };
+    app.set_drain(match (on, refuse) {
+        (false, _) => Drain::Off,
+        (true, false) => Drain::Serve,
+        (true, true) => Drain::Refuse,
+    });
     let body = serde_json::to_vec(&app.traffic()).expect("traffic serializes");
     Ok(json(StatusCode::OK, body.into()))
 }
