@@ -88,6 +88,9 @@ admin() {
 
 field() { sed -n "s/.*\"$1\":\([0-9a-z]*\).*/\1/p"; }
 
+# Milliseconds on the wall clock (bash 5's EPOCHREALTIME: microseconds after a separator).
+now_ms() { local t="${EPOCHREALTIME/[.,]/}"; echo $((t / 1000)); }
+
 ready_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/v2/health/ready" || true; }
 
 # The request bodies, written once: the drain's, and the load's (the component in base64 under
@@ -108,13 +111,14 @@ upgrade() {
     [[ "$(ready_status "$public")" == 503 ]] || { log "$public: readiness is not 503 after the drain"; return 1; }
 
     # Drained: nothing in flight and no new request for $quiet seconds.
-    started=$SECONDS last=-1 since=$SECONDS
+    started=$SECONDS last=-1 since="$(now_ms)"
     while :; do
         traffic="$(admin "$admin_address" /v2/repository/drain "$drain_body")" || return 1
         requests="$(field requests <<<"$traffic")" in_flight="$(field in_flight <<<"$traffic")"
+        now="$(now_ms)"
         if [[ "$requests" != "$last" || "$in_flight" != 0 ]]; then
-            last="$requests" since=$SECONDS
-        elif ((SECONDS - since >= quiet)); then
+            last="$requests" since="$now"
+        elif ((now - since >= quiet * 1000)); then
             break
         fi
         if ((SECONDS - started > drain_timeout)); then
