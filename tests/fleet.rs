@@ -169,7 +169,11 @@ fn the_status_page_is_served_and_its_snapshot_shows_models_and_traffic() {
     let host = Host::start(&guest("guest_model"), &["--instances", "2"]);
     let page = host.get("/");
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = String::from_utf8(page.body).unwrap();
     assert!(html.contains("<title>wasm-host</title>") && html.contains("fetch(\"/status\""));
 

@@ -507,7 +507,9 @@ impl ModelHandles {
         } else if outcome != "cancelled" {
             self.stats.fail.add(took);
         }
-        self.stats.last_inference_ms.store(now_ms(), Ordering::Relaxed);
+        self.stats
+            .last_inference_ms
+            .store(now_ms(), Ordering::Relaxed);
     }
 
     /// An instance starts serving a request.

@@ -58,9 +58,8 @@ pub fn snapshot(app: &App) -> Value {
             if let Some(served) = serving.filter(|_| entry.state == State::Ready) {
                 let status = served.pool.status();
                 let stats = &served.metrics.stats;
-                let count = |t: &crate::metrics::Timed| {
-                    t.count.load(std::sync::atomic::Ordering::Relaxed)
-                };
+                let count =
+                    |t: &crate::metrics::Timed| t.count.load(std::sync::atomic::Ordering::Relaxed);
                 model["instances"] = json!({
                     "total": status.total,
                     "busy": status.busy,
