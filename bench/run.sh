@@ -589,42 +589,7 @@ PY
         SERVER=""
         FLEET_PIDS=()
     done
-    python3 - "$OUT" "$SECONDS_PER_RUN" "$NPROC" <<'PY'
-import csv, os, sys
-out, seconds, nproc = sys.argv[1], sys.argv[2], sys.argv[3]
-rows = list(csv.DictReader(open(f"{out}/fleet.tsv"), delimiter="\t"))
-direct = next(float(r["rps"]) for r in rows if r["setup"] == "direct")
-lines = [
-    "## A fleet behind nginx (issue 13)",
-    "",
-    f"`BENCH_ONLY=fleet bench/run.sh`: N wasm-hosts (`--instances 2` each, the digits model) behind "
-    f"Debian's nginx with `deploy/nginx.conf` (keep-alive to the hosts, `worker_processes auto`), and wrk "
-    f"through nginx with 2 threads and 64 connections for {seconds} s; *direct* is one host with wrk "
-    "straight at it. CPU seconds are what each part used during the run (nginx: master and workers).",
-    "",
-    "| setup | req/s | vs direct | p50 | p99 | errors | hosts CPU | nginx CPU | wrk CPU | machine CPU | load average (1, 5, 15 min) |",
-    "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
-]
-for r in rows:
-    name = "1 host, no nginx" if r["setup"] == "direct" else f"{r['hosts']} host{'s' if r['hosts'] != '1' else ''} behind nginx"
-    lines.append(
-        f"| {name} | {float(r['rps']):,.0f} | {float(r['rps']) / direct:.2f}× | {int(r['p50_us'])} µs | "
-        f"{int(r['p99_us'])} µs | {r['errors']} | {r['hosts_cpu_s']} s | {r['nginx_cpu_s']} s | "
-        f"{r['wrk_cpu_s']} s | {r['machine_cpu_s']} s | {r['loadavg']} |"
-    )
-lines += [
-    "",
-    f"The bound: this machine has {nproc} cores, and the hosts, nginx's workers and wrk all run on them "
-    f"(*machine CPU* ≈ {nproc} × {seconds} s in every row: the cores are full). More hosts add no CPU, so "
-    "the fleet's throughput cannot grow with them here; each request now costs a host's work plus nginx's "
-    "(a second HTTP hop, in and out), and wrk's. What these rows show is what the balancer costs per "
-    "request and that spreading the load over hosts costs little more; on a fleet of machines each host "
-    "brings its own cores, and the throughput of one host (the *direct* row, or the throughput table "
-    "above) times the hosts is the figure to expect, until the balancer's own cores run out.",
-    "",
-]
-open(f"{out}/fleet.md", "w").write("\n".join(lines))
-PY
+    python3 bench/fleet_report.py "$OUT" "$SECONDS_PER_RUN" "$NPROC"
 }
 
 # --- the run ---------------------------------------------------------------------------
