@@ -65,6 +65,57 @@ fn a_drained_host_is_not_ready_but_serves_every_request_that_still_arrives() {
 }
 
 #[test]
+fn a_refusing_drain_closes_new_inference_requests_unanswered_and_finishes_the_rest() {
+    let host = Host::start(
+        &guest("slow_model"),
+        &["--instances", "2", "--model-control", "explicit"],
+    );
+    let addr = host.addr;
+    let running = std::thread::spawn(move || {
+        Client::connect(addr)
+            .unwrap()
+            .post_json("/predict", &json!({ "inputs": [600] }))
+            .unwrap()
+            .status
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let drained = request(
+        addr,
+        "POST",
+        "/v2/repository/drain",
+        &[],
+        br#"{"refuse": true}"#,
+    )
+    .unwrap()
+    .json();
+    assert_eq!(
+        (&drained["refusing"], &drained["in_flight"]),
+        (&json!(true), &json!(1)),
+        "{drained}"
+    );
+
+    // A new inference request: its connection closes before any answer,
+    // which a balancer retries on its next host.
+    let refused = Client::connect(addr)
+        .unwrap()
+        .post_json("/predict", &json!({ "inputs": [1] }));
+    assert!(refused.is_err(), "closed unanswered: {refused:?}");
+    // Everything else is answered: health, metadata, metrics.
+    assert_eq!(host.get("/v2/health/ready").status, 503);
+    assert_eq!(host.get("/v2/models/slow").status, 200);
+    // The request that was running when the drain began finishes.
+    assert_eq!(running.join().unwrap(), 200);
+    let traffic = admin(&host, "/v2/repository/undrain", None).json();
+    assert_eq!(
+        (&traffic["refused"], &traffic["requests"], &traffic["in_flight"]),
+        (&json!(1), &json!(1), &json!(0)),
+        "{traffic}"
+    );
+    let served = host.post_json("/predict", &json!({ "inputs": [1] }));
+    assert_eq!(served.status, 200, "undrained: serving again");
+}
+
+#[test]
 fn draining_needs_model_control_like_every_other_change() {
     let host = Host::start(&guest("guest_model"), &["--instances", "1"]);
     let refused = admin(&host, "/v2/repository/drain", None);
