@@ -21,8 +21,9 @@ test: guests onnx-runner tools
 	bash tests/python/run.sh
 
 ## Test tools a fresh machine lacks, from Debian: promtool (prometheus), nginx (the
-## fleet test's balancer) and chromium (the status page test's browser).
-TOOL_PACKAGES = promtool:prometheus nginx:nginx chromium:chromium
+## fleet test's balancer), chromium (the status page test's browser) and curl
+## (deploy/rolling-upgrade.sh).
+TOOL_PACKAGES = promtool:prometheus nginx:nginx chromium:chromium curl:curl
 tools:
 	@missing=""; for tool in $(TOOL_PACKAGES); do \
 	  command -v $${tool%%:*} >/dev/null || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool#*:}"; \
