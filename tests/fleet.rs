@@ -107,7 +107,11 @@ fn a_refusing_drain_closes_new_inference_requests_unanswered_and_finishes_the_re
     assert_eq!(running.join().unwrap(), 200);
     let traffic = admin(&host, "/v2/repository/undrain", None).json();
     assert_eq!(
-        (&traffic["refused"], &traffic["requests"], &traffic["in_flight"]),
+        (
+            &traffic["refused"],
+            &traffic["requests"],
+            &traffic["in_flight"]
+        ),
         (&json!(1), &json!(1), &json!(0)),
         "{traffic}"
     );
