@@ -20,11 +20,18 @@ test: guests onnx-runner tools
 	cargo build --release -p wasm-host -p native-ceiling
 	bash tests/python/run.sh
 
-## Test tools a fresh machine lacks: promtool (Debian's prometheus package).
+## Test tools a fresh machine lacks, from Debian: promtool (prometheus), nginx (the
+## fleet test's balancer), chromium (the status page test's browser) and curl
+## (deploy/rolling-upgrade.sh).
+TOOL_PACKAGES = promtool:prometheus nginx:nginx chromium:chromium curl:curl
 tools:
-	@command -v promtool >/dev/null || { \
-	  echo "installing promtool (apt-get install prometheus)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@missing=""; for tool in $(TOOL_PACKAGES); do \
+	  command -v $${tool%%:*} >/dev/null || [ -x /usr/sbin/$${tool%%:*} ] || missing="$$missing $${tool#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get install)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 ## The model components: the digits classifier and the test fixtures.
 guests: setup

@@ -415,6 +415,15 @@ def many_models_section():
         return [f.read().rstrip(), ""]
 
 
+def fleet_section():
+    """The fleet part (bench/run.sh's fleet() writes its own Markdown section)."""
+    path = os.path.join(OUT, "fleet.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [f.read().rstrip(), ""]
+
+
 def onnx_section():
     """The ONNX part (bench/onnx_bench.py): packed models' memory, first request, predict vs onnxruntime."""
     if not ONNX:
@@ -620,6 +629,7 @@ def write_doc(target_rows):
         "",
         *onnx_section(),
         *many_models_section(),
+        *fleet_section(),
         "## Micro-benchmarks",
         "",
         "`cargo bench -p wasm-host --bench micro` (`host/benches/micro.rs`): timing loops over the library API "

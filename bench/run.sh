@@ -13,6 +13,8 @@
 #   5. ONNX models packed with `wasm-host pack`: memory of N instances of a
 #      16 MiB Gemm, first request after boot, predict time against
 #      onnxruntime on one thread (bench/onnx_bench.py);
+#   6. a fleet: 1, 2 and 3 hosts behind Debian's nginx (deploy/nginx.conf),
+#      and one host without nginx, with wrk through the balancer;
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -26,7 +28,8 @@
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
-#   BENCH_ONLY="throughput density startup micro onnx models"   run only some parts (the report
+#   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
+#   BENCH_ONLY="throughput density startup micro onnx models fleet"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -50,7 +53,8 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet"}
+FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
@@ -71,6 +75,7 @@ install_tools() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
+    [[ " $ONLY " == *" fleet "* ]] && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]] && missing+=(nginx)
     if ! command -v python3 >/dev/null; then
         missing+=(python3 python3-venv)
     elif [[ $GUNICORN == 1 ]] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -188,7 +193,14 @@ stop() { # stop: TERM the server started last, KILL it after 15 s
     wait "$SERVER" 2>/dev/null || true
     SERVER=""
 }
-trap stop EXIT
+# The fleet part's hosts and nginx, stopped by PID if the run ends half-way.
+FLEET_PIDS=()
+stop_fleet() {
+    local pid
+    for pid in "${FLEET_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    FLEET_PIDS=()
+}
+trap 'stop; stop_fleet' EXIT
 
 # Checks a server's answer for row 0 against scikit-learn's reference.
 check_answer() { # check_answer NAME URL BODY
@@ -498,6 +510,88 @@ onnx() {
     BENCH_DENSITY="$DENSITY" "$venv/bin/python" bench/onnx_bench.py "$OUT" "$HOST" "$((PORT + 200))"
 }
 
+# --- 6. a fleet behind nginx ------------------------------------------------------------
+
+# N hosts (--instances 2 each) behind nginx with deploy/nginx.conf, wrk through the balancer at 64
+# connections; and one host alone, wrk straight at it, for what nginx costs. Everything shares this
+# machine's cores: hosts, nginx's workers and wrk. Rows go to fleet.tsv, the section to fleet.md.
+fleet() {
+    local n i port hosts=() pids=() prefix nginx_pid url before after machine_before machine_after
+    local log line loadavg nginx_bin directives wrk_times
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    printf 'setup\thosts\trequests\tseconds\trps\tp50_us\tp99_us\terrors\thosts_cpu_s\tnginx_cpu_s\twrk_cpu_s\tmachine_cpu_s\tloadavg\n' >"$OUT/fleet.tsv"
+    for n in direct $FLEET; do
+        local count=$n
+        [[ $n == direct ]] && count=1
+        say "fleet: $n host(s)$([[ $n == direct ]] && echo ", no nginx")"
+        hosts=() pids=()
+        for ((i = 0; i < count; i++)); do
+            port=$((PORT + 300 + i))
+            start "$OUT/fleet-host-$n-$i.log" "$HOST" "${CACHE_FLAGS[@]}" --instances 2 --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+            pids+=("$SERVER")
+            FLEET_PIDS+=("$SERVER")
+            wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/fleet-host-$n-$i.log"
+            hosts+=("127.0.0.1:$port")
+        done
+        nginx_pid=""
+        if [[ $n == direct ]]; then
+            url="http://${hosts[0]}/v2/models/digits/infer"
+        else
+            prefix="$PWD/$OUT/fleet-nginx-$n"
+            rm -rf "$prefix" && mkdir -p "$prefix"
+            printf 'server %s max_fails=1 fail_timeout=2s;\n' "${hosts[@]}" >"$prefix/upstreams.conf"
+            sed -e "s|@PREFIX@|$prefix|g" -e "s|@LISTEN@|127.0.0.1:$((PORT + 299))|g" deploy/nginx.conf >"$prefix/nginx.conf"
+            directives="daemon off;"
+            [[ $(id -u) == 0 ]] && directives+=" user root;"
+            "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -g "$directives" >"$prefix/stderr.log" 2>&1 &
+            nginx_pid=$!
+            FLEET_PIDS+=("$nginx_pid")
+            url="http://127.0.0.1:$((PORT + 299))/v2/models/digits/infer"
+            SERVER=$nginx_pid wait_ready "http://127.0.0.1:$((PORT + 299))/v2/health/ready" "$prefix/error.log"
+        fi
+        check_answer "fleet of $n" "$url" "$OUT/infer.json"
+        WRK_BODY=$OUT/infer.json wrk -t1 -c8 -d1s -s "$LUA" "$url" >/dev/null # warm-up
+        wait_quiet
+        loadavg=$(cut -d" " -f1-3 /proc/loadavg)
+        before=0 after=0
+        for i in "${pids[@]}"; do before=$((before + $(cpu_ticks "$i"))); done
+        local nginx_before=0 nginx_after=0
+        [[ -n $nginx_pid ]] && nginx_before=$(cpu_ticks "$nginx_pid")
+        machine_before=$(machine_busy_ticks)
+        log="$OUT/wrk-fleet-$n.txt"
+        { TIMEFORMAT='%U %S' && time WRK_BODY=$OUT/infer.json wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" \
+            --latency -s "$LUA" "$url" >"$log"; } 2>"$log.time"
+        for i in "${pids[@]}"; do after=$((after + $(cpu_ticks "$i"))); done
+        [[ -n $nginx_pid ]] && nginx_after=$(cpu_ticks "$nginx_pid")
+        machine_after=$(machine_busy_ticks)
+        line=$(grep '^BENCH ' "$log") || die "no result from wrk; see $log"
+        wrk_times=$(cat "$log.time")
+        python3 - "$n" "$count" "$((after - before))" "$((nginx_after - nginx_before))" "$wrk_times" \
+            "$((machine_after - machine_before))" "$loadavg" "${line#BENCH }" >>"$OUT/fleet.tsv" <<'PY'
+import json, os, sys
+setup, count, host_ticks, nginx_ticks, wrk_times, machine_ticks, loadavg, result = sys.argv[1:]
+r = json.loads(result)
+tick = os.sysconf("SC_CLK_TCK")
+wrk = sum(float(x) for x in wrk_times.split())
+print("\t".join(map(str, [setup, count, r["requests"], r["seconds"], r["rps"], r["p50_us"], r["p99_us"],
+                          r["errors"] + r.get("non2xx", 0), f"{int(host_ticks) / tick:.2f}",
+                          f"{int(nginx_ticks) / tick:.2f}", f"{wrk:.2f}",
+                          f"{int(machine_ticks) / tick:.2f}", loadavg])))
+print(f"    {setup:>6} {r['rps']:>9.0f} req/s  p50 {r['p50_us']:>6} µs  p99 {r['p99_us']:>6} µs  "
+      f"hosts {int(host_ticks) / tick:.2f} s  nginx {int(nginx_ticks) / tick:.2f} s  wrk {wrk:.2f} s  "
+      f"load {loadavg}", file=sys.stderr)
+PY
+        if [[ -n $nginx_pid ]]; then
+            kill -QUIT "$nginx_pid" 2>/dev/null || true
+            wait "$nginx_pid" 2>/dev/null || true
+        fi
+        for i in "${pids[@]}"; do SERVER=$i stop; done
+        SERVER=""
+        FLEET_PIDS=()
+    done
+    python3 bench/fleet_report.py "$OUT" "$SECONDS_PER_RUN" "$NPROC"
+}
+
 # --- the run ---------------------------------------------------------------------------
 
 machine() {
@@ -545,7 +639,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models; do
+    for part in throughput density startup micro onnx models fleet; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"

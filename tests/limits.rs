@@ -13,7 +13,7 @@ fn sleep_for(ms: i64) -> serde_json::Value {
 }
 
 #[test]
-fn a_full_queue_answers_503_with_retry_after_and_readiness_turns_503() {
+fn a_full_queue_answers_503_with_retry_after_and_readiness_stays_200() {
     let host = Host::start(
         &guest("slow_model"),
         &["--instances", "1", "--max-queue", "2"],
@@ -34,9 +34,11 @@ fn a_full_queue_answers_503_with_retry_after_and_readiness_turns_503() {
     // One request runs, two wait: the queue is full.
     let health = host.get("/health").json();
     assert_eq!(health["queue"]["depth"], 2, "{health}");
-    let ready = host.get("/v2/health/ready");
-    assert_eq!(ready.status, 503);
-    assert!(ready.header("retry-after").is_some());
+    // Readiness says whether the host can serve, not whether it is busy
+    // this instant: overload is answered per request, so a burst never
+    // takes a host out of its load balancer.
+    assert_eq!(host.get("/v2/health/ready").status, 200);
+    assert_eq!(host.get("/v2/models/slow/ready").status, 200);
 
     let started = Instant::now();
     let rejected = host.post_json("/predict", &sleep_for(10));

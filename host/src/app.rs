@@ -1,11 +1,17 @@
 //! What every request shares: the registry of served models, the server's
 //! limits, the body budget, the model-control settings, and whether the
-//! host still accepts work.
+//! host still accepts work or is draining.
+//!
+//! Readiness means "this host can serve": its models are loaded with at
+//! least one instance each, and it is neither draining nor shutting down.
+//! It never means "this instant is busy": a full queue is answered per
+//! request (503 with `Retry-After`), so that a burst does not take hosts out
+//! of a load balancer one after another and pile their load on the rest.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::body::BodyLimits;
 use crate::cli::ModelControl;
@@ -71,6 +77,51 @@ pub struct App {
     pub control: ControlConfig,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     accepting: AtomicBool,
+    /// Set by an operator (`POST /v2/repository/drain`) before an upgrade:
+    /// readiness turns 503 so that the balancer stops sending, while every
+    /// request that still arrives is served as usual (a Kubernetes Service
+    /// takes a few seconds to drop a pod; refusing those would fail them).
+    draining: AtomicBool,
+    /// A drain that also refuses new inference requests, for a balancer
+    /// that does not poll readiness (open-source nginx): their connection is
+    /// closed before any answer, which nginx retries on the next host, and
+    /// counts against this one until it stops sending.
+    refusing: AtomicBool,
+    /// Inference requests being served now, served since start, and
+    /// refused while draining: what a rolling upgrade watches to know that
+    /// the balancer has stopped sending.
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    refused: AtomicU64,
+    started: Instant,
+}
+
+/// How a drain treats the requests that still arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Not draining: ready, serving.
+    Off,
+    /// Readiness 503; every request that arrives is served. For balancers
+    /// that poll readiness (a Kubernetes Service).
+    Serve,
+    /// Readiness 503; new inference requests are closed unanswered, so a
+    /// balancer that retries on a closed connection sends them elsewhere.
+    Refuse,
+}
+
+/// Whether a host takes part in its fleet, as `/health`, the status page
+/// and the drain call report it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Traffic {
+    pub draining: bool,
+    /// Whether the drain refuses new inference requests.
+    pub refusing: bool,
+    /// Inference requests being served now.
+    pub in_flight: usize,
+    /// Inference requests served (begun) since start.
+    pub requests: u64,
+    /// Inference requests refused by a drain since start.
+    pub refused: u64,
 }
 
 impl App {
@@ -82,16 +133,84 @@ impl App {
             config,
             control,
             accepting: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
-    /// Accepting work and every served model ready.
+    /// Can serve: accepting work, not draining, every served model ready.
     pub fn ready(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
             && self.registry.served().iter().all(|m| m.pool.ready())
     }
 
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Starts, changes or ends a drain.
+    pub fn set_drain(&self, drain: Drain) {
+        let refusing = drain == Drain::Refuse;
+        let was_refusing = self.refusing.swap(refusing, Ordering::SeqCst);
+        let was = self.draining.swap(drain != Drain::Off, Ordering::SeqCst);
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        match drain {
+            Drain::Off if was => tracing::info!("drain ended: readiness is 200 again"),
+            Drain::Serve if !was || was_refusing => tracing::info!(
+                "draining: readiness is 503 so that the balancer stops sending; the \
+                 {in_flight} requests in flight and any that still arrive are served"
+            ),
+            Drain::Refuse if !was || !was_refusing => tracing::info!(
+                "draining: readiness is 503 and new inference requests are closed unanswered, \
+                 for the balancer to retry elsewhere; the {in_flight} in flight finish"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Whether a drain refuses new inference requests.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused request.
+    pub fn refused_one(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            draining: self.draining.load(Ordering::SeqCst),
+            refusing: self.refusing.load(Ordering::SeqCst),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            requests: self.requests.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
+        }
+    }
+
+    /// How long the host has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Counts an inference request until the guard is dropped.
+    pub fn inference_begins(&self) -> InferenceGuard<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InferenceGuard(&self.in_flight)
+    }
+}
+
+/// One inference request in flight, counted in [`App::traffic`].
+pub struct InferenceGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InferenceGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -6,7 +6,11 @@
 //! - `POST /v2/repository/models/{m}/load`: load (or swap in, or resize) a
 //!   model, from the repository folder or from `file:` parameters carrying
 //!   the component, base64, with an optional JSON `config` over model.toml;
-//! - `POST /v2/repository/models/{m}/unload`: drain and unload.
+//! - `POST /v2/repository/models/{m}/unload`: drain and unload;
+//! - `POST /v2/repository/drain`, `.../undrain`: take the whole host out of
+//!   its load balancer (readiness 503, requests still served) and back, for
+//!   a rolling upgrade; both answer the host's traffic, so that a script
+//!   can poll until the balancer has stopped sending.
 //!
 //! Loading and unloading are off unless `--model-control explicit` (or
 //! `poll`); with `--admin-token` every call needs `Authorization: Bearer`.
@@ -21,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::app::App;
+use crate::app::{App, Drain};
 use crate::body::{self, BodyLimits};
 use crate::cli::ModelControl;
 use crate::error::ApiError;
@@ -100,6 +104,37 @@ pub async fn unload(
     let _ = read(app, request).await?;
     app.registry.unload(name).await?;
     Ok(empty(StatusCode::OK))
+}
+
+/// Turns draining on (`{"refuse": true}` to refuse new inference requests
+/// too) or off, and answers the host's traffic: `draining`, `refusing`,
+/// `in_flight`, `requests` (served since start), `refused`. Calling it again
+/// changes nothing and answers the same, so it is also how a script watches
+/// a drain.
+pub async fn drain(
+    app: &App,
+    request: Request<Incoming>,
+    on: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    authorize(app, &request)?;
+    may_change(app)?;
+    let body = read(app, request).await?;
+    let refuse = match body.get("refuse") {
+        None => false,
+        Some(Value::Bool(refuse)) => *refuse,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "refuse must be true or false, not {other}"
+            )));
+        }
+    };
+    app.set_drain(match (on, refuse) {
+        (false, _) => Drain::Off,
+        (true, false) => Drain::Serve,
+        (true, true) => Drain::Refuse,
+    });
+    let body = serde_json::to_vec(&app.traffic()).expect("traffic serializes");
+    Ok(json(StatusCode::OK, body.into()))
 }
 
 /// A load from the model's repository folder, its model.toml under the
@@ -254,7 +289,7 @@ fn may_change(app: &App) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "model control is off (--model-control none): start wasm-host with \
-             --model-control explicit to load and unload models over HTTP",
+             --model-control explicit to load and unload models and drain the host over HTTP",
         ));
     }
     Ok(())

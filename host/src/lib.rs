@@ -36,6 +36,7 @@ pub mod served;
 pub mod server;
 pub mod settings;
 pub mod signals;
+pub mod status;
 pub mod triton;
 
 use std::process::ExitCode;

@@ -1,17 +1,26 @@
 //! Prometheus metrics, named as operators of Triton and KServe expect them:
 //! what happened to each request, where its time went (waiting for an
 //! instance, computing in one), how many are pending, and how the instances
-//! are doing, per model and version. An autoscaler (HPA, KEDA) can scale on
-//! `pending_requests` or the queue-duration histogram.
+//! are doing, per model and version.
+//!
+//! For an autoscaler (HPA, KEDA) the gauges are not enough: a fast model's
+//! requests last microseconds, so `pending_requests` sampled every 15 s reads
+//! 0 however loaded the host is. `instance_busy_seconds_total` and
+//! `pending_requests_seconds_total` are the integrals over time of busy
+//! instances and of pending requests, kept exactly at every change (an
+//! [`Integral`]): `rate()` over any window is their average over it, so
+//! `rate(busy_seconds) / instances` is the busy ratio however short each
+//! request is.
 //!
 //! [`Metrics`] is the host's one registry; [`ModelMetrics`] is a served
 //! model's set of handles into it, made once when the model loads (a family
 //! lookup per request showed in the profile) and removed when it unloads.
 //! The same handles keep the counts Triton's statistics extension reports.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,10 +73,18 @@ pub const OUTCOMES: [&str; 8] = [
 /// Why instances are replaced.
 const CAUSES: [&str; 5] = ["trap", "timeout", "memory_cap", "cancelled", "recycled"];
 
+/// The first latency bucket's bound; each next one doubles.
+const FIRST_BUCKET: f64 = 50e-6;
+const BUCKETS: u16 = 22;
+
 /// 50 µs to ~100 s, doubling: covers a tiny MLP and a model that sleeps.
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(50e-6, 2.0, 22))
+    Histogram::new(exponential_buckets(FIRST_BUCKET, 2.0, BUCKETS))
 }
+
+/// How many recent events (instances replaced, versions swapped) the status
+/// page shows.
+const EVENTS_KEPT: usize = 50;
 
 /// The host's metrics registry and its families.
 pub struct Metrics {
@@ -84,6 +101,21 @@ pub struct Metrics {
     boot_failures: Family<ModelLabels, Counter>,
     instance_memory: Family<InstanceLabels, Gauge>,
     body_timeouts: Counter,
+    busy_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    pending_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// The newest last: instances replaced, versions loaded and swapped.
+    events: Mutex<VecDeque<Event>>,
+}
+
+/// Something a person watching the host wants to see: an instance replaced
+/// (and why), a version swapped in, a model unloaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub model: String,
+    pub version: String,
+    pub what: String,
 }
 
 impl Default for Metrics {
@@ -165,6 +197,23 @@ impl Metrics {
             Unit::Bytes,
             instance_memory.clone(),
         );
+        let busy_seconds = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "instance_busy",
+            "Integral over time of instances serving a request: rate() over any window is the \
+             average number busy in it (divide by wasm_host_instances for the busy ratio), exact \
+             however short each request is; what an autoscaler should scale on",
+            Unit::Seconds,
+            busy_seconds.clone(),
+        );
+        let pending_seconds = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "pending_requests",
+            "Integral over time of wasm_host_pending_requests: rate() over any window is the \
+             average number of requests waiting or computing in it",
+            Unit::Seconds,
+            pending_seconds.clone(),
+        );
         let body_timeouts = Counter::default();
         registry.register(
             "request_body_timeouts",
@@ -185,7 +234,29 @@ impl Metrics {
             boot_failures,
             instance_memory,
             body_timeouts,
+            busy_seconds,
+            pending_seconds,
+            events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
         }
+    }
+
+    /// Records an event for the status page; the oldest go first.
+    pub fn event(&self, model: &str, version: &str, what: String) {
+        let mut events = self.events.lock().unwrap();
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event {
+            at_ms: now_ms(),
+            model: model.to_owned(),
+            version: version.to_owned(),
+            what,
+        });
+    }
+
+    /// The recent events, newest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().iter().rev().cloned().collect()
     }
 
     /// The Prometheus text exposition format (0.0.4), which every scraper
@@ -220,6 +291,10 @@ impl Metrics {
             });
         }
         let _ = self.boot_failures.get_or_create(&labels);
+        // A version loaded again under the same labels (a reload of the same
+        // file) carries on from the series' value: a counter never goes back.
+        let busy_seconds = self.busy_seconds.get_or_create(&labels).clone();
+        let pending_seconds = self.pending_seconds.get_or_create(&labels).clone();
         ModelMetrics(Arc::new(ModelHandles {
             by_outcome: OUTCOMES
                 .iter()
@@ -235,6 +310,10 @@ impl Metrics {
             instances: self.instances.get_or_create(&labels).clone(),
             busy: self.busy.get_or_create(&labels).clone(),
             missing: self.missing.get_or_create(&labels).clone(),
+            busy_time: Integral::starting_at(busy_seconds.get()),
+            pending_time: Integral::starting_at(pending_seconds.get()),
+            busy_seconds,
+            pending_seconds,
             stats: Stats::default(),
             metrics: Arc::clone(self),
             labels,
@@ -254,9 +333,112 @@ pub struct ModelHandles {
     instances: Gauge,
     busy: Gauge,
     missing: Gauge,
+    busy_seconds: Counter<f64, AtomicU64>,
+    pending_seconds: Counter<f64, AtomicU64>,
+    /// Instances busy, integrated over time.
+    busy_time: Integral,
+    /// Requests pending, integrated over time.
+    pending_time: Integral,
     pub stats: Stats,
     metrics: Arc<Metrics>,
     labels: ModelLabels,
+}
+
+/// The integral over time of a level that moves up and down by one (busy
+/// instances, pending requests), brought up to date at every move and when
+/// read, so that it is exact at any instant. A mutex rather than atomics:
+/// level, time and sum must move together, or a reading could go backwards,
+/// which Prometheus takes for a counter reset.
+#[derive(Default)]
+pub struct Integral(Mutex<IntegralState>);
+
+#[derive(Default)]
+struct IntegralState {
+    level: u64,
+    since: Option<Instant>,
+    /// Level × nanoseconds, summed.
+    sum_ns: u128,
+}
+
+impl IntegralState {
+    fn advance(&mut self, now: Instant) {
+        if let Some(since) = self.since {
+            self.sum_ns += u128::from(self.level) * now.saturating_duration_since(since).as_nanos();
+        }
+        self.since = Some(now);
+    }
+}
+
+impl Integral {
+    fn starting_at(seconds: f64) -> Integral {
+        Integral(Mutex::new(IntegralState {
+            sum_ns: (seconds * 1e9) as u128,
+            ..IntegralState::default()
+        }))
+    }
+
+    pub fn rise(&self) {
+        let mut state = self.0.lock().unwrap();
+        state.advance(Instant::now());
+        state.level += 1;
+    }
+
+    pub fn fall(&self) {
+        let mut state = self.0.lock().unwrap();
+        state.advance(Instant::now());
+        state.level = state.level.saturating_sub(1);
+    }
+
+    /// Level-seconds so far.
+    pub fn seconds(&self) -> f64 {
+        let mut state = self.0.lock().unwrap();
+        state.advance(Instant::now());
+        state.sum_ns as f64 / 1e9
+    }
+
+    /// Brings a counter up to the integral's value, under the same lock,
+    /// so that two scrapes at once cannot add the same time twice.
+    fn export(&self, counter: &Counter<f64, AtomicU64>) {
+        let mut state = self.0.lock().unwrap();
+        state.advance(Instant::now());
+        let delta = state.sum_ns as f64 / 1e9 - counter.get();
+        if delta > 0.0 {
+            counter.inc_by(delta);
+        }
+    }
+}
+
+/// Success latencies in the same buckets as the histograms, readable (the
+/// client crate's histograms are write-only): the status page takes p50 and
+/// p99 from the difference between two readings.
+pub struct Buckets([AtomicU64; BUCKETS as usize + 1]);
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Buckets {
+    fn observe(&self, took: Duration) {
+        let ratio = took.as_secs_f64() / FIRST_BUCKET;
+        let index = if ratio <= 1.0 {
+            0
+        } else {
+            (ratio.log2().ceil() as usize).min(BUCKETS as usize)
+        };
+        self.0[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each bucket's upper bound in seconds (the last is unbounded: `null`)
+    /// and its count (not cumulative).
+    pub fn json(&self) -> serde_json::Value {
+        let bounds: Vec<Option<f64>> = (0..=BUCKETS as i32)
+            .map(|i| (i < i32::from(BUCKETS)).then(|| FIRST_BUCKET * 2f64.powi(i)))
+            .collect();
+        let counts: Vec<u64> = self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        serde_json::json!({ "bounds": bounds, "counts": counts })
+    }
 }
 
 /// Counts and nanoseconds as Triton's statistics extension reports them.
@@ -270,6 +452,8 @@ pub struct Stats {
     pub executions: AtomicU64,
     /// Milliseconds since the epoch of the last inference, 0 if none.
     pub last_inference_ms: AtomicU64,
+    /// Successful requests' durations, for the status page.
+    pub latency: Buckets,
 }
 
 /// A count and a total of nanoseconds.
@@ -319,13 +503,34 @@ impl ModelHandles {
         duration.observe(took.as_secs_f64());
         if outcome == "success" {
             self.stats.success.add(took);
+            self.stats.latency.observe(took);
         } else if outcome != "cancelled" {
             self.stats.fail.add(took);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.stats.last_inference_ms.store(now, Ordering::Relaxed);
+        self.stats
+            .last_inference_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// An instance starts serving a request.
+    pub fn busy_begins(&self) {
+        self.busy_time.rise();
+    }
+
+    /// An instance is done with its request.
+    pub fn busy_ends(&self) {
+        self.busy_time.fall();
+    }
+
+    /// Instance-seconds spent serving requests so far.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_time.seconds()
+    }
+
+    /// Records an event for the status page.
+    pub fn event(&self, what: String) {
+        self.metrics
+            .event(&self.labels.model, &self.labels.version, what);
     }
 
     pub fn queued(&self, waited: Duration) {
@@ -342,13 +547,18 @@ impl ModelHandles {
     /// Counts a request as pending until the returned guard is dropped.
     pub fn pending(&self) -> PendingGuard<'_> {
         self.pending.inc();
-        PendingGuard(&self.pending)
+        self.pending_time.rise();
+        PendingGuard(self)
     }
 
+    /// Brings the scrape-time series up to date: the instance gauges and
+    /// the integrals.
     pub fn set_instances(&self, total: usize, busy: usize, missing: usize) {
         self.instances.set(total as i64);
         self.busy.set(busy as i64);
         self.missing.set(missing as i64);
+        self.busy_time.export(&self.busy_seconds);
+        self.pending_time.export(&self.pending_seconds);
     }
 
     pub fn replaced(&self, cause: &'static str) {
@@ -408,6 +618,8 @@ impl ModelHandles {
         for family in [&m.pending, &m.instances, &m.busy, &m.missing] {
             family.remove(&self.labels);
         }
+        m.busy_seconds.remove(&self.labels);
+        m.pending_seconds.remove(&self.labels);
         m.queue_duration.remove(&self.labels);
         m.compute_duration.remove(&self.labels);
         m.boot_failures.remove(&self.labels);
@@ -446,10 +658,17 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     text
 }
 
-pub struct PendingGuard<'a>(&'a Gauge);
+pub struct PendingGuard<'a>(&'a ModelHandles);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.pending.dec();
+        self.0.pending_time.fall();
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -293,10 +293,14 @@ impl<B: Boot> Pool<B> {
         }
     }
 
-    /// Every wanted instance is up or booting, and the queue has room.
+    /// Can serve: at least one instance is up, or the pool is elastic and
+    /// boots one for the first request (scale to zero). A pool short of its
+    /// target (a replacement being retried, a resize under way) still serves
+    /// and `/health` says `degraded`; a full queue is answered per request
+    /// with a 503, never by readiness, which would take the whole host out of
+    /// its load balancer for a moment's burst.
     pub fn ready(&self) -> bool {
-        let status = self.status();
-        status.total + status.booting >= status.target && status.queued < self.config.max_queue
+        self.total.load(Ordering::SeqCst) > 0 || self.config.min_instances.is_some()
     }
 
     /// Requests computing or waiting: the pool is drained when this is 0.
@@ -363,6 +367,7 @@ impl<B: Boot> Pool<B> {
             .expect("a permit always has an idle instance behind it")
             .worker;
         self.busy.fetch_add(1, Ordering::SeqCst);
+        self.metrics.busy_begins();
         self.metrics.queued(arrived.elapsed());
         Ok(Lease {
             pool: Arc::clone(self),
@@ -508,6 +513,8 @@ impl<B: Boot> Pool<B> {
             }
             pool.replaced.fetch_add(1, Ordering::SeqCst);
             let new_id = new.id();
+            pool.metrics
+                .event(format!("instance {old_id} replaced by {new_id}: {cause}"));
             tracing::warn!(
                 old = old_id,
                 new = new_id,
@@ -522,6 +529,7 @@ impl<B: Boot> Pool<B> {
     /// Where a returning instance goes: back to the pool, replaced, or retired.
     fn take_back(self: &Arc<Self>, instance: B::Worker, fault: Option<(&'static str, String)>) {
         self.busy.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.busy_ends();
         if let Some((kind, cause)) = fault {
             self.replace(instance, kind, cause);
         } else if self.total.load(Ordering::SeqCst) > self.target.load(Ordering::SeqCst) {
@@ -1080,7 +1088,7 @@ mod tests {
             (1, 1),
             "one short while retrying"
         );
-        assert!(!pool.ready(), "a pool short of its target is not ready");
+        assert!(pool.ready(), "a pool short of its target still serves");
         // The retries wait 10 ms, then 20 ms.
         tokio::time::sleep(Duration::from_millis(40)).await;
         let status = pool.status();

@@ -447,7 +447,19 @@ impl Registry {
                 old.version,
                 old.pool.in_flight()
             );
+            served.metrics.event(format!(
+                "v{} replaced v{} ({} in flight finish on v{})",
+                served.version,
+                old.version,
+                old.pool.in_flight(),
+                old.version
+            ));
             self.drain(old, false);
+        } else {
+            served.metrics.event(format!(
+                "loaded with {} instances",
+                served.settings.pool.instances
+            ));
         }
         Ok(served)
     }
@@ -514,6 +526,10 @@ impl Registry {
             old.version,
             old.pool.in_flight()
         );
+        old.metrics.event(format!(
+            "unloading; {} in flight finish first",
+            old.pool.in_flight()
+        ));
         self.drain(old, true);
         Ok(())
     }

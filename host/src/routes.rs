@@ -31,6 +31,8 @@ use crate::triton;
 /// unknown path a 404. Model routes carry the model's name and, when the
 /// path names one, its version.
 enum Route<'a> {
+    StatusPage,
+    Status,
     Health,
     Predict,
     Server,
@@ -45,6 +47,8 @@ enum Route<'a> {
     RepositoryIndex,
     RepositoryLoad(Cow<'a, str>),
     RepositoryUnload(Cow<'a, str>),
+    Drain,
+    Undrain,
 }
 
 impl Route<'_> {
@@ -59,6 +63,8 @@ impl Route<'_> {
             _ => (segments, None),
         };
         Some(match segments.as_slice() {
+            [""] => Route::StatusPage,
+            ["status"] => Route::Status,
             ["health"] => Route::Health,
             ["metrics"] => Route::Metrics,
             ["predict"] => Route::Predict,
@@ -72,6 +78,8 @@ impl Route<'_> {
             ["v2", "models", m, "stats"] => Route::ModelStats(Some(percent_decode(m)?), version),
             ["v2", "models", m, "infer"] => Route::Infer(percent_decode(m)?, version),
             ["v2", "repository", "index"] => Route::RepositoryIndex,
+            ["v2", "repository", "drain"] => Route::Drain,
+            ["v2", "repository", "undrain"] => Route::Undrain,
             ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(percent_decode(m)?),
             ["v2", "repository", "models", m, "unload"] => {
                 Route::RepositoryUnload(percent_decode(m)?)
@@ -86,7 +94,9 @@ impl Route<'_> {
             | Route::Infer(..)
             | Route::RepositoryIndex
             | Route::RepositoryLoad(_)
-            | Route::RepositoryUnload(_) => Method::POST,
+            | Route::RepositoryUnload(_)
+            | Route::Drain
+            | Route::Undrain => Method::POST,
             _ => Method::GET,
         }
     }
@@ -94,7 +104,11 @@ impl Route<'_> {
     fn is_admin(&self) -> bool {
         matches!(
             self,
-            Route::RepositoryIndex | Route::RepositoryLoad(_) | Route::RepositoryUnload(_)
+            Route::RepositoryIndex
+                | Route::RepositoryLoad(_)
+                | Route::RepositoryUnload(_)
+                | Route::Drain
+                | Route::Undrain
         )
     }
 }
@@ -121,13 +135,39 @@ fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(bytes).ok().map(Cow::Owned)
 }
 
+/// A new inference request that a refusing drain turns away: the
+/// connection is closed before any answer, which a balancer retries on its
+/// next host (nginx's `proxy_next_upstream error`) and counts against this
+/// one. Never a 503: that is how overload answers, and a balancer that
+/// retried and counted 503s would take busy hosts out one after another.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("draining: a new inference request was refused")
+    }
+}
+
+impl std::error::Error for Refused {}
+
 pub(crate) async fn handle(
     app: &App,
     plane: Plane,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Full<Bytes>>, Refused> {
+    if app.refusing()
+        && plane.serves_public()
+        && matches!(
+            Route::parse(request.uri().path()),
+            Some(Route::Infer(..) | Route::Predict)
+        )
+    {
+        app.refused_one();
+        return Err(Refused);
+    }
     if !app.config.access_log {
-        return respond(app, plane, request).await;
+        return Ok(respond(app, plane, request).await);
     }
     let started = Instant::now();
     let method = request.method().clone();
@@ -149,7 +189,7 @@ pub(crate) async fn handle(
         "{method} {path} {}",
         response.status().as_u16()
     );
-    response
+    Ok(response)
 }
 
 async fn respond(app: &App, plane: Plane, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -208,6 +248,11 @@ async fn route_request(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let model = |name: &str, version: Option<&str>| app.registry.get(name, version);
     match route {
+        Route::StatusPage => Ok(crate::status::page()),
+        Route::Status => Ok(json(
+            StatusCode::OK,
+            crate::status::snapshot(app).to_string().into(),
+        )),
         Route::Health => Ok(json(StatusCode::OK, health(app).to_string().into())),
         Route::Metrics => {
             for served in app.registry.served() {
@@ -263,10 +308,12 @@ async fn route_request(
             ))
         }
         Route::Infer(name, version) => {
+            let _counted = app.inference_begins();
             let served = model(&name, version)?;
             measured(&served, infer(app, &served, request, Form::OpenInference)).await
         }
         Route::Predict => {
+            let _counted = app.inference_begins();
             let served = app.registry.only().map_err(|served| {
                 ApiError::not_found(format!(
                     "/predict serves a host with one model, and this one serves {}: use \
@@ -279,6 +326,8 @@ async fn route_request(
         Route::RepositoryIndex => control::index(app, request).await,
         Route::RepositoryLoad(name) => control::load(app, &name, request).await,
         Route::RepositoryUnload(name) => control::unload(app, &name, request).await,
+        Route::Drain => control::drain(app, request, true).await,
+        Route::Undrain => control::drain(app, request, false).await,
     }
 }
 
@@ -289,7 +338,10 @@ fn health(app: &App) -> serde_json::Value {
     let sum =
         |f: fn(&crate::pool::Status) -> usize| statuses.iter().map(|(_, s)| f(s)).sum::<usize>();
     let missing = sum(|s| s.missing);
-    let state = if !app.ready() {
+    let traffic = app.traffic();
+    let state = if traffic.draining {
+        "draining"
+    } else if !app.ready() {
         "unavailable"
     } else if missing > 0 {
         "degraded"
@@ -340,6 +392,7 @@ fn health(app: &App) -> serde_json::Value {
             "held_bytes": app.body.budget_in_use(),
             "budget_bytes": app.config.body_budget,
         },
+        "traffic": traffic,
         "models": models,
     })
 }

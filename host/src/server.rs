@@ -3,7 +3,6 @@
 //! shutdown. What a request does is in [`crate::routes`]; what it shares
 //! with every other request is in [`crate::app`].
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,9 +99,11 @@ impl Connection {
             let app = Arc::clone(&app);
             let busy = requests.begin();
             async move {
+                // A refusing drain's `Err` makes hyper close the connection
+                // without an answer.
                 let response = handle(&app, plane, request).await;
                 drop(busy);
-                Ok::<_, Infallible>(response)
+                response
             }
         });
         let connection = http1::Builder::new()

@@ -51,6 +51,13 @@ def _drain(stream, ready: threading.Event, found: list):
 @contextlib.contextmanager
 def running_host(args, extra_env=None):
     """Start `wasm-host ARGS --bind 127.0.0.1:0`; yield "127.0.0.1:PORT"; stop it by PID."""
+    with host_process(args, extra_env) as (addr, _proc):
+        yield addr
+
+
+@contextlib.contextmanager
+def host_process(args, extra_env=None):
+    """As `running_host`, yielding ("127.0.0.1:PORT", the Popen) for tests that signal the host."""
     for path, what in ((HOST, "the host"), (MODEL, "the digits model")):
         if not path.is_file():
             pytest.exit(
@@ -82,7 +89,7 @@ def running_host(args, extra_env=None):
                 f"(it {state}); its log:\n" + "\n".join(_host_log),
                 pytrace=False,
             )
-        yield found[0]
+        yield found[0], proc
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)  # graceful: drain, then exit 0
