@@ -190,7 +190,7 @@ fn check_decoded(inference: &Inference, metadata: &Metadata) {
     }
 }
 
-type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::ApiError>;
+type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::Error>;
 
 /// A request with its binary tail: the JSON header's length, and the body.
 fn binary_seed() -> (usize, Vec<u8>) {
@@ -270,9 +270,9 @@ fn fuzz(name: &str, binary: bool, decode: Decoder) {
                     check_decoded(&inference, &metadata);
                 }
                 Err(err) => assert!(
-                    err.status.is_client_error() && !err.message.is_empty(),
-                    "{name}: {} for {:?}",
-                    err.status,
+                    err.kind == wasm_host::error::Kind::BadInput && !err.message.is_empty(),
+                    "{name}: {:?} for {:?}",
+                    err.kind,
                     String::from_utf8_lossy(&input)
                 ),
             }
