@@ -13,6 +13,8 @@
 #   5. ONNX models packed with `wasm-host pack`: memory of N instances of a
 #      16 MiB Gemm, first request after boot, predict time against
 #      onnxruntime on one thread (bench/onnx_bench.py);
+#   6. gRPC against HTTP: perf_analyzer -i grpc and -i http against one host
+#      serving both, at 1 and 64 concurrent requests (bench/grpc_bench.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -26,7 +28,7 @@
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
-#   BENCH_ONLY="throughput density startup micro onnx models"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models grpc"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -50,7 +52,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models grpc"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
@@ -498,6 +500,14 @@ onnx() {
     BENCH_DENSITY="$DENSITY" "$venv/bin/python" bench/onnx_bench.py "$OUT" "$HOST" "$((PORT + 200))"
 }
 
+grpc() {
+    say "gRPC against HTTP: perf_analyzer -i grpc / -i http at 1 and 64, one host serving both"
+    wait_quiet
+    python3 bench/grpc_bench.py --host "$HOST" --model "$WASM/guest_model.wasm" \
+        --out-md "$OUT/grpc.md" --out-json "$OUT/grpc.json" --port "$((PORT + 300))" \
+        --seconds "$SECONDS_PER_RUN"
+}
+
 # --- the run ---------------------------------------------------------------------------
 
 machine() {
@@ -545,7 +555,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models; do
+    for part in throughput density startup micro onnx models grpc; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
