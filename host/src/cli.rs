@@ -30,7 +30,7 @@ Endpoints:
   GET  /v2, /v2/health/live, /v2/health/ready
   GET  /health                     instances total / busy / replaced, queue depth
   GET  /metrics                    Prometheus metrics (queue, compute time, pending requests)
-  gRPC inference.GRPCInferenceService on --grpc-bind: the same calls, for tritonclient.grpc
+  gRPC on --grpc-bind              inference.GRPCInferenceService (tritonclient.grpc, KServe)
 
 Commands (serve is the default):
   wasm-host [serve] MODEL.wasm...        serve models (or --model-repository DIR)

@@ -104,8 +104,7 @@ pub async fn http_index(
     app: &App,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, bearer(&request))?;
-    let body = read(app, request).await?;
+    let body = admit(app, request, false).await?;
     let ready_only = body.get("ready").and_then(Value::as_bool).unwrap_or(false);
     let body = serde_json::to_vec(&index(app, ready_only)).expect("the index serializes");
     Ok(json(StatusCode::OK, body.into()))
@@ -119,9 +118,7 @@ pub async fn http_load(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     use base64::Engine as _;
-    authorize(app, bearer(&request))?;
-    may_change(app)?;
-    let body = read(app, request).await?;
+    let body = admit(app, request, true).await?;
     let mut parameters = LoadParameters::default();
     let given = body.get("parameters").and_then(Value::as_object);
     for (key, value) in given.into_iter().flatten() {
@@ -149,11 +146,19 @@ pub async fn http_unload(
     name: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, bearer(&request))?;
-    may_change(app)?;
-    let _ = read(app, request).await?;
+    admit(app, request, true).await?;
     unload(app, name).await?;
     Ok(empty(StatusCode::OK))
+}
+
+/// A repository call's body, once its token is right and, for a call that
+/// `changes` the models, model control is on.
+async fn admit(app: &App, request: Request<Incoming>, changes: bool) -> Result<Value, ApiError> {
+    authorize(app, bearer(&request))?;
+    if changes {
+        may_change(app)?;
+    }
+    read(app, request).await
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -62,6 +62,11 @@ impl Service {
         Ok(self.app.registry.get(name, version)?)
     }
 
+    fn addressed(&self, request: &impl Addressed) -> Result<Arc<ServedModel>, Error> {
+        let (name, version) = request.address();
+        self.model(name, version)
+    }
+
     /// The repository calls' gate: served here, and the token right.
     fn admin(&self, metadata: &MetadataMap) -> Result<(), Error> {
         if !self.admin {
@@ -119,9 +124,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Answered<ModelReadyResponse> {
-        let request = request.into_inner();
-        let served = self.model(&request.name, &request.version)?;
-        let ready = served.pool.ready();
+        let ready = self.addressed(request.get_ref())?.pool.ready();
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -140,8 +143,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Answered<ModelMetadataResponse> {
-        let request = request.into_inner();
-        let served = self.model(&request.name, &request.version)?;
+        let served = self.addressed(request.get_ref())?;
         Ok(Response::new(tensors::model_metadata(&served)))
     }
 
@@ -161,10 +163,9 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Answered<ModelConfigResponse> {
-        let request = request.into_inner();
-        let served = self.model(&request.name, &request.version)?;
+        let config = tensors::model_config(&self.addressed(request.get_ref())?);
         Ok(Response::new(ModelConfigResponse {
-            config: Some(tensors::model_config(&served)),
+            config: Some(config),
         }))
     }
 
@@ -172,11 +173,10 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelStatisticsRequest>,
     ) -> Answered<ModelStatisticsResponse> {
-        let request = request.into_inner();
-        let models = if request.name.is_empty() {
+        let models = if request.get_ref().name.is_empty() {
             self.app.registry.served()
         } else {
-            vec![self.model(&request.name, &request.version)?]
+            vec![self.addressed(request.get_ref())?]
         };
         let model_stats = models.iter().map(|m| statistics(m)).collect();
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
@@ -234,6 +234,28 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
+
+/// A request that names a model and, optionally, its version.
+trait Addressed {
+    fn address(&self) -> (&str, &str);
+}
+
+macro_rules! addressed {
+    ($($request:ty),*) => {$(
+        impl Addressed for $request {
+            fn address(&self) -> (&str, &str) {
+                (&self.name, &self.version)
+            }
+        }
+    )*};
+}
+
+addressed!(
+    ModelReadyRequest,
+    ModelMetadataRequest,
+    ModelConfigRequest,
+    ModelStatisticsRequest
+);
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {

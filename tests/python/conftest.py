@@ -36,6 +36,9 @@ GRPC_LISTENING = re.compile(r"grpc listening on (\S+)")
 # Every line the host wrote to stderr, for the report on failure.
 _host_log: list[str] = []
 
+# The process serving each HTTP address, for tests that signal it.
+PROCESSES: dict = {}
+
 
 def _drain(stream, ready: threading.Event, found: list, grpc_found: list):
     """Read the host's stderr line by line for its whole life (so it never blocks on a full pipe),
@@ -97,6 +100,7 @@ def running_host(args, extra_env=None, grpc=False):
         if grpc and not grpc_found:
             pytest.fail("wasm-host did not announce `grpc listening on ...`; its log:\n"
                         + "\n".join(_host_log), pytrace=False)
+        PROCESSES[found[0]] = proc
         yield (found[0], grpc_found[0]) if grpc else found[0]
     finally:
         if proc.poll() is None:

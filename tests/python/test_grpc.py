@@ -8,9 +8,14 @@ Triton's classification extension; the parameters Triton gives meaning to; the i
 """
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -20,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from conftest import FAULT, MODEL, REFERENCE, ROOT, running_host
+from conftest import ADMIN_TOKEN, FAULT, MODEL, PROCESSES, REFERENCE, ROOT, running_host
 
 TOLERANCE = 1e-5
 
@@ -181,9 +186,10 @@ def test_an_unknown_model_is_not_found(triton):
 
 @pytest.fixture(scope="module")
 def fault_hosts():
-    """The fault model, one instance, no queue, a 1 s deadline and a 32 MiB memory cap."""
+    """The fault model, one instance, no queue, a 1 s deadline, a 32 MiB memory cap and 64 KiB
+    messages."""
     args = ["--instances", "1", "--max-queue", "0", "--timeout", "1s", "--memory-limit", "32MiB",
-            str(FAULT)]
+            "--max-body", "64KiB", str(FAULT)]
     with running_host(args, grpc=True) as addrs:
         yield addrs
 
@@ -219,6 +225,16 @@ def test_the_memory_cap_is_resource_exhausted(fault_hosts):
     client.close()
 
 
+def test_a_message_past_max_body_is_refused(fault_hosts):
+    client = grpcclient.InferenceServerClient(url=fault_hosts[1])
+    big = grpcclient.InferInput("action", [16_384], "INT64")
+    big.set_data_from_numpy(np.zeros(16_384, dtype=np.int64))
+    status, message = grpc_error(lambda: client.infer("fault", [big]))
+    assert status == "StatusCode.OUT_OF_RANGE", message
+    assert "65536" in message, message
+    client.close()
+
+
 def test_overload_is_unavailable(fault_hosts):
     client = grpcclient.InferenceServerClient(url=fault_hosts[1])
     # The one instance sleeps 800 ms (within its 1 s deadline); with no queue, others are refused.
@@ -248,6 +264,48 @@ def test_sequence_and_priority_are_invalid_argument(triton):
         status, message = grpc_error(lambda: triton.infer("digits", [x], **kwargs))
         assert status == "StatusCode.INVALID_ARGUMENT"
         assert name in message and "not supported" in message, message
+
+
+def test_term_lets_an_in_flight_grpc_call_finish_then_exits():
+    with running_host(["--instances", "1", str(FAULT)], grpc=True) as (http, grpc_addr):
+        client = grpcclient.InferenceServerClient(url=grpc_addr)
+        answer = {}
+
+        def slow_call():
+            answer["result"] = client.infer("fault", [fault_input(4, 1_000)]).as_numpy("result")
+
+        call = threading.Thread(target=slow_call)
+        call.start()
+        for _ in range(100):  # until the call holds the instance
+            with urllib.request.urlopen(f"http://{http}/health") as health:
+                if json.load(health)["instances"]["busy"] == 1:
+                    break
+            time.sleep(0.01)
+        os.kill(PROCESSES[http].pid, signal.SIGTERM)
+        call.join(timeout=10)
+        assert list(answer["result"]) == [1_000]
+        assert PROCESSES[http].wait(timeout=10) == 0
+        client.close()
+
+
+def test_the_repository_calls_over_grpc_need_the_token(tmp_path):
+    (tmp_path / "digits").mkdir()
+    shutil.copy(MODEL, tmp_path / "digits" / "model.wasm")
+    args = ["--instances", "1", "--model-repository", str(tmp_path), "--model-control", "explicit"]
+    with running_host(args, {"WASM_HOST_ADMIN_TOKEN": ADMIN_TOKEN}, grpc=True) as (_, grpc_addr):
+        client = grpcclient.InferenceServerClient(url=grpc_addr)
+        auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        status, message = grpc_error(lambda: client.get_model_repository_index())
+        assert status == "StatusCode.UNAUTHENTICATED", message
+        index = client.get_model_repository_index(headers=auth, as_json=True)
+        assert [(m["name"], m["state"]) for m in index["models"]] == [("digits", "READY")]
+        client.unload_model("digits", headers=auth)
+        status, message = grpc_error(lambda: client.get_model_metadata("digits"))
+        assert status == "StatusCode.NOT_FOUND" and "unloaded" in message, message
+        with open(MODEL, "rb") as f:
+            client.load_model("digits", headers=auth, files={"file:1/model.wasm": f.read()})
+        assert client.is_model_ready("digits")
+        client.close()
 
 
 # ---- classification ------------------------------------------------------------------------------
