@@ -430,10 +430,12 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
                     vec![RequestedOutput {
                         name: rng.pick(&metadata.outputs).name.clone(),
                         binary: rng.below(2) == 0,
+                        classification: None,
                     }]
                 }),
                 binary_outputs: binary,
                 parameters: serde_json::Map::new(),
+                timeout: None,
             };
             let encodings = catch_unwind(AssertUnwindSafe(|| {
                 let oip = protocol::encode_infer_response("m", "1", &inference, &outputs, LIMIT);

@@ -163,7 +163,8 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Answered<ModelConfigResponse> {
-        let config = tensors::model_config(&self.addressed(request.get_ref())?);
+        let served = self.addressed(request.get_ref())?;
+        let config = tensors::model_config(&served);
         Ok(Response::new(ModelConfigResponse {
             config: Some(config),
         }))
