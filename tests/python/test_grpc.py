@@ -367,7 +367,8 @@ def test_perf_analyzer_runs_over_grpc(hosts):
         "bash", str(ROOT / "tests" / "python" / "perf_analyzer.sh"),
         "-i", "grpc", "-u", hosts[1], "-m", "digits", "--shape", "x:1,64",
         "--input-data", "zero", "--concurrency-range", "1:2", "--measurement-interval", "1000",
-        "--stability-percentage", "100", "--max-trials", "3",
+        # Up to 10 windows: on a busy machine three in a row may take a few tries to agree.
+        "--stability-percentage", "100", "--max-trials", "10",
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
