@@ -6,7 +6,10 @@ over HTTP (binary tensors) and over gRPC (raw contents), the two protocols alter
 ratio gRPC / HTTP is taken within each round. Writes a Markdown section and the raw figures.
 
     python3 bench/grpc_bench.py --host target/release/wasm-host --model MODEL.wasm \
-        --out-md target/bench/grpc.md --out-json target/bench/grpc.json --port 18400
+        --out-md target/bench/grpc.md --out-json target/bench/grpc.json
+
+The host binds ephemeral ports (other work on the machine may hold any fixed one) and the
+addresses are read from its log.
 """
 
 import argparse
@@ -21,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "tests" / "python" / "perf_analyzer.sh"
+HTTP = re.compile(r"listening on http://(\S+)")
+GRPC = re.compile(r"grpc listening on (\S+)")
 RESULT = re.compile(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec, latency (\d+) usec")
 
 
@@ -34,8 +39,8 @@ def perf(protocol, url, concurrency, seconds):
         "taskset", "-c", "0", "bash", str(PERF),
         "-i", protocol, "-u", url, "-m", "digits", "--shape", "x:1,64", "--input-data", "zero",
         "--concurrency-range", f"{concurrency}:{concurrency}",
-        "--measurement-interval", str(seconds * 1000), "--stability-percentage", "25",
-        "--max-trials", "5",
+        "--measurement-interval", str(seconds * 1000), "--stability-percentage", "100",
+        "--max-trials", "10",
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env=dict(os.environ, PA_QUIET="1"))
@@ -52,24 +57,23 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-json", required=True)
-    p.add_argument("--port", type=int, default=18400)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--concurrency", default="1 64")
     p.add_argument("--instances", type=int, default=2)
     args = p.parse_args()
 
-    http, grpc = f"127.0.0.1:{args.port}", f"127.0.0.1:{args.port + 1}"
     log = open(Path(args.out_md).with_suffix(".log"), "w")
     server = subprocess.Popen(
-        ["taskset", "-c", "1", args.host, "--instances", str(args.instances), "--bind", http,
-         "--grpc-bind", grpc, args.model],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        ["taskset", "-c", "1", args.host, "--instances", str(args.instances),
+         "--bind", "127.0.0.1:0", "--grpc-bind", "127.0.0.1:0", args.model],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, NO_COLOR="1"))
     try:
         deadline = time.time() + 60
-        while "listening on http://" not in Path(log.name).read_text():
+        while not (found := HTTP.search(Path(log.name).read_text())):
             if server.poll() is not None or time.time() > deadline:
                 sys.exit(f"wasm-host did not start; see {log.name}")
             time.sleep(0.1)
+        http, grpc = found.group(1), GRPC.search(Path(log.name).read_text()).group(1)
         load_before = loadavg()
         rows = []
         for c in (int(c) for c in args.concurrency.split()):
@@ -102,10 +106,16 @@ def main():
         "core 1 (`taskset -c 1`); perf_analyzer 2.60 pinned to core 0 drives it over HTTP "
         "(`-i http`, binary tensor data) and over gRPC (`-i grpc`, raw contents), one protocol "
         "after the other at each concurrency (perf_analyzer's concurrent requests: connections "
-        f"for HTTP, streams on one channel for gRPC), {args.seconds} s windows, a row of zeros as "
-        "input. The ratio compares the two protocols within the same round.",
+        f"for HTTP, streams on one channel for gRPC), {args.seconds} s windows (the figure is "
+        "perf_analyzer's average of its last three, which must agree within 100%), a row of zeros "
+        "as input. The ratio compares the two protocols within the same round.",
         "",
         *table,
+        "",
+        "perf_analyzer on its one core is the load generator for both protocols, so at 64 it is "
+        "as much the limit as the server: its HTTP client (a connection and a curl handle per "
+        "concurrent request) costs it more per request than its gRPC client (streams on one "
+        "channel). The server's own ceiling over HTTP is the wrk figures above.",
         "",
         f"Load average {load_before} before and {load_after} after. The machine is shared "
         f"({os.cpu_count()} cores, other builds may run beside the benchmark) and its figures are "

@@ -504,8 +504,7 @@ grpc() {
     say "gRPC against HTTP: perf_analyzer -i grpc / -i http at 1 and 64, one host serving both"
     wait_quiet
     python3 bench/grpc_bench.py --host "$HOST" --model "$WASM/guest_model.wasm" \
-        --out-md "$OUT/grpc.md" --out-json "$OUT/grpc.json" --port "$((PORT + 300))" \
-        --seconds "$SECONDS_PER_RUN"
+        --out-md "$OUT/grpc.md" --out-json "$OUT/grpc.json" --seconds "$SECONDS_PER_RUN"
 }
 
 # --- the run ---------------------------------------------------------------------------
