@@ -406,9 +406,27 @@ def command():
     return "make bench    # = bench/run.sh with the defaults:\n              # " + " ".join(knobs)
 
 
+def edge_section():
+    """The edge part (bench/edge.py writes its own Markdown section)."""
+    path = os.path.join(OUT, "edge.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [f.read().rstrip(), ""]
+
+
 def many_models_section():
     """The many-models part (bench/many_models.py writes its own Markdown section)."""
-    path = os.path.join(OUT, "many_models.md")
+    return written_section("many_models.md")
+
+
+def grpc_section():
+    """gRPC against HTTP (bench/grpc_bench.py writes its own Markdown section)."""
+    return written_section("grpc.md")
+
+
+def written_section(name):
+    path = os.path.join(OUT, name)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -630,6 +648,8 @@ def write_doc(target_rows):
         *onnx_section(),
         *many_models_section(),
         *fleet_section(),
+        *grpc_section(),
+        *edge_section(),
         "## Micro-benchmarks",
         "",
         "`cargo bench -p wasm-host --bench micro` (`host/benches/micro.rs`): timing loops over the library API "

@@ -15,6 +15,10 @@
 #      onnxruntime on one thread (bench/onnx_bench.py);
 #   6. a fleet: 1, 2 and 3 hosts behind Debian's nginx (deploy/nginx.conf),
 #      and one host without nginx, with wrk through the balancer;
+#   7. gRPC against HTTP: perf_analyzer -i grpc and -i http against one host
+#      serving both, at 1 and 64 concurrent requests (bench/grpc_bench.py);
+#   8. the edge: scale to zero (cold against warm), memory after the idle
+#      timeout, 10,000 idle instances, 1,000 models at zero (bench/edge.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -29,7 +33,7 @@
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
-#   BENCH_ONLY="throughput density startup micro onnx models fleet"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc edge"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -53,7 +57,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc edge"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -590,6 +594,11 @@ PY
         FLEET_PIDS=()
     done
     python3 bench/fleet_report.py "$OUT" "$SECONDS_PER_RUN" "$NPROC"
+grpc() {
+    say "gRPC against HTTP: perf_analyzer -i grpc / -i http at 1 and 64, one host serving both"
+    wait_quiet
+    python3 bench/grpc_bench.py --host "$HOST" --model "$WASM/guest_model.wasm" \
+        --out-md "$OUT/grpc.md" --out-json "$OUT/grpc.json" --seconds "$SECONDS_PER_RUN"
 }
 
 # --- the run ---------------------------------------------------------------------------
@@ -625,6 +634,17 @@ machine() {
     } >"$OUT/machine.txt"
 }
 
+# --- 8. the edge ---------------------------------------------------------------------------
+
+# Scale to zero (cold against warm, server pinned to core 1), memory after the idle timeout, N idle
+# instances of digits in one host, M models at zero. Writes edge.md and edge.json.
+edge() {
+    say "edge: scale to zero, memory after idle, ${BENCH_EDGE_INSTANCES:-10000} instances, ${BENCH_EDGE_MODELS:-1000} models at zero"
+    wait_quiet
+    python3 bench/edge.py --host "$HOST" --digits "$WASM/guest_model.wasm" --workdir "$OUT/edge" \
+        --out-md "$OUT/edge.md" --out-json "$OUT/edge.json"
+}
+
 main() {
     local started=$SECONDS
     mkdir -p "$OUT"
@@ -639,7 +659,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models fleet; do
+    for part in throughput density startup micro onnx models fleet grpc edge; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"

@@ -190,7 +190,7 @@ fn check_decoded(inference: &Inference, metadata: &Metadata) {
     }
 }
 
-type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::ApiError>;
+type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::Error>;
 
 /// A request with its binary tail: the JSON header's length, and the body.
 fn binary_seed() -> (usize, Vec<u8>) {
@@ -270,9 +270,9 @@ fn fuzz(name: &str, binary: bool, decode: Decoder) {
                     check_decoded(&inference, &metadata);
                 }
                 Err(err) => assert!(
-                    err.status.is_client_error() && !err.message.is_empty(),
-                    "{name}: {} for {:?}",
-                    err.status,
+                    err.kind == wasm_host::error::Kind::BadInput && !err.message.is_empty(),
+                    "{name}: {:?} for {:?}",
+                    err.kind,
                     String::from_utf8_lossy(&input)
                 ),
             }
@@ -430,10 +430,12 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
                     vec![RequestedOutput {
                         name: rng.pick(&metadata.outputs).name.clone(),
                         binary: rng.below(2) == 0,
+                        classification: None,
                     }]
                 }),
                 binary_outputs: binary,
                 parameters: serde_json::Map::new(),
+                timeout: None,
             };
             let encodings = catch_unwind(AssertUnwindSafe(|| {
                 let oip = protocol::encode_infer_response("m", "1", &inference, &outputs, LIMIT);

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::body::BodyLimits;
 use crate::cli::ModelControl;
 use crate::registry::Registry;
@@ -75,6 +77,8 @@ pub struct App {
     /// The bounds on repository API bodies, which carry components.
     pub uploads: BodyLimits,
     pub control: ControlConfig,
+    /// `--max-connections`, shared by the public HTTP and gRPC listeners.
+    pub connections: Arc<Semaphore>,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     accepting: AtomicBool,
     /// Set by an operator (`POST /v2/repository/drain`) before an upgrade:
@@ -130,6 +134,7 @@ impl App {
             registry,
             body: BodyLimits::new(config.max_body, config.body_timeout, config.body_budget),
             uploads: crate::control::upload_limits(config.body_timeout * 4),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
             control,
             accepting: AtomicBool::new(true),

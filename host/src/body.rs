@@ -20,7 +20,7 @@ use hyper::header::{self, HeaderMap};
 use hyper::{Request, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::http_error::ApiError;
 
 /// Compressed data larger than this is inflated or deflated off the
 /// runtime's threads, so a large body cannot stall other requests.

@@ -30,6 +30,7 @@ Endpoints:
   GET  /v2, /v2/health/live, /v2/health/ready
   GET  /health                     instances total / busy / replaced, queue depth
   GET  /metrics                    Prometheus metrics (queue, compute time, pending requests)
+  gRPC on --grpc-bind              inference.GRPCInferenceService (tritonclient.grpc, KServe)
 
 Commands (serve is the default):
   wasm-host [serve] MODEL.wasm...        serve models (or --model-repository DIR)
@@ -262,6 +263,10 @@ pub struct ServeArgs {
         value_parser = parse_bind
     )]
     pub bind: SocketAddr,
+
+    /// Also serve the Open Inference Protocol over gRPC on this address (e.g. 127.0.0.1:8001, Triton's gRPC port), for tritonclient.grpc and KServe gRPC clients; same models, limits and metrics as HTTP.
+    #[arg(long, env = "WASM_HOST_GRPC_BIND", value_name = "ADDR", value_parser = parse_bind)]
+    pub grpc_bind: Option<SocketAddr>,
 
     /// Memory cap per instance (e.g. 64MiB, 128Mi, 1GiB; Ki, Mi, Gi, Ti are binary units, as in Kubernetes); a request that needs more gets a 507.
     #[arg(long, env = "WASM_HOST_MEMORY_LIMIT", default_value = "256MiB", value_parser = parse_size)]

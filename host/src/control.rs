@@ -28,8 +28,9 @@ use sha2::{Digest, Sha256};
 use crate::app::{App, Drain};
 use crate::body::{self, BodyLimits};
 use crate::cli::ModelControl;
-use crate::error::ApiError;
-use crate::registry::LoadRequest;
+use crate::error::{Error, Kind};
+use crate::http_error::ApiError;
+use crate::registry::{IndexEntry, LoadRequest, State};
 use crate::repository;
 use crate::routes::{empty, json};
 use crate::settings::ModelSettings;
@@ -38,72 +39,139 @@ use crate::settings::ModelSettings;
 /// upload, bounded like every other body.
 pub const MAX_UPLOAD: usize = 512 << 20;
 
-pub async fn index(
-    app: &App,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, &request)?;
-    let body = read(app, request).await?;
-    let ready_only = body.get("ready").and_then(Value::as_bool).unwrap_or(false);
-    let index: Vec<_> = app
-        .registry
-        .index()
-        .into_iter()
-        .filter(|e| !ready_only || e.state == crate::registry::State::Ready)
-        .collect();
-    let body = serde_json::to_vec(&index).expect("the index serializes");
-    Ok(json(StatusCode::OK, body.into()))
+/// What a load carries, however it arrived: a JSON `config` over
+/// model.toml, and files (`file:<path>` parameters), already decoded.
+#[derive(Default)]
+pub struct LoadParameters {
+    pub config: Option<Value>,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
-pub async fn load(
-    app: &App,
-    name: &str,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, &request)?;
+/// The repository index, or only its ready models.
+pub fn index(app: &App, ready_only: bool) -> Vec<IndexEntry> {
+    app.registry
+        .index()
+        .into_iter()
+        .filter(|e| !ready_only || e.state == State::Ready)
+        .collect()
+}
+
+/// Loads (or swaps in, or resizes) model `name`: from the files sent, or
+/// from its repository folder.
+pub async fn load(app: &App, name: &str, parameters: LoadParameters) -> Result<(), Error> {
     may_change(app)?;
-    let body = read(app, request).await?;
-    let parameters = body
-        .get("parameters")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let config = match parameters.get("config") {
+    let config = match parameters.config {
         None => ModelSettings::default(),
-        Some(Value::String(text)) => ModelSettings::from_json(text)
-            .map_err(|err| ApiError::bad_request(format!("parameters.config: {err}")))?,
+        Some(Value::String(text)) => ModelSettings::from_json(&text)
+            .map_err(|err| Error::bad_input(format!("parameters.config: {err}")))?,
         Some(other) => ModelSettings::from_json(&other.to_string())
-            .map_err(|err| ApiError::bad_request(format!("parameters.config: {err}")))?,
+            .map_err(|err| Error::bad_input(format!("parameters.config: {err}")))?,
     };
-    let files: Vec<(&str, &Value)> = parameters
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("file:")?, v)))
-        .collect();
-    let request = if files.is_empty() {
+    let request = if parameters.files.is_empty() {
         from_repository(app, name, config).await?
     } else {
-        uploaded(name, &files, config)?
+        uploaded(name, parameters.files, config)?
     };
-    if let Some(resized) = resize_only(app, name, &request).await? {
-        return Ok(resized);
+    if resize_only(app, name, &request).await? {
+        return Ok(());
     }
     app.registry
         .load(request)
         .await
-        .map_err(|reason| ApiError::bad_request(format!("failed to load {name}: {reason}")))?;
-    Ok(empty(StatusCode::OK))
+        .map_err(|reason| Error::bad_input(format!("failed to load {name}: {reason}")))?;
+    Ok(())
 }
 
-pub async fn unload(
+/// Drains and unloads model `name`.
+pub async fn unload(app: &App, name: &str) -> Result<(), Error> {
+    may_change(app)?;
+    app.registry.unload(name).await?;
+    Ok(())
+}
+
+/// With `--admin-token`, every repository call must carry it.
+pub fn authorize(app: &App, given: Option<&str>) -> Result<(), Error> {
+    let Some(token) = &app.control.token else {
+        return Ok(());
+    };
+    if constant_time_eq(given.unwrap_or("").as_bytes(), token.as_bytes()) {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Unauthenticated,
+        "the repository API needs Authorization: Bearer <the host's --admin-token>",
+    ))
+}
+
+/// `POST /v2/repository/index`.
+pub async fn http_index(
+    app: &App,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = admit(app, request, false).await?;
+    let ready_only = body.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    let body = serde_json::to_vec(&index(app, ready_only)).expect("the index serializes");
+    Ok(json(StatusCode::OK, body.into()))
+}
+
+/// `POST /v2/repository/models/{m}/load`: `file:` parameters carry files
+/// as base64.
+pub async fn http_load(
     app: &App,
     name: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, &request)?;
-    may_change(app)?;
-    let _ = read(app, request).await?;
-    app.registry.unload(name).await?;
+    use base64::Engine as _;
+    let body = admit(app, request, true).await?;
+    let mut parameters = LoadParameters::default();
+    let given = body.get("parameters").and_then(Value::as_object);
+    for (key, value) in given.into_iter().flatten() {
+        if key == "config" {
+            parameters.config = Some(value.clone());
+        } else if let Some(path) = key.strip_prefix("file:") {
+            let text = value.as_str().ok_or_else(|| {
+                ApiError::bad_request(format!("file:{path} must be a base64 string"))
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|err| {
+                    ApiError::bad_request(format!("file:{path} is not base64: {err}"))
+                })?;
+            parameters.files.push((path.to_owned(), bytes));
+        }
+    }
+    load(app, name, parameters).await?;
     Ok(empty(StatusCode::OK))
+}
+
+/// `POST /v2/repository/models/{m}/unload`.
+pub async fn http_unload(
+    app: &App,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    admit(app, request, true).await?;
+    unload(app, name).await?;
+    Ok(empty(StatusCode::OK))
+}
+
+/// A repository call's body, once its token is right and, for a call that
+/// `changes` the models, model control is on.
+async fn admit(app: &App, request: Request<Incoming>, changes: bool) -> Result<Value, ApiError> {
+    authorize(app, bearer(&request))?;
+    if changes {
+        may_change(app)?;
+    }
+    read(app, request).await
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Turns draining on (`{"refuse": true}` to refuse new inference requests
@@ -116,9 +184,7 @@ pub async fn drain(
     request: Request<Incoming>,
     on: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    authorize(app, &request)?;
-    may_change(app)?;
-    let body = read(app, request).await?;
+    let body = admit(app, request, true).await?;
     let refuse = match body.get("refuse") {
         None => false,
         Some(Value::Bool(refuse)) => *refuse,
@@ -143,18 +209,18 @@ async fn from_repository(
     app: &App,
     name: &str,
     config: ModelSettings,
-) -> Result<LoadRequest, ApiError> {
+) -> Result<LoadRequest, Error> {
     let Some(dir) = &app.control.repository else {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_input(format!(
             "cannot load {name}: send its component as a file: parameter, or start the host \
              with --model-repository to load from a folder"
         )));
     };
-    let found = repository::find(dir, name).map_err(ApiError::not_found)?;
+    let found = repository::find(dir, name).map_err(Error::not_found)?;
     let mut request = found
         .load_request(&app.registry)
         .await
-        .map_err(|why| ApiError::bad_request(format!("cannot load {name}: {why}")))?;
+        .map_err(|why| Error::bad_input(format!("cannot load {name}: {why}")))?;
     request.settings = config.over(&found.settings);
     Ok(request)
 }
@@ -163,38 +229,31 @@ async fn from_repository(
 /// base64. Exactly one must be a component.
 fn uploaded(
     name: &str,
-    files: &[(&str, &Value)],
+    files: Vec<(String, Vec<u8>)>,
     config: ModelSettings,
-) -> Result<LoadRequest, ApiError> {
-    use base64::Engine as _;
+) -> Result<LoadRequest, Error> {
     let mut components = Vec::new();
-    for (path, value) in files {
-        let text = value
-            .as_str()
-            .ok_or_else(|| ApiError::bad_request(format!("file:{path} must be a base64 string")))?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|err| ApiError::bad_request(format!("file:{path} is not base64: {err}")))?;
+    for (path, bytes) in files {
         if bytes.starts_with(b"\x7fELF") {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_input(format!(
                 "file:{path} is a precompiled artifact, which is native code: the repository API \
                  takes only components (.wasm); precompiled artifacts come from the operator's \
                  own disk"
             )));
         }
         if bytes.starts_with(b"\0asm") {
-            components.push((*path, bytes));
+            components.push((path, bytes));
         }
     }
     let (path, bytes) = match components.len() {
         1 => components.pop().expect("one component"),
         0 => {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_input(format!(
                 "none of the file: parameters for {name} is a WebAssembly component"
             )));
         }
         n => {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_input(format!(
                 "{n} file: parameters for {name} are components; send one"
             )));
         }
@@ -218,20 +277,16 @@ fn uploaded(
 /// TorchServe's `PUT /models/{m}?min_worker=N`, Triton's way: a load of the
 /// component already served whose settings differ only in the instance
 /// count resizes the pool in place, without a swap.
-async fn resize_only(
-    app: &App,
-    name: &str,
-    request: &LoadRequest,
-) -> Result<Option<Response<Full<Bytes>>>, ApiError> {
+async fn resize_only(app: &App, name: &str, request: &LoadRequest) -> Result<bool, Error> {
     let Ok(served) = app.registry.get(name, None) else {
-        return Ok(None);
+        return Ok(false);
     };
     if request
         .version
         .as_ref()
         .is_some_and(|v| *v != served.version)
     {
-        return Ok(None);
+        return Ok(false);
     }
     let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
     let same_component = match &served.source {
@@ -239,55 +294,33 @@ async fn resize_only(
         | crate::served::Source::Uploaded { digest: d } => *d == digest,
     };
     let Ok(wanted) = request.settings.resolve(app.registry.defaults()) else {
-        return Ok(None);
+        return Ok(false);
     };
     let mut same_but_count = wanted.clone();
     same_but_count.pool.instances = served.settings.pool.instances;
     same_but_count.pool.max_instances = served.settings.pool.max_instances;
     if !same_component || same_but_count != served.settings {
-        return Ok(None);
+        return Ok(false);
     }
     let count = wanted.pool.instances;
     if count > served.settings.pool.max_instances {
-        return Ok(None);
+        return Ok(false);
     }
     let now = served.pool.resize(count).await.map_err(|err| {
-        ApiError::bad_request(format!(
+        Error::bad_input(format!(
             "cannot resize {name}: {}",
             crate::model::root_cause(&err)
         ))
     })?;
     tracing::info!("model {name}: resized to {now} instances");
-    Ok(Some(empty(StatusCode::OK)))
-}
-
-/// With `--admin-token`, every repository call must carry it.
-fn authorize(app: &App, request: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(token) = &app.control.token else {
-        return Ok(());
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Ok(());
-    }
-    let mut err = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "the repository API needs Authorization: Bearer <the host's --admin-token>",
-    );
-    err.www_authenticate = true;
-    Err(err)
+    Ok(true)
 }
 
 /// Loading and unloading need `--model-control explicit` or `poll`.
-fn may_change(app: &App) -> Result<(), ApiError> {
+fn may_change(app: &App) -> Result<(), Error> {
     if app.control.mode == ModelControl::None {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(Error::new(
+            Kind::Forbidden,
             "model control is off (--model-control none): start wasm-host with \
              --model-control explicit to load and unload models and drain the host over HTTP",
         ));
@@ -301,7 +334,7 @@ async fn read(app: &App, request: Request<Incoming>) -> Result<Value, ApiError> 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
-    crate::protocol::parse_json(&bytes, "repository request")
+    Ok(crate::protocol::parse_json(&bytes, "repository request")?)
 }
 
 /// The limits for repository calls' bodies: large (components), few.

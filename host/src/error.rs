@@ -1,47 +1,65 @@
-//! The one error type a request can end in: a status that says who must act
-//! and a message that says what to do. Rendered as `{"error": "..."}`.
-
-use hyper::{Method, StatusCode};
+//! Why a request failed, in the host's own words and in no protocol's: a
+//! [`Kind`] that says who must act, and a message that says what to do.
+//!
+//! The core (protocol decoding, the pool, the guest call, the repository
+//! API) fails with an [`Error`]; each edge maps its kind once, the HTTP edge
+//! to a status ([`crate::http_error`]), the gRPC edge to a status code
+//! ([`crate::grpc`]), and both send the same message.
 
 use crate::instance::Fault;
+use crate::pool::Overloaded;
+use crate::registry::Lookup;
 
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    /// Seconds a client should wait before retrying (503 only).
-    pub retry_after: Option<u32>,
-    /// The instance that served the request, once one was chosen.
-    pub instance: Option<u64>,
-    /// The method the route takes (405 only).
-    pub allow: Option<Method>,
-    /// The metrics label for what happened.
-    pub outcome: &'static str,
-    /// Close the connection after this response (a body that timed out:
-    /// what the client sends next cannot be trusted to start a request).
-    pub close_connection: bool,
-    /// Ask for credentials (401 only).
-    pub www_authenticate: bool,
+/// Who must act on a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is wrong: the client must change it (HTTP 400).
+    BadInput,
+    /// No such model or version (404).
+    NotFound,
+    /// Overloaded, or the model is not ready: retry later (503).
+    Unavailable,
+    /// The request ran past its deadline, the model's or the client's (504).
+    DeadlineExceeded,
+    /// The model hit its memory cap (507).
+    MemoryCap,
+    /// The model failed, broke its contract, or made too large a response (500).
+    ModelFailed,
+    /// The guest trapped and its instance was replaced (500).
+    Trap,
+    /// The repository API's token is missing or wrong (401).
+    Unauthenticated,
+    /// The host's settings forbid the call (403).
+    Forbidden,
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    pub message: String,
+    /// The instance that served the request, once one was chosen.
+    pub instance: Option<u64>,
+}
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
             message: message.into(),
-            retry_after: None,
             instance: None,
-            allow: None,
-            close_connection: false,
-            www_authenticate: false,
-            outcome: match status.as_u16() {
-                400..=499 => "bad_input",
-                503 => "overloaded",
-                504 => "timeout",
-                507 => "memory_cap",
-                _ => "model_error",
-            },
         }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(Kind::BadInput, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, message)
+    }
+
+    pub fn model_failed(message: impl Into<String>) -> Self {
+        Self::new(Kind::ModelFailed, message)
     }
 
     pub fn served_by(mut self, instance: u64) -> Self {
@@ -49,54 +67,47 @@ impl ApiError {
         self
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError {
-            retry_after: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    /// The metrics label for what happened.
+    pub fn outcome(&self) -> &'static str {
+        match self.kind {
+            Kind::BadInput | Kind::NotFound | Kind::Unauthenticated | Kind::Forbidden => {
+                "bad_input"
+            }
+            Kind::Unavailable => "overloaded",
+            Kind::DeadlineExceeded => "timeout",
+            Kind::MemoryCap => "memory_cap",
+            Kind::ModelFailed => "model_error",
+            Kind::Trap => "trap",
         }
-    }
-
-    pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.message }).to_string()
     }
 }
 
-impl From<Fault> for ApiError {
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<Fault> for Error {
     fn from(fault: Fault) -> Self {
         match fault {
             Fault::InvalidInput(why) => {
-                ApiError::bad_request(format!("the model rejected the input: {why}"))
+                Error::bad_input(format!("the model rejected the input: {why}"))
             }
-            Fault::Failed(why) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the model failed: {why}"),
+            Fault::Failed(why) => Error::model_failed(format!("the model failed: {why}")),
+            Fault::Trap(why) => Error::new(
+                Kind::Trap,
+                format!("the model trapped: {why}; its instance was replaced, retrying is safe"),
             ),
-            Fault::Trap(why) => ApiError {
-                outcome: "trap",
-                ..ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "the model trapped: {why}; its instance was replaced, retrying is safe"
-                    ),
-                )
-            },
-            Fault::Timeout(limit) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
+            Fault::Timeout(limit) => Error::new(
+                Kind::DeadlineExceeded,
                 format!(
                     "the model ran past its deadline of {limit:?} and was stopped; \
                      raise --timeout if it needs longer"
                 ),
             ),
-            Fault::MemoryCap(limit) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
+            Fault::MemoryCap(limit) => Error::new(
+                Kind::MemoryCap,
                 format!(
                     "the model hit its memory cap of {} MiB and was stopped; \
                      send a smaller input or raise --memory-limit",
@@ -104,5 +115,23 @@ impl From<Fault> for ApiError {
                 ),
             ),
         }
+    }
+}
+
+/// A registry lookup's failure: a model that is not there is not found
+/// (with what is there), one that is loading or broken unavailable.
+impl From<Lookup> for Error {
+    fn from(lookup: Lookup) -> Self {
+        let message = lookup.to_string();
+        match lookup {
+            Lookup::Unavailable { .. } => Error::new(Kind::Unavailable, message),
+            _ => Error::not_found(message),
+        }
+    }
+}
+
+impl From<Overloaded> for Error {
+    fn from(overloaded: Overloaded) -> Self {
+        Error::new(Kind::Unavailable, overloaded.to_string())
     }
 }

@@ -1,10 +1,11 @@
 //! wasm-host serves an ML model from N sandboxed WebAssembly instances.
 //!
 //! A request travels through one module per concept:
-//! [`server`] (connections) → [`routes`] → [`protocol`] (JSON ↔ tensors, checked against
-//! the model's metadata) → [`pool`] (a free instance, or a fair wait) →
-//! [`instance`] (the guest call, its deadline and faults) → back out through
-//! [`protocol`]. [`model`] loads and compiles a component once (through the
+//! [`server`] (connections) → [`routes`] (HTTP) or [`grpc`] → [`protocol`] (JSON or protobuf ↔
+//! tensors, checked against the model's metadata) → [`infer`] (the core both protocols share) →
+//! [`pool`] (a free instance, or a fair wait) → [`instance`] (the guest call, its deadline and
+//! faults) → back out through [`protocol`]. Failures are an [`error::Error`], which each edge
+//! maps once: [`http_error`] to a status, [`grpc`] to a status code. [`model`] loads and compiles a component once (through the
 //! [`cache`]), [`engine`] configures wasmtime, [`sandbox`] decides what a
 //! guest can reach, and [`contract`] is the host side of `wit/model.wit`.
 //! [`pack`] turns an ONNX model into a
@@ -22,6 +23,9 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod escape;
+pub mod grpc;
+pub mod http_error;
+pub mod infer;
 pub mod instance;
 pub mod metrics;
 pub mod model;

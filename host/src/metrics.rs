@@ -471,13 +471,6 @@ impl Timed {
             Ordering::Relaxed,
         );
     }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "count": self.count.load(Ordering::Relaxed),
-            "ns": self.ns.load(Ordering::Relaxed),
-        })
-    }
 }
 
 impl std::ops::Deref for ModelMetrics {

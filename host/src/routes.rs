@@ -1,12 +1,10 @@
-//! What each request does. A request's whole path is `handle` → `infer`:
-//! resolve its model (registry), decode and check the body (protocol), take
-//! an instance (pool), call the guest (instance), encode the outputs. Every
-//! outcome becomes a response here, errors as `{"error": "..."}` with the
-//! status that says who must act: this is the one place domain errors
-//! (a lookup, an overloaded pool, a guest's fault) become HTTP.
+//! What each HTTP request does. An inference's path is `handle` → `infer`:
+//! resolve its model (registry), read and decode the body (protocol), run it
+//! through the core gRPC shares ([`crate::infer`]: pool, guest, checks),
+//! encode the outputs. Every outcome becomes a response here, errors as
+//! `{"error": "..."}` with the status [`crate::http_error`] gives them.
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,11 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::app::{App, Plane};
 use crate::body::{self, Coding};
 use crate::control;
-use crate::error::ApiError;
-use crate::metrics::ModelMetrics;
-use crate::pool::Overloaded;
+use crate::http_error::ApiError;
+use crate::infer::{self, Answer, Deadline};
 use crate::protocol;
-use crate::registry::Lookup;
 use crate::served::ServedModel;
 use crate::triton;
 
@@ -223,24 +219,6 @@ fn head_of_get(request: &Request<Incoming>, route: &Route) -> bool {
     request.method() == Method::HEAD && route.method() == Method::GET
 }
 
-/// A registry lookup's failure, as HTTP: a model that is not there is a
-/// 404 (with what is there), one that is loading or broken a 503.
-impl From<Lookup> for ApiError {
-    fn from(lookup: Lookup) -> Self {
-        let message = lookup.to_string();
-        match lookup {
-            Lookup::Unavailable { .. } => ApiError::unavailable(message),
-            _ => ApiError::not_found(message),
-        }
-    }
-}
-
-impl From<Overloaded> for ApiError {
-    fn from(overloaded: Overloaded) -> Self {
-        ApiError::unavailable(overloaded.to_string())
-    }
-}
-
 async fn route_request(
     app: &App,
     route: Route<'_>,
@@ -310,7 +288,7 @@ async fn route_request(
         Route::Infer(name, version) => {
             let _counted = app.inference_begins();
             let served = model(&name, version)?;
-            measured(&served, infer(app, &served, request, Form::OpenInference)).await
+            infer::measured(&served, infer(app, &served, request, Form::OpenInference)).await
         }
         Route::Predict => {
             let _counted = app.inference_begins();
@@ -321,11 +299,11 @@ async fn route_request(
                     served.join(", ")
                 ))
             })?;
-            measured(&served, infer(app, &served, request, Form::Simple)).await
+            infer::measured(&served, infer(app, &served, request, Form::Simple)).await
         }
-        Route::RepositoryIndex => control::index(app, request).await,
-        Route::RepositoryLoad(name) => control::load(app, &name, request).await,
-        Route::RepositoryUnload(name) => control::unload(app, &name, request).await,
+        Route::RepositoryIndex => control::http_index(app, request).await,
+        Route::RepositoryLoad(name) => control::http_load(app, &name, request).await,
+        Route::RepositoryUnload(name) => control::http_unload(app, &name, request).await,
         Route::Drain => control::drain(app, request, true).await,
         Route::Undrain => control::drain(app, request, false).await,
     }
@@ -397,42 +375,6 @@ fn health(app: &App) -> serde_json::Value {
     })
 }
 
-/// Counts an inference request as pending while it runs, then records its
-/// outcome and duration; a request whose client left before its answer (its
-/// future dropped) is recorded as `cancelled`.
-async fn measured(
-    served: &ServedModel,
-    inference: impl Future<Output = Result<Response<Full<Bytes>>, ApiError>>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let mut record = Recorder {
-        metrics: &served.metrics,
-        started: Instant::now(),
-        outcome: "cancelled",
-    };
-    let pending = record.metrics.pending();
-    let result = inference.await;
-    drop(pending);
-    record.outcome = match &result {
-        Ok(_) => "success",
-        Err(err) => err.outcome,
-    };
-    result
-}
-
-/// Records a request's outcome when dropped, whether it finished or not.
-struct Recorder<'a> {
-    metrics: &'a ModelMetrics,
-    started: Instant,
-    outcome: &'static str,
-}
-
-impl Drop for Recorder<'_> {
-    fn drop(&mut self) {
-        self.metrics
-            .request_done(self.outcome, self.started.elapsed());
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Form {
     /// `/v2/models/{m}/infer`
@@ -447,6 +389,7 @@ async fn infer(
     request: Request<Incoming>,
     form: Form,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let arrived = tokio::time::Instant::now();
     let json_len = binary_header_length(&request)?;
     check_content_type(&request, json_len.is_some())?;
     let compression = Coding::accepted(request.headers());
@@ -461,23 +404,9 @@ async fn infer(
         Form::OpenInference => protocol::decode_infer(&body, json_len, metadata),
         Form::Simple => protocol::decode_predict(&body, metadata),
     }?;
+    let deadline = Deadline::tightest(arrived, &[inference.timeout]);
+    let Answer { outputs, instance } = infer::run(served, &inference, deadline).await?;
 
-    let mut lease = served.pool.acquire().await?;
-    let instance = lease.instance_id();
-    let outputs = lease
-        .predict(
-            &inference.inputs,
-            &inference.model_parameters(),
-            served.settings.timeout,
-        )
-        .await
-        .map_err(|fault| ApiError::from(fault).served_by(instance))?;
-    // Give the instance back before encoding: the next request need not wait.
-    drop(lease);
-
-    let model_error =
-        |why: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why).served_by(instance);
-    protocol::check_outputs(&outputs, metadata).map_err(model_error)?;
     let limit = app.config.max_response;
     let (body, json_len) = match form {
         Form::OpenInference => {

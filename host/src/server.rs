@@ -1,38 +1,80 @@
-//! HTTP connections: accept them within the connection cap, serve each with
-//! hyper under the header and keep-alive timeouts, and drain them all on
-//! shutdown. What a request does is in [`crate::routes`]; what it shares
-//! with every other request is in [`crate::app`].
+//! Connections, HTTP/1 and gRPC (HTTP/2) alike: accept them within the
+//! connection cap, serve each with hyper under the idle and keep-alive
+//! limits, and drain them all on shutdown. What an HTTP request does is in
+//! [`crate::routes`], what a gRPC call does in [`crate::grpc`]; what every
+//! request shares is in [`crate::app`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tonic::codegen::Service as _;
 
 use crate::app::{App, Plane};
+use crate::grpc;
 use crate::routes::handle;
 
-/// Serves until `shutdown` completes, then stops accepting, lets in-flight
-/// and queued requests finish for up to `graceful_timeout`, and returns.
+/// Serves HTTP until `shutdown` completes, then stops accepting, lets
+/// in-flight and queued requests finish for up to `graceful_timeout`, and
+/// returns. The public plane shares `--max-connections` with gRPC; the
+/// admin plane has a cap of its own, so a busy host can still be managed.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     plane: Plane,
     shutdown: impl Future<Output = ()>,
 ) {
-    // Bounds open connections: past it, new ones wait in the kernel backlog.
-    let connections = Arc::new(Semaphore::new(app.config.max_connections));
+    let cap = match plane {
+        Plane::Admin => Arc::new(Semaphore::new(app.config.max_connections)),
+        Plane::Public { .. } => Arc::clone(&app.connections),
+    };
+    accept(listener, app, cap, Protocol::Http(plane), shutdown).await;
+}
+
+/// Serves the gRPC service (`--grpc-bind`) as [`serve`] serves HTTP, on
+/// the same connection cap, limits and shutdown. `admin` says whether it
+/// also serves the repository calls (not when `--admin-bind` moves them).
+pub async fn serve_grpc(
+    listener: TcpListener,
+    app: Arc<App>,
+    admin: bool,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = grpc::service(Arc::clone(&app), admin);
+    let cap = Arc::clone(&app.connections);
+    accept(listener, app, cap, Protocol::Grpc(service), shutdown).await;
+}
+
+/// What a listener's connections speak.
+#[derive(Clone)]
+enum Protocol {
+    /// HTTP/1.1, the routes of a plane.
+    Http(Plane),
+    /// HTTP/2, the gRPC service.
+    Grpc(grpc::Server),
+}
+
+async fn accept(
+    listener: TcpListener,
+    app: Arc<App>,
+    connections: Arc<Semaphore>,
+    protocol: Protocol,
+    shutdown: impl Future<Output = ()>,
+) {
     // Tells every connection to finish its current request and close.
     let (stop, stopping) = watch::channel(false);
     // Each connection task holds a sender; when all are dropped, all are done.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
+        // Past the cap, new connections wait in the kernel backlog.
         let permit = tokio::select! {
             permit = Arc::clone(&connections).acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
@@ -53,7 +95,7 @@ pub async fn serve(
         };
         let connection = Connection {
             app: Arc::clone(&app),
-            plane,
+            protocol: protocol.clone(),
             stopping: stopping.clone(),
             _permit: permit,
             _done: done.clone(),
@@ -81,38 +123,74 @@ pub async fn serve(
 /// `--keep-alive`, or shutdown asks it to finish.
 struct Connection {
     app: Arc<App>,
-    plane: Plane,
+    protocol: Protocol,
     stopping: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
     _done: mpsc::Sender<()>,
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream) {
+    async fn serve(self, stream: TcpStream) {
         // Responses are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let app = Arc::clone(&self.app);
-        let plane = self.plane;
+        let io = TokioIo::new(stream);
         let requests = Arc::clone(&activity);
-        let service = service_fn(move |request| {
-            let app = Arc::clone(&app);
-            let busy = requests.begin();
-            async move {
-                // A refusing drain's `Err` makes hyper close the connection
-                // without an answer.
-                let response = handle(&app, plane, request).await;
-                drop(busy);
-                response
+        match self.protocol.clone() {
+            Protocol::Http(plane) => {
+                let app = Arc::clone(&self.app);
+                let service = service_fn(move |request| {
+                    let app = Arc::clone(&app);
+                    let busy = requests.begin();
+                    async move {
+                        // A refusing drain's `Err` makes hyper close the
+                        // connection without an answer.
+                        let response = handle(&app, plane, request).await;
+                        drop(busy);
+                        response
+                    }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    // Slow headers are cut off by the idle check below, not by
+                    // hyper's header-read timer, which costs a timer-wheel
+                    // update per request.
+                    .header_read_timeout(None)
+                    .keep_alive(true)
+                    .serve_connection(io, service);
+                self.watch(connection, &activity, |c| c.graceful_shutdown())
+                    .await;
             }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Slow headers are cut off by the idle check below, not by hyper's
-            // header-read timer, which costs a timer-wheel update per request.
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
+            Protocol::Grpc(grpc) => {
+                let service = service_fn(move |request| {
+                    let mut grpc = grpc.clone();
+                    let busy = requests.begin();
+                    async move {
+                        let response = grpc.call(request).await;
+                        drop(busy);
+                        response
+                    }
+                });
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service);
+                self.watch(connection, &activity, |c| c.graceful_shutdown())
+                    .await;
+            }
+        }
+    }
+
+    /// Drives a connection until the client leaves, it idles past
+    /// `--keep-alive`, or shutdown asks it to finish (an HTTP/2 connection
+    /// then sends GOAWAY and finishes the calls it has).
+    async fn watch<C>(
+        mut self,
+        connection: C,
+        activity: &Activity,
+        graceful_shutdown: fn(Pin<&mut C>),
+    ) where
+        C: Future<Output = hyper::Result<()>>,
+    {
         tokio::pin!(connection);
         // Between responses a connection is idle, whether the client says
         // nothing (keep-alive) or trickles the next request's headers
@@ -133,14 +211,14 @@ impl Connection {
                 }
                 _ = self.stopping.changed(), if !closing => {
                     closing = true;
-                    connection.as_mut().graceful_shutdown();
+                    graceful_shutdown(connection.as_mut());
                 }
                 () = tokio::time::sleep(idle_limit / 4), if !closing => {
                     if activity.idle_for() >= idle_limit {
                         // Closes an idle connection at once; one that is
                         // half-way through a request's headers waits for
                         // them, so it gets one more idle period, then is cut.
-                        connection.as_mut().graceful_shutdown();
+                        graceful_shutdown(connection.as_mut());
                         if tokio::time::timeout(idle_limit, connection.as_mut()).await.is_err() {
                             tracing::debug!("closed a connection that sent its headers too slowly");
                         }

@@ -13,15 +13,16 @@ use crate::contract::{Datatype, TensorSpec};
 use crate::served::ServedModel;
 
 /// The extensions `GET /v2` advertises.
-pub const EXTENSIONS: [&str; 4] = [
+pub const EXTENSIONS: [&str; 5] = [
     "binary_tensor_data",
+    "classification",
     "model_repository",
     "model_configuration",
     "statistics",
 ];
 
 /// Triton's `TYPE_*` name for a datatype, as model configs spell it.
-fn config_type(datatype: Datatype) -> &'static str {
+pub fn config_type(datatype: Datatype) -> &'static str {
     match datatype {
         Datatype::Bool => "TYPE_BOOL",
         Datatype::Uint8 => "TYPE_UINT8",
@@ -51,7 +52,6 @@ pub fn config(served: &ServedModel) -> Value {
             .collect()
     };
     let meta = &served.model.metadata;
-    let pool = &served.settings.pool;
     json!({
         "name": served.name,
         "platform": "wasm-host",
@@ -65,13 +65,78 @@ pub fn config(served: &ServedModel) -> Value {
             "kind": "KIND_CPU",
             "count": served.pool.status().target,
         }],
-        "parameters": {
-            "memory_limit": { "string_value": pool.memory_limit.to_string() },
-            "timeout_ms": { "string_value": served.settings.timeout.as_millis().to_string() },
-            "max_queue": { "string_value": pool.max_queue.to_string() },
-            "queue_timeout_ms": { "string_value": pool.queue_timeout.as_millis().to_string() },
-        },
+        "parameters": config_parameters(served)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), json!({ "string_value": value })))
+            .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// The model's settings, as the `parameters` of its configuration.
+pub fn config_parameters(served: &ServedModel) -> [(&'static str, String); 4] {
+    let pool = &served.settings.pool;
+    [
+        ("memory_limit", pool.memory_limit.to_string()),
+        (
+            "timeout_ms",
+            served.settings.timeout.as_millis().to_string(),
+        ),
+        ("max_queue", pool.max_queue.to_string()),
+        (
+            "queue_timeout_ms",
+            pool.queue_timeout.as_millis().to_string(),
+        ),
+    ]
+}
+
+/// A count and its total time, as Triton's statistics report them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Duration {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// One model's statistics, whichever protocol reports them.
+pub struct Statistics {
+    pub name: String,
+    pub version: String,
+    /// Milliseconds since the epoch, 0 if none.
+    pub last_inference: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub success: Duration,
+    pub fail: Duration,
+    pub queue: Duration,
+    pub compute_infer: Duration,
+    /// wasm-host does not split a call into input, infer and output
+    /// steps: all of its time is "infer", and the other two count the same
+    /// calls at 0 ns (perf_analyzer requires equal counts).
+    pub untimed: Duration,
+}
+
+/// A served model's statistics now.
+pub fn statistics(served: &ServedModel) -> Statistics {
+    let stats = &served.metrics.stats;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    let timed = |t: &crate::metrics::Timed| Duration {
+        count: load(&t.count),
+        ns: load(&t.ns),
+    };
+    Statistics {
+        name: served.name.clone(),
+        version: served.version.clone(),
+        last_inference: load(&stats.last_inference_ms),
+        inference_count: load(&stats.success.count),
+        execution_count: load(&stats.executions),
+        success: timed(&stats.success),
+        fail: timed(&stats.fail),
+        queue: timed(&stats.queue),
+        compute_infer: timed(&stats.compute_infer),
+        untimed: Duration {
+            count: load(&stats.compute_infer.count),
+            ns: 0,
+        },
+    }
 }
 
 /// Triton's statistics response for these models.
@@ -79,27 +144,21 @@ pub fn stats(models: &[Arc<ServedModel>]) -> Value {
     let model_stats: Vec<Value> = models
         .iter()
         .map(|served| {
-            let stats = &served.metrics.stats;
-            let zero = json!({ "count": 0, "ns": 0 });
-            let success = stats.success.count.load(Ordering::Relaxed);
-            // wasm-host does not split a call into input, infer and output
-            // steps: all of its time is "infer", and the other two count
-            // the same calls at 0 ns (perf_analyzer requires equal counts).
-            let calls = stats.compute_infer.count.load(Ordering::Relaxed);
-            let untimed = json!({ "count": calls, "ns": 0 });
+            let s = statistics(served);
+            let zero = Duration { count: 0, ns: 0 };
             json!({
-                "name": served.name,
-                "version": served.version,
-                "last_inference": stats.last_inference_ms.load(Ordering::Relaxed),
-                "inference_count": success,
-                "execution_count": stats.executions.load(Ordering::Relaxed),
+                "name": s.name,
+                "version": s.version,
+                "last_inference": s.last_inference,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
                 "inference_stats": {
-                    "success": stats.success.json(),
-                    "fail": stats.fail.json(),
-                    "queue": stats.queue.json(),
-                    "compute_input": untimed,
-                    "compute_infer": stats.compute_infer.json(),
-                    "compute_output": untimed,
+                    "success": s.success,
+                    "fail": s.fail,
+                    "queue": s.queue,
+                    "compute_input": s.untimed,
+                    "compute_infer": s.compute_infer,
+                    "compute_output": s.untimed,
                     "cache_hit": zero,
                     "cache_miss": zero,
                 },

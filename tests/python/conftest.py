@@ -24,23 +24,34 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = ROOT / "target" / "release" / "wasm-host"
 MODEL = ROOT / "target" / "wasm32-wasip2" / "release" / "guest_model.wasm"
 ECHO = ROOT / "target" / "wasm32-wasip2" / "release" / "echo_model.wasm"
+FAULT = ROOT / "target" / "wasm32-wasip2" / "release" / "fault_model.wasm"
 REFERENCE = ROOT / "guest-model" / "weights" / "digits_reference.json"
 
 STARTUP_TIMEOUT = 30.0  # seconds to wait for "listening on http://..."
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LISTENING = re.compile(r"listening on http://(\S+)")
+# Logged before the HTTP line when the host serves gRPC (--grpc-bind).
+GRPC_LISTENING = re.compile(r"grpc listening on (\S+)")
 
 # Every line the host wrote to stderr, for the report on failure.
 _host_log: list[str] = []
 
+# The process serving each HTTP address, for tests that signal it.
+PROCESSES: dict = {}
 
-def _drain(stream, ready: threading.Event, found: list):
+
+def _drain(stream, ready: threading.Event, found: list, grpc_found: list):
     """Read the host's stderr line by line for its whole life (so it never blocks on a full pipe),
-    and report the address from the first `listening on http://ADDR` line."""
+    and report the address from the first `listening on http://ADDR` line (and the gRPC address
+    from a `grpc listening on ADDR` line, which comes before it)."""
     for raw in stream:
         line = ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\n")
         _host_log.append(line)
         if not ready.is_set():
+            m = GRPC_LISTENING.search(line)
+            if m:
+                grpc_found.append(m.group(1))
+                continue
             m = LISTENING.search(line)
             if m:
                 found.append(m.group(1))
@@ -49,15 +60,17 @@ def _drain(stream, ready: threading.Event, found: list):
 
 
 @contextlib.contextmanager
-def running_host(args, extra_env=None):
-    """Start `wasm-host ARGS --bind 127.0.0.1:0`; yield "127.0.0.1:PORT"; stop it by PID."""
-    with host_process(args, extra_env) as (addr, _proc):
+def running_host(args, extra_env=None, grpc=False):
+    """Start `wasm-host ARGS --bind 127.0.0.1:0`; yield "127.0.0.1:PORT"; stop it by PID.
+    With `grpc`, also `--grpc-bind 127.0.0.1:0`, and yield (HTTP address, gRPC address)."""
+    with host_process(args, extra_env, grpc) as (addr, _proc):
         yield addr
 
 
 @contextlib.contextmanager
-def host_process(args, extra_env=None):
-    """As `running_host`, yielding ("127.0.0.1:PORT", the Popen) for tests that signal the host."""
+def host_process(args, extra_env=None, grpc=False):
+    """As `running_host`, yielding (its address or addresses, the Popen) for tests that signal
+    the host."""
     for path, what in ((HOST, "the host"), (MODEL, "the digits model")):
         if not path.is_file():
             pytest.exit(
@@ -68,16 +81,19 @@ def host_process(args, extra_env=None):
 
     env = dict(os.environ, NO_COLOR="1", **(extra_env or {}))
     env.pop("RUST_LOG", None)
+    grpc_args = ["--grpc-bind", "127.0.0.1:0"] if grpc else []
     proc = subprocess.Popen(
-        [str(HOST), "--bind", "127.0.0.1:0", *args],
+        [str(HOST), "--bind", "127.0.0.1:0", *grpc_args, *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
     )
-    ready, found = threading.Event(), []
-    reader = threading.Thread(target=_drain, args=(proc.stderr, ready, found), daemon=True)
+    ready, found, grpc_found = threading.Event(), [], []
+    reader = threading.Thread(
+        target=_drain, args=(proc.stderr, ready, found, grpc_found), daemon=True
+    )
     reader.start()
 
     try:
@@ -89,7 +105,11 @@ def host_process(args, extra_env=None):
                 f"(it {state}); its log:\n" + "\n".join(_host_log),
                 pytrace=False,
             )
-        yield found[0], proc
+        if grpc and not grpc_found:
+            pytest.fail("wasm-host did not announce `grpc listening on ...`; its log:\n"
+                        + "\n".join(_host_log), pytrace=False)
+        PROCESSES[found[0]] = proc
+        yield ((found[0], grpc_found[0]) if grpc else found[0]), proc
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)  # graceful: drain, then exit 0

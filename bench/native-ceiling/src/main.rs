@@ -91,7 +91,7 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
     };
     let inference = match decoded {
         Ok(inference) => inference,
-        Err(err) => return respond(err.status, err.body().into_bytes()),
+        Err(err) => return fail_with(err),
     };
     let outputs = match predict(&inference.inputs[0]) {
         Ok(outputs) => outputs,
@@ -110,7 +110,7 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
             usize::MAX,
         ) {
             Ok(encoded) => encoded,
-            Err(err) => return respond(err.status, err.body().into_bytes()),
+            Err(err) => return fail_with(err),
         };
         let mut response = respond(StatusCode::OK, encoded.body);
         if let Some(len) = encoded.json_len {
@@ -126,7 +126,7 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
     } else {
         match encode_predict_response(metadata, &outputs, 0, usize::MAX) {
             Ok(body) => respond(StatusCode::OK, body),
-            Err(err) => respond(err.status, err.body().into_bytes()),
+            Err(err) => fail_with(err),
         }
     };
     response
@@ -206,4 +206,10 @@ fn parse_bind() -> SocketAddr {
 fn fail(message: &str) -> ! {
     eprintln!("native-ceiling: {message}");
     std::process::exit(2);
+}
+
+/// A protocol error as the host's HTTP edge answers it.
+fn fail_with(err: wasm_host::error::Error) -> Response<Full<Bytes>> {
+    let err = wasm_host::http_error::ApiError::from(err);
+    respond(err.status, err.body().into_bytes())
 }

@@ -40,6 +40,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     // Bind first: a port in use is found before a long compile, not after.
     let listener = bind(cli.bind)?;
     let admin_listener = cli.admin_bind.map(bind).transpose()?;
+    let grpc_listener = cli.grpc_bind.map(bind).transpose()?;
     let instances = cli.instances() as usize;
     let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
     let memory_budget = cli.memory_budget();
@@ -161,6 +162,13 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         [_] => instances,
         _ => format!("{} models, {instances}", served.len()),
     };
+    // Before the HTTP line, which tells a waiting script the host is up.
+    if let Some(grpc) = &grpc_listener {
+        let grpc_address = grpc
+            .local_addr()
+            .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
+        tracing::info!("grpc listening on {grpc_address} (inference.GRPCInferenceService)");
+    }
     tracing::info!(
         "listening on http://{address} with {what} ({allocator}, memory limit {} MiB each, \
          timeout {:?}, memory budget {} MiB, model control {:?}); ready in {:?}",
@@ -182,28 +190,29 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let wait = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    match admin_listener {
-        Some(admin) => {
-            let admin_address = admin
-                .local_addr()
-                .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
-            tracing::info!("repository API on http://{admin_address} only");
-            let admin_app = Arc::clone(&app);
-            let admin_stopping = stopping.clone();
-            let admin_server = tokio::spawn(async move {
-                server::serve(admin, admin_app, Plane::Admin, wait(admin_stopping)).await;
-            });
-            server::serve(
-                listener,
-                app,
-                Plane::Public { admin: false },
-                wait(stopping),
-            )
-            .await;
-            let _ = admin_server.await;
-        }
-        None => server::serve(listener, app, Plane::Public { admin: true }, wait(stopping)).await,
+    let separate_admin = admin_listener.is_some();
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(admin) = admin_listener {
+        let admin_address = admin
+            .local_addr()
+            .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
+        tracing::info!("repository API on http://{admin_address} only");
+        let (app, stopping) = (Arc::clone(&app), stopping.clone());
+        servers.spawn(async move {
+            server::serve(admin, app, Plane::Admin, wait(stopping)).await;
+        });
     }
+    if let Some(grpc) = grpc_listener {
+        let (app, stopping) = (Arc::clone(&app), stopping.clone());
+        servers.spawn(async move {
+            server::serve_grpc(grpc, app, !separate_admin, wait(stopping)).await;
+        });
+    }
+    let plane = Plane::Public {
+        admin: !separate_admin,
+    };
+    server::serve(listener, app, plane, wait(stopping)).await;
+    while servers.join_next().await.is_some() {}
     Ok(())
 }
 

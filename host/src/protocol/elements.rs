@@ -5,7 +5,7 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::contract::{Datatype, Tensor};
-use crate::error::ApiError;
+use crate::error::Error;
 
 pub(super) struct Encoded {
     pub bytes: Vec<u8>,
@@ -17,7 +17,7 @@ pub(super) fn encode_elements(
     data: &Value,
     datatype: Datatype,
     name: &str,
-) -> Result<Encoded, ApiError> {
+) -> Result<Encoded, Error> {
     let mut out = Encoded {
         bytes: Vec::with_capacity(64 * datatype.element_size().unwrap_or(8)),
         count: 0,
@@ -31,7 +31,7 @@ fn encode_into(
     datatype: Datatype,
     name: &str,
     out: &mut Encoded,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if let Value::Array(items) = value {
         for item in items {
             encode_into(item, datatype, name, out)?;
@@ -40,7 +40,7 @@ fn encode_into(
     }
     let index = out.count;
     let wrong = || {
-        ApiError::bad_request(format!(
+        Error::bad_input(format!(
             "element {index} of input {name:?} is {value}, which is not a valid {datatype}"
         ))
     };
@@ -118,12 +118,12 @@ fn float(value: &Value) -> Option<f64> {
     }
 }
 
-fn out_of_range(index: usize, name: &str, value: &Value, datatype: Datatype) -> ApiError {
+fn out_of_range(index: usize, name: &str, value: &Value, datatype: Datatype) -> Error {
     let max = match datatype {
         Datatype::Fp16 => "65504",
         _ => "3.4028235e38",
     };
-    ApiError::bad_request(format!(
+    Error::bad_input(format!(
         "element {index} of input {name:?} is {value}, outside {datatype}'s range (±{max}); \
          send a smaller value, or \"Infinity\" if you mean it"
     ))
@@ -207,7 +207,7 @@ pub fn element_count(shape: &[u64]) -> Option<u64> {
 
 /// Splits `BYTES` data (u32 length, then bytes, per element); `None` marks a
 /// truncated element.
-pub(super) fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+pub fn bytes_elements(mut data: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
     std::iter::from_fn(move || {
         if data.is_empty() {
             return None;

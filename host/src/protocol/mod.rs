@@ -7,18 +7,24 @@
 //! so a request with the wrong name, datatype or shape is a 400 that names the
 //! mistake, and the model never sees it.
 
+mod classification;
 mod elements;
 mod oip;
+mod parameters;
 mod simple;
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::contract::{Metadata, Tensor, TensorSpec};
-use crate::error::ApiError;
+use crate::contract::{Datatype, Metadata, Tensor, TensorSpec};
+use crate::error::Error;
 
-pub use elements::{Elements, check_data, element_count, json_size_floor};
-pub use oip::{InferResponse, decode_infer, encode_infer_response};
+pub use classification::{classify, classify_requested};
+pub use elements::{Elements, bytes_elements, check_data, element_count, json_size_floor};
+pub use oip::{InferResponse, decode_infer, encode_infer_response, raw_count};
+pub(crate) use parameters::CLASSIFICATION;
 pub use simple::{decode_predict, encode_predict_response};
 
 /// A decoded, validated inference request.
@@ -36,9 +42,56 @@ pub struct Inference {
     /// Request-level parameters wasm-host does not act on: passed to the
     /// model, and echoed in the response.
     pub parameters: serde_json::Map<String, Value>,
+    /// The client's deadline for the request (Triton's `timeout` parameter),
+    /// which can only shorten the model's.
+    pub timeout: Option<Duration>,
+}
+
+/// What a request form has decoded before the checks every form shares.
+pub(crate) struct Parts {
+    pub id: Option<String>,
+    /// The inputs as given, in any order.
+    pub given: Vec<Tensor>,
+    pub outputs: Option<Vec<Wanted>>,
+    pub binary_outputs: bool,
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+/// An output as a request names it, before it is checked.
+pub(crate) struct Wanted {
+    pub name: String,
+    pub binary: bool,
+    /// The output's `classification` parameter, as given.
+    pub classification: Option<Value>,
 }
 
 impl Inference {
+    /// Checks what every request form must: each declared input given once
+    /// and fitting its spec, each requested output declared (and, for
+    /// classification, numeric), and the parameters wasm-host acts on or
+    /// refuses.
+    pub(crate) fn new(parts: Parts, metadata: &Metadata) -> Result<Inference, Error> {
+        let mut parameters = parts.parameters;
+        let timeout = parameters::take_host_parameters(&mut parameters)?;
+        let outputs = match parts.outputs {
+            Some(wanted) => Some(
+                wanted
+                    .into_iter()
+                    .map(|w| parameters::requested_output(w, metadata))
+                    .collect::<Result<_, _>>()?,
+            ),
+            None => None,
+        };
+        Ok(Inference {
+            id: parts.id,
+            inputs: order_and_check(parts.given, metadata)?,
+            outputs,
+            binary_outputs: parts.binary_outputs,
+            parameters,
+            timeout,
+        })
+    }
+
     /// The parameters as the contract carries them: names and JSON values
     /// (a string parameter arrives as its bare text).
     pub fn model_parameters(&self) -> Vec<(String, String)> {
@@ -53,6 +106,11 @@ impl Inference {
             })
             .collect()
     }
+
+    /// The requested output of this name, if the client named outputs.
+    pub fn requested(&self, name: &str) -> Option<&RequestedOutput> {
+        self.outputs.as_ref()?.iter().find(|o| o.name == name)
+    }
 }
 
 /// An output the client asked for, and in which form.
@@ -60,19 +118,41 @@ impl Inference {
 pub struct RequestedOutput {
     pub name: String,
     pub binary: bool,
+    /// Triton's classification extension: the top k classes instead of
+    /// the tensor.
+    pub classification: Option<usize>,
 }
 
-pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
-    body: &'a [u8],
-    what: &str,
-) -> Result<T, ApiError> {
+/// An input's datatype from its OIP name.
+pub(crate) fn input_datatype(input: &str, name: &str) -> Result<Datatype, Error> {
+    Datatype::from_oip_name(name).ok_or_else(|| {
+        Error::bad_input(format!(
+            "input {input:?} has unknown datatype {name:?}; use one of {}",
+            Datatype::ALL.map(Datatype::oip_name).join(", ")
+        ))
+    })
+}
+
+/// Checks that an input's data holds as many elements as its shape says.
+pub(crate) fn check_count(input: &str, shape: &[u64], count: u64) -> Result<(), Error> {
+    let expected = element_count(shape);
+    if expected == Some(count) {
+        return Ok(());
+    }
+    let expected = expected.map_or("more than 2^64".into(), |n| n.to_string());
+    Err(Error::bad_input(format!(
+        "input {input:?} has shape {shape:?} ({expected} elements) but its data holds {count}"
+    )))
+}
+
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|err| {
         let kind = if err.is_syntax() || err.is_eof() {
             "malformed JSON"
         } else {
             "invalid"
         };
-        ApiError::bad_request(format!("{kind} {what}: {err}"))
+        Error::bad_input(format!("{kind} {what}: {err}"))
     })
 }
 
@@ -81,7 +161,7 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
 pub(crate) fn order_and_check(
     mut given: Vec<Tensor>,
     metadata: &Metadata,
-) -> Result<Vec<Tensor>, ApiError> {
+) -> Result<Vec<Tensor>, Error> {
     if let Some(extra) = given
         .iter()
         .find(|t| !metadata.inputs.iter().any(|s| s.name == t.name))
@@ -93,7 +173,7 @@ pub(crate) fn order_and_check(
         let mut matching = given.iter().filter(|t| t.name == spec.name);
         let (Some(_), None) = (matching.next(), matching.next()) else {
             let count = given.iter().filter(|t| t.name == spec.name).count();
-            return Err(ApiError::bad_request(if count == 0 {
+            return Err(Error::bad_input(if count == 0 {
                 format!(
                     "input {:?} is missing; model {} expects {}",
                     spec.name,
@@ -112,9 +192,9 @@ pub(crate) fn order_and_check(
     Ok(ordered)
 }
 
-fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), ApiError> {
+fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Error> {
     if tensor.datatype != spec.datatype {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_input(format!(
             "input {:?} has datatype {} but model {model} expects {}",
             tensor.name, tensor.datatype, spec.datatype
         )));
@@ -126,7 +206,7 @@ fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Api
             .zip(&spec.shape)
             .all(|(&got, &want)| want == -1 || got as i64 == want);
     if !fits {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_input(format!(
             "input {:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
             tensor.name, tensor.shape, spec.shape
         )));
@@ -134,8 +214,8 @@ fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Api
     Ok(())
 }
 
-pub(crate) fn unknown_input(name: &str, metadata: &Metadata) -> ApiError {
-    ApiError::bad_request(format!(
+pub(crate) fn unknown_input(name: &str, metadata: &Metadata) -> Error {
+    Error::bad_input(format!(
         "model {} has no input {name:?}; its inputs are {}",
         metadata.name,
         describe_specs(&metadata.inputs)
@@ -225,20 +305,17 @@ impl Capped {
     }
 
     /// Appends raw bytes (binary tensor data) within the limit.
-    pub fn extend(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
+    pub fn extend(&mut self, bytes: &[u8]) -> Result<(), Error> {
         std::io::Write::write_all(self, bytes).map_err(|_| too_large(self.limit))
     }
 
     /// Serializes `value` as JSON into the body, within the limit.
-    pub fn json(&mut self, value: &impl serde::Serialize) -> Result<(), ApiError> {
+    pub fn json(&mut self, value: &impl serde::Serialize) -> Result<(), Error> {
         serde_json::to_writer(&mut *self, value).map_err(|err| {
             if err.is_io() {
                 too_large(self.limit)
             } else {
-                ApiError::new(
-                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot encode the response: {err}"),
-                )
+                Error::model_failed(format!("cannot encode the response: {err}"))
             }
         })
     }
@@ -259,15 +336,12 @@ impl std::io::Write for Capped {
 }
 
 /// The error for a response past `--max-response`.
-pub(crate) fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        hyper::StatusCode::INTERNAL_SERVER_ERROR,
-        format!(
-            "the model's outputs make a response larger than {} MiB (--max-response); \
+pub(crate) fn too_large(limit: usize) -> Error {
+    Error::model_failed(format!(
+        "the model's outputs make a response larger than {} MiB (--max-response); \
              ask for fewer outputs, use binary tensor data, or raise --max-response",
-            limit >> 20
-        ),
-    )
+        limit >> 20
+    ))
 }
 
 /// Model metadata in the OIP form of `GET /v2/models/{name}`.
@@ -321,7 +395,7 @@ mod tests {
         // 2^58 × 64 = 2^64, which wraps to 0 and would match empty data.
         let body = br#"{"inputs":[{"name":"x","shape":[288230376151711744,64],"datatype":"FP32","data":[]}]}"#;
         let err = decode_infer(body, None, &digits()).unwrap_err();
-        assert_eq!(err.status, 400);
+        assert_eq!(err.kind, crate::error::Kind::BadInput);
         assert!(err.message.contains("more than 2^64"), "{}", err.message);
     }
 

@@ -5,12 +5,11 @@ use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::elements::{Elements, bytes_elements, element_count, encode_elements, json_size_floor};
-use super::{
-    Capped, Inference, RequestedOutput, describe_specs, order_and_check, parse_json, too_large,
-};
+use super::elements::{Elements, bytes_elements, encode_elements, json_size_floor};
+use super::parameters::CLASSIFICATION;
+use super::{Capped, Inference, Parts, Wanted, check_count, input_datatype, parse_json, too_large};
 use crate::contract::{Datatype, Metadata, Tensor};
-use crate::error::ApiError;
+use crate::error::Error;
 
 #[derive(Deserialize)]
 struct InferRequest {
@@ -61,11 +60,11 @@ pub fn decode_infer(
     body: &[u8],
     json_len: Option<usize>,
     metadata: &Metadata,
-) -> Result<Inference, ApiError> {
+) -> Result<Inference, Error> {
     let (header, mut binary) = match json_len {
         Some(len) if len <= body.len() => body.split_at(len),
         Some(len) => {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_input(format!(
                 "Inference-Header-Content-Length is {len} but the body has only {} bytes",
                 body.len()
             )));
@@ -75,19 +74,12 @@ pub fn decode_infer(
     let request: InferRequest = parse_json(header, "inference request")?;
     let mut given = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype = Datatype::from_oip_name(&input.datatype).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "input {:?} has unknown datatype {:?}; use one of {}",
-                input.name,
-                input.datatype,
-                Datatype::ALL.map(Datatype::oip_name).join(", ")
-            ))
-        })?;
+        let datatype = input_datatype(&input.name, &input.datatype)?;
         let (bytes, count) = match (input.parameters.binary_data_size, &input.data) {
             (Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(Error::bad_input(format!(
                         "input {:?} has binary_data_size {size} but only {} bytes of binary data remain",
                         input.name,
                         binary.len()
@@ -95,39 +87,26 @@ pub fn decode_infer(
                 }
                 let (bytes, rest) = binary.split_at(size);
                 binary = rest;
-                let count = raw_element_count(bytes, datatype).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "input {:?}: {size} bytes are not a whole number of {datatype} elements",
-                        input.name
-                    ))
-                })?;
-                (bytes.to_vec(), count)
+                (bytes.to_vec(), raw_count(&input.name, bytes, datatype)?)
             }
             (None, Some(data)) => {
                 let encoded = encode_elements(data, datatype, &input.name)?;
                 (encoded.bytes, encoded.count as u64)
             }
             (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::bad_input(format!(
                     "input {:?} has both \"data\" and a binary_data_size; send one",
                     input.name
                 )));
             }
             (None, None) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::bad_input(format!(
                     "input {:?} has no \"data\" (and no binary_data_size)",
                     input.name
                 )));
             }
         };
-        let expected = element_count(&input.shape);
-        if expected != Some(count) {
-            let expected = expected.map_or("more than 2^64".into(), |n| n.to_string());
-            return Err(ApiError::bad_request(format!(
-                "input {:?} has shape {:?} ({expected} elements) but its data holds {count}",
-                input.name, input.shape
-            )));
-        }
+        check_count(&input.name, &input.shape, count)?;
         given.push(Tensor {
             name: input.name,
             datatype,
@@ -136,23 +115,43 @@ pub fn decode_infer(
         });
     }
     if !binary.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_input(format!(
             "{} bytes of binary data follow the JSON header but no input claims them \
              (set binary_data_size on each binary input)",
             binary.len()
         )));
     }
     let binary_outputs = request.parameters.binary_data_output.unwrap_or(false);
-    let outputs = match request.outputs {
-        Some(outputs) => Some(check_requested_outputs(outputs, binary_outputs, metadata)?),
-        None => None,
-    };
-    Ok(Inference {
-        id: request.id,
-        inputs: order_and_check(given, metadata)?,
-        outputs,
-        binary_outputs,
-        parameters: request.parameters.other,
+    let outputs = request.outputs.map(|outputs| {
+        outputs
+            .into_iter()
+            .map(|mut output| Wanted {
+                binary: output.parameters.binary_data.unwrap_or(binary_outputs),
+                classification: output.parameters.other.remove(CLASSIFICATION),
+                name: output.name,
+            })
+            .collect()
+    });
+    Inference::new(
+        Parts {
+            id: request.id,
+            given,
+            outputs,
+            binary_outputs,
+            parameters: request.parameters.other,
+        },
+        metadata,
+    )
+}
+
+/// How many elements an input's raw little-endian data holds, or why it
+/// is not whole elements.
+pub fn raw_count(input: &str, bytes: &[u8], datatype: Datatype) -> Result<u64, Error> {
+    raw_element_count(bytes, datatype).ok_or_else(|| {
+        Error::bad_input(format!(
+            "input {input:?}: {} bytes are not a whole number of {datatype} elements",
+            bytes.len()
+        ))
     })
 }
 
@@ -166,31 +165,6 @@ fn raw_element_count(bytes: &[u8], datatype: Datatype) -> Option<u64> {
             .then_some((bytes.len() / size) as u64),
         None => bytes_elements(bytes).try_fold(0u64, |n, element| element.map(|_| n + 1)),
     }
-}
-
-fn check_requested_outputs(
-    requested: Vec<RequestedOutputJson>,
-    binary_by_default: bool,
-    metadata: &Metadata,
-) -> Result<Vec<RequestedOutput>, ApiError> {
-    requested
-        .into_iter()
-        .map(|output| {
-            if metadata.outputs.iter().any(|s| s.name == output.name) {
-                Ok(RequestedOutput {
-                    binary: output.parameters.binary_data.unwrap_or(binary_by_default),
-                    name: output.name,
-                })
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "model {} has no output {:?}; its outputs are {}",
-                    metadata.name,
-                    output.name,
-                    describe_specs(&metadata.outputs)
-                )))
-            }
-        })
-        .collect()
 }
 
 /// One output of an OIP infer response: its data inline, or only its size
@@ -239,7 +213,7 @@ pub fn encode_infer_response(
     inference: &Inference,
     outputs: &[Tensor],
     limit: usize,
-) -> Result<InferResponse, ApiError> {
+) -> Result<InferResponse, Error> {
     let selected: Vec<OipOutput> = outputs
         .iter()
         .filter_map(|tensor| {

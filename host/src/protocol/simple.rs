@@ -10,7 +10,7 @@ use super::{
     Capped, Inference, describe_specs, order_and_check, parse_json, too_large, unknown_input,
 };
 use crate::contract::{Metadata, Tensor};
-use crate::error::ApiError;
+use crate::error::Error;
 
 #[derive(Deserialize)]
 struct PredictRequest {
@@ -21,14 +21,14 @@ struct PredictRequest {
 /// input; an object maps input names to nested arrays. Shapes are read from
 /// the nesting, and one example without its batch dimension (`[64 floats]`
 /// for a `[-1, 64]` input) is taken as a batch of one.
-pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, ApiError> {
+pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Error> {
     let request: PredictRequest = parse_json(body, "predict request")?;
     let named: Vec<(String, &Value)> = match &request.inputs {
         Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
         value @ Value::Array(_) => match metadata.inputs.as_slice() {
             [only] => vec![(only.name.clone(), value)],
             specs => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::bad_input(format!(
                     "model {} takes {} inputs ({}): send {{\"inputs\": {{\"name\": [...], ...}}}}",
                     metadata.name,
                     specs.len(),
@@ -37,7 +37,7 @@ pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Api
             }
         },
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_input(
                 "\"inputs\" must be an array (for a single-input model) or an object of named arrays",
             ));
         }
@@ -65,11 +65,12 @@ pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Api
         outputs: None,
         binary_outputs: false,
         parameters: serde_json::Map::new(),
+        timeout: None,
     })
 }
 
 /// The shape of a rectangular nest of JSON arrays.
-fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, ApiError> {
+fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, Error> {
     let mut shape = Vec::new();
     let mut level = value;
     while let Value::Array(items) = level {
@@ -91,7 +92,7 @@ fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, ApiError> {
         }
     }
     if !check(value, &shape) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_input(format!(
             "input {name:?} is ragged: every row must have the same length"
         )));
     }
@@ -106,7 +107,7 @@ pub fn encode_predict_response(
     outputs: &[Tensor],
     instance: u64,
     limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, Error> {
     struct Outputs<'a>(&'a [Tensor]);
     impl Serialize for Outputs<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

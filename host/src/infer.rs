@@ -1,0 +1,149 @@
+//! One inference, whatever protocol brought it: the core that HTTP
+//! ([`crate::routes`]) and gRPC ([`crate::grpc`]) share once they have
+//! decoded a request into an [`Inference`] and before they encode the
+//! outputs in their own form.
+//!
+//! [`run`] takes a free instance (pool), calls the guest under the tighter
+//! of the model's deadline and the client's, checks the outputs against
+//! the model's metadata, and applies the classification extension.
+//! [`measured`] records every request in the model's metrics and Triton
+//! statistics, whichever edge it came through.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::contract::Tensor;
+use crate::error::{Error, Kind};
+use crate::instance::{Fault, InstanceId};
+use crate::metrics::ModelMetrics;
+use crate::protocol::{self, Inference};
+use crate::served::ServedModel;
+
+/// A request's outputs, ready to encode, and the instance that made them.
+pub struct Answer {
+    pub outputs: Vec<Tensor>,
+    pub instance: InstanceId,
+}
+
+/// The deadline a client set for its request (Triton's `timeout`
+/// parameter, gRPC's `grpc-timeout`), counted from when the request
+/// arrived. It can only shorten the model's own `--timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub limit: Duration,
+    at: Instant,
+}
+
+impl Deadline {
+    /// The tightest of the limits a client gave, if it gave any.
+    pub fn tightest(arrived: Instant, limits: &[Option<Duration>]) -> Option<Deadline> {
+        let limit = limits.iter().flatten().min().copied()?;
+        Some(Deadline {
+            limit,
+            at: arrived + limit,
+        })
+    }
+
+    fn passed(self, when: &str) -> Error {
+        Error::new(
+            Kind::DeadlineExceeded,
+            format!(
+                "the request's deadline of {:?} (set by the client) passed {when}",
+                self.limit
+            ),
+        )
+    }
+}
+
+/// Runs a decoded request on a free instance of `served`.
+pub async fn run(
+    served: &ServedModel,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let mut lease = match deadline {
+        None => served.pool.acquire().await?,
+        Some(deadline) => tokio::time::timeout_at(deadline.at, served.pool.acquire())
+            .await
+            .map_err(|_| deadline.passed("while it waited for an instance"))??,
+    };
+    let instance = lease.instance_id();
+    let model_limit = served.settings.timeout;
+    // The client's deadline binds when it leaves less than the model's.
+    let client = deadline.filter(|d| d.at.saturating_duration_since(Instant::now()) < model_limit);
+    let limit = match client {
+        Some(d) => d.at.saturating_duration_since(Instant::now()),
+        None => model_limit,
+    };
+    if limit.is_zero() {
+        let d = client.expect("only a client's deadline can have passed");
+        return Err(d.passed("before the model was called").served_by(instance));
+    }
+    let outputs = lease
+        .predict(&inference.inputs, &inference.model_parameters(), limit)
+        .await
+        .map_err(|fault| {
+            let err = match (fault, client) {
+                (Fault::Timeout(_), Some(d)) => d.passed("and the model was stopped"),
+                (fault, _) => Error::from(fault),
+            };
+            err.served_by(instance)
+        })?;
+    // Give the instance back before encoding: the next request need not wait.
+    drop(lease);
+    protocol::check_outputs(&outputs, &served.model.metadata)
+        .map_err(|why| Error::model_failed(why).served_by(instance))?;
+    Ok(Answer {
+        outputs: protocol::classify_requested(outputs, inference),
+        instance,
+    })
+}
+
+/// What a request's failure counts as in the metrics.
+pub trait Outcome {
+    fn outcome(&self) -> &'static str;
+}
+
+impl Outcome for Error {
+    fn outcome(&self) -> &'static str {
+        Error::outcome(self)
+    }
+}
+
+/// Counts an inference request as pending while it runs, then records its
+/// outcome and duration; a request whose client left before its answer (its
+/// future dropped) is recorded as `cancelled`.
+pub async fn measured<T, E: Outcome>(
+    served: &ServedModel,
+    inference: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let mut record = Recorder {
+        metrics: &served.metrics,
+        started: std::time::Instant::now(),
+        outcome: "cancelled",
+    };
+    let pending = record.metrics.pending();
+    let result = inference.await;
+    drop(pending);
+    record.outcome = match &result {
+        Ok(_) => "success",
+        Err(err) => err.outcome(),
+    };
+    result
+}
+
+/// Records a request's outcome when dropped, whether it finished or not.
+struct Recorder<'a> {
+    metrics: &'a ModelMetrics,
+    started: std::time::Instant,
+    outcome: &'static str,
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .request_done(self.outcome, self.started.elapsed());
+    }
+}
