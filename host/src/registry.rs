@@ -70,6 +70,9 @@ pub struct Budget {
     /// Instances the engine's pooling allocator has slots for (a few are
     /// kept back for replacements in flight).
     pub instances: usize,
+    /// The largest memory limit a model may have: the engine's memory layout
+    /// reserves no more per instance (4 GiB, or less on a small address space).
+    pub memory_cap: u64,
 }
 
 /// Why a request found no model to serve it: the registry's own words,
@@ -336,6 +339,16 @@ impl Registry {
             .settings
             .resolve(&self.defaults)
             .map_err(|why| format!("{shown}: bad settings: {why}"))?;
+        if settings.pool.memory_limit as u64 > self.budget.memory_cap {
+            return Err(format!(
+                "{shown}: memory-limit {} MiB is more than the {} MiB this host reserves per \
+                 instance (its memory layout is sized to --memory-limit where the address space \
+                 is small, and on aarch64): start the host with --memory-limit {}MiB or more",
+                settings.pool.memory_limit >> 20,
+                self.budget.memory_cap >> 20,
+                settings.pool.memory_limit >> 20
+            ));
+        }
         let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
         let file_size = request.bytes.len();
         let (component, compiled) =

@@ -43,15 +43,26 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let instances = cli.instances() as usize;
     let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
     let memory_budget = cli.memory_budget();
-    let budget = Budget {
+    let mut budget = Budget {
         memory: memory_budget,
         instances: (memory_budget / SLOT_SHARE).clamp(64, 512) as usize,
+        memory_cap: 4 << 30,
     };
     // Twice the budget's instances: a swap boots the new version beside the
     // old one; spares cover replacements in flight.
     let slots = (budget.instances * 2 + 8) as u32;
-    let (engine, allocator) = engine::build(slots, 4 << 30)
+    let (engine, allocator, why) = engine::build(slots, memory_limit)
         .map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
+    match allocator {
+        engine::Allocator::Pooling { .. } => tracing::info!("{why}"),
+        engine::Allocator::OnDemand { .. } => tracing::warn!("{why}"),
+    }
+    // A small address space may have shrunk the pool, and a compact layout
+    // caps every model's memory limit.
+    if let Some(pooled) = allocator.slots() {
+        budget.instances = budget.instances.min((pooled.saturating_sub(8) / 2).max(1) as usize);
+    }
+    budget.memory_cap = allocator.layout().memory_cap();
     engine::start_epoch_ticker(&engine);
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
