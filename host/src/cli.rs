@@ -149,6 +149,10 @@ pub struct CompileArgs {
     /// The memory cap the artifact will be served with (it shapes the generated code).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub memory_limit: u64,
+
+    /// Compile for another machine (e.g. aarch64-unknown-linux-gnu, x86_64-unknown-linux-gnu) [default: this one]
+    #[arg(long, value_name = "TRIPLE")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
