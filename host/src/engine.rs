@@ -18,8 +18,8 @@
 //!   pool does not fit (a tight `ulimit -v`).
 //!
 //! The pool is sized to the instance count and checked against the address
-//! space this process can really reserve (probed with `PROT_NONE` mappings, so
-//! `RLIMIT_AS` counts too); a pool that does not fit shrinks, and below
+//! space this process can still reserve (the top of the user address space,
+//! or `RLIMIT_AS`); a pool that does not fit shrinks, and below
 //! [`MIN_POOL_SLOTS`] the engine allocates each instance on demand. One log
 //! line says which was chosen and why.
 
@@ -186,8 +186,8 @@ pub struct Plan {
 }
 
 /// Chooses the layout and allocator for `wanted` slots of instances capped at
-/// `memory_limit` bytes, on `arch`, with `space` bytes of reservable address
-/// space. Pure, so the sizing rules are unit-tested.
+/// `memory_limit` bytes, on `arch`, with `space` bytes of address space left
+/// to reserve. Pure, so the sizing rules are unit-tested.
 pub fn plan(arch: &str, wanted: u32, memory_limit: u64, space: u64) -> Plan {
     let usable = space / POOL_SHARE;
     let need = |layout: Layout| u64::from(wanted) * layout.slot_bytes();
@@ -327,50 +327,49 @@ pub fn build_for_target(triple: &str, memory_limit: usize) -> Result<(Engine, La
     Ok((engine, layout))
 }
 
-/// The largest block of address space this process can reserve now, probed
-/// with `PROT_NONE` mappings that are released at once: it reflects the
-/// CPU's virtual-address bits (39 on many ARM boards, 47 on x86-64) and
-/// `RLIMIT_AS` (`ulimit -v`) alike.
+/// The address space this process can still reserve: the top of the user
+/// address space (the bit length of the highest address mapped, the stack's:
+/// 39 bits on many ARM boards, 47 on x86-64), or `RLIMIT_AS` (`ulimit -v`)
+/// less what is mapped already, whichever is smaller. Read, not probed: under
+/// qemu-user every page reserved costs bookkeeping memory, so trial mappings
+/// of terabytes would take minutes.
 pub fn reservable_address_space() -> u64 {
-    const TOP: u64 = 1 << 47;
-    const STEP: u64 = 1 << 30;
-    if reservable(TOP) {
-        return TOP;
-    }
-    // Binary search in GiB: `lo` is reservable, `hi` is not.
-    let (mut lo, mut hi) = (0u64, TOP / STEP);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if reservable(mid * STEP) {
-            lo = mid;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // SAFETY: getrlimit only writes the struct it is given.
+    let limit = unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_AS, &mut limit) == 0 && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            Some(limit.rlim_cur)
         } else {
-            hi = mid;
+            None
         }
-    }
-    lo * STEP
+    };
+    address_space(&maps, &status, limit)
 }
 
-fn reservable(len: u64) -> bool {
-    let Ok(len) = usize::try_from(len) else {
-        return false;
-    };
-    // SAFETY: an anonymous PROT_NONE mapping at an address the kernel picks
-    // touches no existing memory; it is unmapped at once.
-    unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        );
-        if ptr == libc::MAP_FAILED {
-            return false;
-        }
-        libc::munmap(ptr, len);
+/// [`reservable_address_space`] from the text of `/proc/self/maps` and
+/// `/proc/self/status` and the soft `RLIMIT_AS`.
+fn address_space(maps: &str, status: &str, limit: Option<u64>) -> u64 {
+    let highest = maps
+        .lines()
+        .filter_map(|line| line.split('-').nth(1)?.split_whitespace().next())
+        .filter_map(|end| u64::from_str_radix(end, 16).ok())
+        // Not the kernel's [vsyscall] page at the top of the 64-bit space.
+        .filter(|&end| end < 1 << 57)
+        .max()
+        .unwrap_or(1 << 47);
+    let top = 1u64 << (64 - (highest - 1).leading_zeros());
+    let mapped = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10);
+    match limit {
+        Some(limit) => top.min(limit.saturating_sub(mapped)),
+        None => top.saturating_sub(mapped),
     }
-    true
 }
 
 /// Bytes for a log line: `258 MiB`, `1.1 TiB`.
@@ -478,7 +477,16 @@ mod tests {
     }
 
     #[test]
-    fn this_process_can_reserve_some_address_space() {
+    fn the_address_space_is_the_top_of_the_maps_or_the_rlimit_less_what_is_mapped() {
+        let x86 = "55d0c0a00000-55d0c0a21000 r--p 00000000 00:2a 1 /bin/x\n\
+                   7ffd5a1c2000-7ffd5a1e3000 rw-p 00000000 00:00 0 [stack]\n\
+                   ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\n";
+        let status = "Name:\tx\nVmSize:\t  1048576 kB\n";
+        assert_eq!(address_space(x86, status, None), (128 << 40) - GIB);
+        assert_eq!(address_space(x86, status, Some(16 * GIB)), 15 * GIB);
+        let arm39 = "5581a00000-5581a21000 r--p 00000000 00:2a 1 /bin/x\n\
+                     7fe5a1c000-7fe5a3d000 rw-p 00000000 00:00 0 [stack]\n";
+        assert_eq!(address_space(arm39, status, None), 511 * GIB);
         assert!(reservable_address_space() >= GIB);
         assert_eq!(bytes(258 * MIB), "258 MiB");
         assert_eq!(bytes(1126 * GIB), "1.1 TiB");
