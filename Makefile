@@ -31,7 +31,7 @@ ARM_RUNNER ?= $(or $(CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER),qemu-aarch64
 
 arm-test: guests arm-tools
 	cargo build --release -p wasm-host --target $(ARM_TARGET)
-	WASM_HOST_BIN=target/$(ARM_TARGET)/release/wasm-host WASM_HOST_ARCH=aarch64 \
+	WASM_HOST_BIN=$(CURDIR)/target/$(ARM_TARGET)/release/wasm-host WASM_HOST_ARCH=aarch64 \
 	WASM_HOST_RUNNER="$(ARM_RUNNER)" cargo test --release $(TESTED) --test portable
 
 ## The cross toolchain and qemu (binfmt_misc is not needed: tests call qemu).
