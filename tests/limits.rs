@@ -249,7 +249,10 @@ fn a_small_address_space_gets_a_pool_sized_to_the_memory_limit_or_on_demand_inst
         log.contains("address space too small for 4 GiB reservations"),
         "{log}"
     );
-    assert!(log.contains("pooling allocator shrunk to what fits"), "{log}");
+    assert!(
+        log.contains("pooling allocator shrunk to what fits"),
+        "{log}"
+    );
     assert!(log.contains("64 MiB reservations"), "{log}");
     drop(host);
 

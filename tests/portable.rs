@@ -70,7 +70,10 @@ fn digits_outputs(host: &Host) -> Vec<Vec<u32>> {
         let got = body["outputs"]["probabilities"][0].as_array().unwrap();
         for (g, w) in got.iter().zip(probabilities[row].as_array().unwrap()) {
             let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
-            assert!((g - w).abs() <= 1e-5, "row {row}: {g} is not scikit-learn's {w}");
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "row {row}: {g} is not scikit-learn's {w}"
+            );
         }
         outputs.push(output_bits(&body));
 
@@ -222,7 +225,10 @@ fn an_artifact_compiled_for_this_architecture_serves_and_one_for_another_is_refu
     let row = &reference()["inputs"][0];
     let response = host.post_json("/predict", &json!({ "inputs": [row] }));
     assert_eq!(response.status, 200, "{}", response.error());
-    assert_eq!(response.json()["prediction"], reference()["predicted_labels"][0]);
+    assert_eq!(
+        response.json()["prediction"],
+        reference()["predicted_labels"][0]
+    );
     assert!(host.log().join("\n").contains("loaded precompiled in"));
     drop(host);
 

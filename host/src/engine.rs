@@ -229,7 +229,10 @@ pub fn plan(arch: &str, wanted: u32, memory_limit: u64, space: u64) -> Plan {
                 slots: wanted,
                 layout,
             },
-            why: format!("{why_compact}: pooling allocator, {}", sized(wanted, layout)),
+            why: format!(
+                "{why_compact}: pooling allocator, {}",
+                sized(wanted, layout)
+            ),
         };
     }
     if fit >= MIN_POOL_SLOTS {
@@ -339,7 +342,8 @@ pub fn reservable_address_space() -> u64 {
     // SAFETY: getrlimit only writes the struct it is given.
     let limit = unsafe {
         let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_AS, &mut limit) == 0 && limit.rlim_cur != libc::RLIM_INFINITY
+        if libc::getrlimit(libc::RLIMIT_AS, &mut limit) == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
         {
             Some(limit.rlim_cur)
         } else {
@@ -432,10 +436,7 @@ mod tests {
         let layout = Layout::Compact {
             reservation: 256 * MIB,
         };
-        assert_eq!(
-            plan.allocator,
-            Allocator::Pooling { slots: 136, layout }
-        );
+        assert_eq!(plan.allocator, Allocator::Pooling { slots: 136, layout });
         assert!(136 * layout.slot_bytes() < 160 * GIB);
         assert!(plan.why.contains("aarch64"), "{}", plan.why);
         // A big budget (776 slots) does not fit in half of it: the pool shrinks.

@@ -45,7 +45,11 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
             let artifact = component
                 .serialize()
                 .map_err(|err| Failure::new(Failure::OTHER, format!("cannot serialize: {err}")))?;
-            (artifact, started.elapsed(), std::env::consts::ARCH.to_owned())
+            (
+                artifact,
+                started.elapsed(),
+                std::env::consts::ARCH.to_owned(),
+            )
         }
         Some((cross, _)) => {
             let started = Instant::now();

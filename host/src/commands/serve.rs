@@ -60,7 +60,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     // A small address space may have shrunk the pool, and a compact layout
     // caps every model's memory limit.
     if let Some(pooled) = allocator.slots() {
-        budget.instances = budget.instances.min((pooled.saturating_sub(8) / 2).max(1) as usize);
+        budget.instances = budget
+            .instances
+            .min((pooled.saturating_sub(8) / 2).max(1) as usize);
     }
     budget.memory_cap = allocator.layout().memory_cap();
     engine::start_epoch_ticker(&engine);
