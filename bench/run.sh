@@ -13,6 +13,10 @@
 #   5. ONNX models packed with `wasm-host pack`: memory of N instances of a
 #      16 MiB Gemm, first request after boot, predict time against
 #      onnxruntime on one thread (bench/onnx_bench.py);
+#   6. many models in one host (bench/many_models.py);
+#   7. edge builds: the release binary's size (as built and stripped), for
+#      this machine and, if `make arm-test` built it, for aarch64; and the
+#      idle RSS of the host serving the digits model;
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -26,7 +30,7 @@
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
-#   BENCH_ONLY="throughput density startup micro onnx models"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models edge"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -50,7 +54,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models edge"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 DOC=${BENCH_DOC:-docs/benchmarks.md}
@@ -498,6 +502,41 @@ onnx() {
     BENCH_DENSITY="$DENSITY" "$venv/bin/python" bench/onnx_bench.py "$OUT" "$HOST" "$((PORT + 200))"
 }
 
+# --- 7. edge builds -----------------------------------------------------------------
+
+edge() {
+    say "edge builds: binary sizes, idle memory"
+    local arm=target/aarch64-unknown-linux-gnu/release/wasm-host port=$((PORT + 50)) n kb
+    local arch
+    arch=$(uname -m)
+    {
+        printf 'what\tbytes\n'
+        printf '%s binary\t%s\n' "$arch" "$(stat -c %s "$HOST")"
+        strip -o "$OUT/wasm-host.stripped" "$HOST"
+        printf '%s binary, stripped\t%s\n' "$arch" "$(stat -c %s "$OUT/wasm-host.stripped")"
+        if [[ -x $arm ]] && command -v aarch64-linux-gnu-strip >/dev/null; then
+            printf 'aarch64 binary\t%s\n' "$(stat -c %s "$arm")"
+            aarch64-linux-gnu-strip -o "$OUT/wasm-host-aarch64.stripped" "$arm"
+            printf 'aarch64 binary, stripped\t%s\n' "$(stat -c %s "$OUT/wasm-host-aarch64.stripped")"
+        fi
+        # Once to fill the compile cache: the figures are for a warm start.
+        start "$OUT/edge-warm-up.log" "$HOST" "${CACHE_FLAGS[@]}" --instances 1 --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+        wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/edge-warm-up.log"
+        stop
+        for n in 1 8; do
+            wait_quiet
+            start "$OUT/edge-$n.log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+            wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/edge-$n.log"
+            check_answer "wasm-host /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+            sleep 2
+            kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER/status")
+            printf 'idle RSS, %s instance(s), digits model from the cache\t%s\n' "$n" "$((kb * 1024))"
+            stop
+        done
+    } >"$OUT/edge.tsv"
+    rm -f "$OUT/wasm-host.stripped" "$OUT/wasm-host-aarch64.stripped"
+}
+
 # --- the run ---------------------------------------------------------------------------
 
 machine() {
@@ -545,7 +584,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models; do
+    for part in throughput density startup micro onnx models edge; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
