@@ -187,7 +187,7 @@ fn idle_keep_alive_connections_are_closed_and_busy_ones_kept() {
 
 /// The host started with its address space capped at `bytes` (`ulimit -v`):
 /// big reservations fail as they would with a 39-bit address space.
-fn start_with_address_space(bytes: u64, args: &[&str]) -> Host {
+fn start_with_address_space(bytes: u64, model: Option<&std::path::Path>, args: &[&str]) -> Host {
     use std::os::unix::process::CommandExt;
     let mut command = support::wasm_host();
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -203,7 +203,7 @@ fn start_with_address_space(bytes: u64, args: &[&str]) -> Host {
             Ok(())
         });
     }
-    Host::start_from(command, &guest("guest_model"), args)
+    Host::start_from(command, model, args)
 }
 
 fn assert_digits_served(host: &Host) {
@@ -242,7 +242,7 @@ fn a_small_address_space_gets_a_pool_sized_to_the_memory_limit_or_on_demand_inst
 
     // 16 GiB: the 136 wide slots (2 TiB) do not fit, nor do 136 slots of
     // 64 MiB (35 GiB): the pool shrinks to what fits, and serves.
-    let host = start_with_address_space(16 << 30, &args);
+    let host = start_with_address_space(16 << 30, Some(&guest("guest_model")), &args);
     assert_digits_served(&host);
     let log = host.log().join("\n");
     assert!(
@@ -256,8 +256,30 @@ fn a_small_address_space_gets_a_pool_sized_to_the_memory_limit_or_on_demand_inst
     assert!(log.contains("64 MiB reservations"), "{log}");
     drop(host);
 
+    // There --memory-limit caps every model's: a model.toml asking for more
+    // is refused at load, with what to do.
+    let repository = support::scratch_file("small-space-repository");
+    std::fs::create_dir_all(repository.join("digits")).unwrap();
+    std::fs::copy(guest("guest_model"), repository.join("digits/model.wasm")).unwrap();
+    std::fs::write(
+        repository.join("digits/model.toml"),
+        "memory-limit = \"128MiB\"\n",
+    )
+    .unwrap();
+    let mut with_repository = args.to_vec();
+    with_repository.extend(["--model-repository", repository.to_str().unwrap()]);
+    let host = start_with_address_space(16 << 30, None, &with_repository);
+    let log = host.log().join("\n");
+    assert!(
+        log.contains("memory-limit 128 MiB is more than the 64 MiB this host reserves"),
+        "{log}"
+    );
+    assert_eq!(host.get("/v2/models/digits/ready").status, 503, "{log}");
+    drop(host);
+    let _ = std::fs::remove_dir_all(repository);
+
     // 3 GiB: no pool at all; each instance is mapped on demand.
-    let host = start_with_address_space(3 << 30, &args);
+    let host = start_with_address_space(3 << 30, Some(&guest("guest_model")), &args);
     assert_digits_served(&host);
     let log = host.log().join("\n");
     assert!(log.contains("using on-demand instances"), "{log}");

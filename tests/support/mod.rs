@@ -100,8 +100,8 @@ impl Host {
     }
 
     /// Starts the host from a prepared command (say, with resource limits).
-    pub fn start_from(command: Command, model: &Path, args: &[&str]) -> Host {
-        Host::spawn_from(command, Some(model), args, &[], "127.0.0.1:0")
+    pub fn start_from(command: Command, model: Option<&Path>, args: &[&str]) -> Host {
+        Host::spawn_from(command, model, args, &[], "127.0.0.1:0")
     }
 
     fn spawn(model: Option<&Path>, args: &[&str], env: &[(&str, &str)], bind: &str) -> Host {
