@@ -3,10 +3,11 @@
 
 WASM_DIR := target/wasm32-wasip2/release
 GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model -p big-model -p stuck-model -p badname-model
+TESTED   := -p wasm-host -p guest-model -p wasm-host-guest
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000
 
-.PHONY: serve test tools guests model host onnx-runner setup lint bench clean
+.PHONY: serve test tools guests model host onnx-runner setup lint bench clean arm-test arm-tools
 
 ## Build the example model and the host, then serve the model with 8 instances.
 serve: guests host
@@ -16,9 +17,30 @@ serve: guests host
 ## the official Triton client against the real server (tests/python).
 test: guests onnx-runner tools
 	rm -rf target/test-scratch
-	cargo test --release -p wasm-host -p guest-model -p wasm-host-guest
+	cargo test --release $(TESTED)
 	cargo build --release -p wasm-host -p native-ceiling
 	bash tests/python/run.sh
+	$(MAKE) arm-test
+
+## The host on 64-bit ARM Linux: cross-built for aarch64, then the portable
+## tests (the 200 digits rows bit for bit against the x86 host, trap, deadline,
+## memory cap, reload, artifacts from `compile --target`) run against it under
+## qemu-aarch64, with the guests built above: the same .wasm files.
+ARM_TARGET := aarch64-unknown-linux-gnu
+ARM_RUNNER ?= $(or $(CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER),qemu-aarch64 -L /usr/aarch64-linux-gnu)
+
+arm-test: guests arm-tools
+	cargo build --release -p wasm-host --target $(ARM_TARGET)
+	WASM_HOST_BIN=$(CURDIR)/target/$(ARM_TARGET)/release/wasm-host WASM_HOST_ARCH=aarch64 \
+	WASM_HOST_RUNNER="$(ARM_RUNNER)" cargo test --release $(TESTED) --test portable
+
+## The cross toolchain and qemu (binfmt_misc is not needed: tests call qemu).
+arm-tools:
+	@rustup target list --installed | grep -qx $(ARM_TARGET) || rustup target add $(ARM_TARGET)
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || { \
+	  echo "installing the aarch64 cross linker and qemu-user (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; }
 
 ## Test tools a fresh machine lacks, from Debian: promtool (prometheus), nginx (the
 ## fleet test's balancer), chromium (the status page test's browser) and curl

@@ -17,8 +17,11 @@
 #      and one host without nginx, with wrk through the balancer;
 #   7. gRPC against HTTP: perf_analyzer -i grpc and -i http against one host
 #      serving both, at 1 and 64 concurrent requests (bench/grpc_bench.py);
-#   8. the edge: scale to zero (cold against warm), memory after the idle
-#      timeout, 10,000 idle instances, 1,000 models at zero (bench/edge.py);
+#   8. the edge: the release binary's size (as built and stripped), for this
+#      machine and, if `make arm-test` built it, for aarch64; the idle RSS of
+#      the host serving the digits model; scale to zero (cold against warm),
+#      memory after the idle timeout, 10,000 idle instances, 1,000 models at
+#      zero (bench/edge.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -594,11 +597,54 @@ PY
         FLEET_PIDS=()
     done
     python3 bench/fleet_report.py "$OUT" "$SECONDS_PER_RUN" "$NPROC"
+}
+
+# --- 7. gRPC against HTTP -------------------------------------------------------------
+
 grpc() {
     say "gRPC against HTTP: perf_analyzer -i grpc / -i http at 1 and 64, one host serving both"
     wait_quiet
     python3 bench/grpc_bench.py --host "$HOST" --model "$WASM/guest_model.wasm" \
         --out-md "$OUT/grpc.md" --out-json "$OUT/grpc.json" --seconds "$SECONDS_PER_RUN"
+}
+
+# --- 8. the edge -------------------------------------------------------------------
+
+edge() {
+    say "edge builds: binary sizes, idle memory"
+    local arm=target/aarch64-unknown-linux-gnu/release/wasm-host port=$((PORT + 50)) n kb
+    local arch
+    arch=$(uname -m)
+    {
+        printf 'what\tbytes\n'
+        printf '%s binary\t%s\n' "$arch" "$(stat -c %s "$HOST")"
+        strip -o "$OUT/wasm-host.stripped" "$HOST"
+        printf '%s binary, stripped\t%s\n' "$arch" "$(stat -c %s "$OUT/wasm-host.stripped")"
+        if [[ -x $arm ]] && command -v aarch64-linux-gnu-strip >/dev/null; then
+            printf 'aarch64 binary\t%s\n' "$(stat -c %s "$arm")"
+            aarch64-linux-gnu-strip -o "$OUT/wasm-host-aarch64.stripped" "$arm"
+            printf 'aarch64 binary, stripped\t%s\n' "$(stat -c %s "$OUT/wasm-host-aarch64.stripped")"
+        fi
+        # Once to fill the compile cache: the figures are for a warm start.
+        start "$OUT/edge-warm-up.log" "$HOST" "${CACHE_FLAGS[@]}" --instances 1 --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+        wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/edge-warm-up.log"
+        stop
+        for n in 1 8; do
+            wait_quiet
+            start "$OUT/edge-$n.log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+            wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/edge-$n.log"
+            check_answer "wasm-host /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
+            sleep 2
+            kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER/status")
+            printf 'idle RSS, %s instance(s), digits model from the cache\t%s\n' "$n" "$((kb * 1024))"
+            stop
+        done
+    } >"$OUT/edge.tsv"
+    rm -f "$OUT/wasm-host.stripped" "$OUT/wasm-host-aarch64.stripped"
+    say "edge: scale to zero, memory after idle, ${BENCH_EDGE_INSTANCES:-10000} instances, ${BENCH_EDGE_MODELS:-1000} models at zero"
+    wait_quiet
+    python3 bench/edge.py --host "$HOST" --digits "$WASM/guest_model.wasm" --workdir "$OUT/edge" \
+        --out-md "$OUT/edge.md" --out-json "$OUT/edge.json"
 }
 
 # --- the run ---------------------------------------------------------------------------
@@ -632,17 +678,6 @@ machine() {
         echo "startup_runs=$STARTUP_RUNS"
         echo "micro_samples=$MICRO_SAMPLES"
     } >"$OUT/machine.txt"
-}
-
-# --- 8. the edge ---------------------------------------------------------------------------
-
-# Scale to zero (cold against warm, server pinned to core 1), memory after the idle timeout, N idle
-# instances of digits in one host, M models at zero. Writes edge.md and edge.json.
-edge() {
-    say "edge: scale to zero, memory after idle, ${BENCH_EDGE_INSTANCES:-10000} instances, ${BENCH_EDGE_MODELS:-1000} models at zero"
-    wait_quiet
-    python3 bench/edge.py --host "$HOST" --digits "$WASM/guest_model.wasm" --workdir "$OUT/edge" \
-        --out-md "$OUT/edge.md" --out-json "$OUT/edge.json"
 }
 
 main() {

@@ -186,3 +186,104 @@ fn idle_keep_alive_connections_are_closed_and_busy_ones_kept() {
     let response = long.post_json("/predict", &sleep_for(1200)).unwrap();
     assert_eq!(response.status, 200);
 }
+
+/// The host started with its address space capped at `bytes` (`ulimit -v`):
+/// big reservations fail as they would with a 39-bit address space.
+fn start_with_address_space(bytes: u64, model: Option<&std::path::Path>, args: &[&str]) -> Host {
+    use std::os::unix::process::CommandExt;
+    let mut command = support::wasm_host();
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Host::start_from(command, model, args)
+}
+
+fn assert_digits_served(host: &Host) {
+    let reference = support::reference();
+    let mut client = Client::connect(host.addr).unwrap();
+    for row in 0..20 {
+        let response = client
+            .post_json("/predict", &json!({ "inputs": [reference["inputs"][row]] }))
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.error());
+        assert_eq!(
+            response.json()["prediction"],
+            reference["predicted_labels"][row]
+        );
+    }
+}
+
+#[test]
+fn a_small_address_space_gets_a_pool_sized_to_the_memory_limit_or_on_demand_instances() {
+    let args = [
+        "--instances",
+        "2",
+        "--memory-limit",
+        "64MiB",
+        "--memory-budget",
+        "1GiB",
+        "--no-cache",
+    ];
+    // Unlimited: 4 GiB reservations, bounds checks elided.
+    let host = Host::start(&guest("guest_model"), &args);
+    assert_digits_served(&host);
+    let log = host.log().join("\n");
+    assert!(log.contains("pooling allocator: 136 slots"), "{log}");
+    assert!(log.contains("bounds checks elided"), "{log}");
+    drop(host);
+
+    // 16 GiB: the 136 wide slots (2 TiB) do not fit, nor do 136 slots of
+    // 64 MiB (35 GiB): the pool shrinks to what fits, and serves.
+    let host = start_with_address_space(16 << 30, Some(&guest("guest_model")), &args);
+    assert_digits_served(&host);
+    let log = host.log().join("\n");
+    assert!(
+        log.contains("address space too small for 4 GiB reservations"),
+        "{log}"
+    );
+    assert!(
+        log.contains("pooling allocator shrunk to what fits"),
+        "{log}"
+    );
+    assert!(log.contains("64 MiB reservations"), "{log}");
+    drop(host);
+
+    // There --memory-limit caps every model's: a model.toml asking for more
+    // is refused at load, with what to do.
+    let repository = support::scratch_file("small-space-repository");
+    std::fs::create_dir_all(repository.join("digits")).unwrap();
+    std::fs::copy(guest("guest_model"), repository.join("digits/model.wasm")).unwrap();
+    std::fs::write(
+        repository.join("digits/model.toml"),
+        "memory-limit = \"128MiB\"\n",
+    )
+    .unwrap();
+    let mut with_repository = args.to_vec();
+    with_repository.extend(["--model-repository", repository.to_str().unwrap()]);
+    let host = start_with_address_space(16 << 30, None, &with_repository);
+    let log = host.log().join("\n");
+    assert!(
+        log.contains("memory-limit 128 MiB is more than the 64 MiB this host reserves"),
+        "{log}"
+    );
+    assert_eq!(host.get("/v2/models/digits/ready").status, 503, "{log}");
+    drop(host);
+    let _ = std::fs::remove_dir_all(repository);
+
+    // 3 GiB: no pool at all; each instance is mapped on demand.
+    let host = start_with_address_space(3 << 30, Some(&guest("guest_model")), &args);
+    assert_digits_served(&host);
+    let log = host.log().join("\n");
+    assert!(log.contains("using on-demand instances"), "{log}");
+    assert!(log.contains("on-demand allocator"), "{log}");
+}

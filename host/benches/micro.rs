@@ -184,7 +184,7 @@ fn native_predict(mlp: &mlp::Mlp, inputs: &[Tensor]) -> Vec<Tensor> {
 }
 
 async fn run(samples: usize) -> Vec<Row> {
-    let (engine, allocator) = engine::build(16, MEMORY_LIMIT).expect("an engine");
+    let (engine, allocator, _) = engine::build(16, MEMORY_LIMIT).expect("an engine");
     engine::start_epoch_ticker(&engine);
     eprintln!(
         "micro: {allocator}, memory limit {} MiB",

@@ -150,6 +150,10 @@ pub struct CompileArgs {
     /// The memory cap the artifact will be served with (it shapes the generated code).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub memory_limit: u64,
+
+    /// Compile for another machine (e.g. aarch64-unknown-linux-gnu, x86_64-unknown-linux-gnu) [default: this one]
+    #[arg(long, value_name = "TRIPLE")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -239,15 +243,15 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Instances serving in parallel, like gunicorn's --workers (e.g. 8) [default: the cores this process may use]
-    #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub instances: Option<u32>,
 
     /// Make pools elastic, keeping at least this many instances when idle (0: scale to zero; the first request boots one in tens of µs). With --max-instances.
-    #[arg(long, env = "WASM_HOST_MIN_INSTANCES", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    #[arg(long, env = "WASM_HOST_MIN_INSTANCES", value_parser = clap::value_parser!(u32).range(0..=16384))]
     pub min_instances: Option<u32>,
 
     /// Make pools elastic, booting instances for queued requests up to this many (default with --min-instances: --instances).
-    #[arg(long, env = "WASM_HOST_MAX_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "WASM_HOST_MAX_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub max_instances: Option<u32>,
 
     /// How long an elastic pool's instance may sit unused before it retires, down to --min-instances (e.g. 30s).

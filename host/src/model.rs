@@ -176,6 +176,47 @@ pub fn is_precompiled(bytes: &[u8]) -> bool {
     bytes.starts_with(ELF_MAGIC)
 }
 
+/// The architecture an ELF file's code is for (as `std::env::consts::ARCH`
+/// names it), from its header's machine field.
+pub fn elf_arch(bytes: &[u8]) -> Option<String> {
+    if !is_precompiled(bytes) || bytes.len() < 20 {
+        return None;
+    }
+    let machine = match bytes[5] {
+        2 => u16::from_be_bytes([bytes[18], bytes[19]]),
+        _ => u16::from_le_bytes([bytes[18], bytes[19]]),
+    };
+    Some(match machine {
+        62 => "x86_64".to_owned(),
+        183 => "aarch64".to_owned(),
+        243 => "riscv64".to_owned(),
+        22 => "s390x".to_owned(),
+        3 => "x86".to_owned(),
+        40 => "arm".to_owned(),
+        other => format!("machine type {other}"),
+    })
+}
+
+/// The target triple of this host, as `wasm-host compile --target` takes it.
+pub fn host_triple() -> String {
+    format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
+}
+
+/// Refuses an artifact compiled for another architecture with one line that
+/// says how to make one for this host.
+fn check_arch(bytes: &[u8], shown: &str) -> Result<()> {
+    let here = std::env::consts::ARCH;
+    match elf_arch(bytes) {
+        Some(arch) if arch != here => bail!(
+            "{shown} was compiled for {arch}, this host is {here}: compile the .wasm for this \
+             host with `wasm-host compile --target {} MODEL.wasm -o MODEL.cwasm` (on any \
+             machine), or serve the .wasm itself",
+            host_triple()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Turns a model file's bytes into code: from the cache, from a
 /// precompiled artifact (only when the operator allowed them), or by
 /// compiling. All of it runs off the runtime's threads: hashing, reading the
@@ -188,6 +229,7 @@ pub async fn compile(
     shown: &str,
 ) -> Result<(Component, Compiled)> {
     let started = Instant::now();
+    check_arch(&bytes, shown)?;
     if is_precompiled(&bytes) && !cache.precompiled_allowed() {
         bail!(
             "{shown} is a precompiled artifact, i.e. native code that would run unchecked in \
@@ -216,11 +258,18 @@ fn compile_blocking(
         // configuration before using them.
         return match unsafe { Component::deserialize(engine, bytes) } {
             Ok(component) => Ok((component, Compiled::Ahead(started.elapsed()))),
-            Err(err) => bail!(
-                "{shown} is a compiled artifact this wasm-host cannot use ({}): recompile it \
-                 with `wasm-host compile` from the .wasm, with this version and these flags",
-                root_cause(&err)
-            ),
+            Err(err) => {
+                let why = root_cause(&err);
+                let hint = if why.contains("memory reservation") || why.contains("memory guard") {
+                    "it was compiled for another memory layout: compile it with the \
+                     --memory-limit this host serves with (limits that round up to the same \
+                     power of two share a layout)"
+                } else {
+                    "recompile it with `wasm-host compile` from the .wasm, with this version \
+                     and these flags"
+                };
+                bail!("{shown} is a compiled artifact this wasm-host cannot use ({why}): {hint}")
+            }
         };
     }
     if let Some(component) = cache.load(engine, bytes) {

@@ -70,6 +70,9 @@ pub struct Budget {
     /// Instances the engine's pooling allocator has slots for (a few are
     /// kept back for replacements in flight).
     pub instances: usize,
+    /// The largest memory limit a model may have: the engine's memory layout
+    /// reserves no more per instance (4 GiB, or less on a small address space).
+    pub memory_cap: u64,
 }
 
 /// Why a request found no model to serve it: the registry's own words,
@@ -336,6 +339,16 @@ impl Registry {
             .settings
             .resolve(&self.defaults)
             .map_err(|why| format!("{shown}: bad settings: {why}"))?;
+        if settings.pool.memory_limit as u64 > self.budget.memory_cap {
+            return Err(format!(
+                "{shown}: memory-limit {} MiB is more than the {} MiB this host reserves per \
+                 instance (its memory layout is sized to --memory-limit where the address space \
+                 is small, and on aarch64): start the host with --memory-limit {}MiB or more",
+                settings.pool.memory_limit >> 20,
+                self.budget.memory_cap >> 20,
+                settings.pool.memory_limit >> 20
+            ));
+        }
         let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
         let file_size = request.bytes.len();
         let (component, compiled) =
@@ -377,8 +390,9 @@ impl Registry {
         .await
         .map_err(|err| {
             format!(
-                "{shown} failed to start: {} (if it ran out of memory, raise its memory-limit)",
-                model::root_cause(&err)
+                "{shown} failed to start: {} ({})",
+                model::root_cause(&err),
+                out_of_memory_hint()
             )
         })?;
         let source = match &request.path {
@@ -669,5 +683,23 @@ fn describe_pool(pool: &PoolConfig) -> String {
             "elastic, {min} to {} instances (idle timeout {:?})",
             pool.max_instances, pool.idle_timeout
         ),
+    }
+}
+
+/// What to try when instances cannot be made: usually the model's memory
+/// limit, but with thousands of instances the kernel's cap on a process's
+/// memory mappings (each instance maps a few regions; the pool's stacks two
+/// per slot) runs out first, and then the mmap fails with ENOMEM too.
+fn out_of_memory_hint() -> String {
+    let mappings = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count());
+    let most = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|m| m.trim().parse::<usize>().ok());
+    match (mappings, most) {
+        (Ok(mappings), Some(most)) if mappings * 10 >= most * 9 => format!(
+            "this process has {mappings} memory mappings of the kernel's vm.max_map_count \
+             {most}: raise it (sysctl -w vm.max_map_count=262144) or serve fewer instances"
+        ),
+        _ => "if it ran out of memory, raise its memory-limit".into(),
     }
 }

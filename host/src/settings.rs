@@ -209,8 +209,9 @@ impl ModelSettings {
     }
 }
 
-/// The most instances one model may have.
-const MOST_INSTANCES: usize = 1024;
+/// The most instances one model may have (the host's budget decides how
+/// many fit).
+const MOST_INSTANCES: usize = 16384;
 
 /// A size: a string as the flags take it, or a number of bytes.
 fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
@@ -384,7 +385,7 @@ mod tests {
                 "min-instances = 5 is more than max-instances = 2",
             ),
             ("max-instances = 0", "max-instances = 0"),
-            ("max-instances = 2000", "max-instances = 2000"),
+            ("max-instances = 20000", "max-instances = 20000"),
             (
                 "instances = 9\nmin-instances = 1\nmax-instances = 8",
                 "instances = 9 is outside",

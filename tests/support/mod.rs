@@ -93,8 +93,29 @@ impl Host {
         Host::spawn(None, args, env, "127.0.0.1:0")
     }
 
+    /// Starts this build's own binary even when the tests drive another one
+    /// (`WASM_HOST_BIN`): the reference the other one is compared with.
+    pub fn start_native(model: &Path, args: &[&str]) -> Host {
+        Host::spawn_from(native_wasm_host(), Some(model), args, &[], "127.0.0.1:0")
+    }
+
+    /// Starts the host from a prepared command (say, with resource limits).
+    pub fn start_from(command: Command, model: Option<&Path>, args: &[&str]) -> Host {
+        Host::spawn_from(command, model, args, &[], "127.0.0.1:0")
+    }
+
     fn spawn(model: Option<&Path>, args: &[&str], env: &[(&str, &str)], bind: &str) -> Host {
-        let mut child = wasm_host()
+        Host::spawn_from(wasm_host(), model, args, env, bind)
+    }
+
+    fn spawn_from(
+        mut command: Command,
+        model: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        bind: &str,
+    ) -> Host {
+        let mut child = command
             .envs(env.iter().copied())
             .args(args)
             .args(["--bind", bind])
@@ -200,17 +221,51 @@ impl Drop for Host {
     }
 }
 
-/// The binary, with the environment every test wants: no colours, its own
-/// compile cache, and a secret the sandbox must keep from guests.
+/// The binary under test, with the environment every test wants: no
+/// colours, its own compile cache, and a secret the sandbox must keep from
+/// guests. That is this build's binary, or the one `WASM_HOST_BIN` names,
+/// run through the command in `WASM_HOST_RUNNER` if set: `make arm-test`
+/// drives the aarch64 build under `qemu-aarch64` this way.
 pub fn wasm_host() -> Command {
+    match std::env::var_os("WASM_HOST_BIN") {
+        Some(bin) => {
+            let runner = std::env::var("WASM_HOST_RUNNER").unwrap_or_default();
+            let mut words = runner.split_whitespace();
+            let mut command = match words.next() {
+                Some(program) => {
+                    let mut command = Command::new(program);
+                    command.args(words).arg(bin);
+                    command
+                }
+                None => Command::new(bin),
+            };
+            with_test_env(&mut command);
+            command
+        }
+        None => native_wasm_host(),
+    }
+}
+
+/// This build's own binary, whatever `WASM_HOST_BIN` says.
+pub fn native_wasm_host() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-host"));
+    with_test_env(&mut command);
+    command
+}
+
+/// The architecture of the binary under test (`WASM_HOST_ARCH` when it is
+/// not this build's).
+pub fn arch_under_test() -> String {
+    std::env::var("WASM_HOST_ARCH").unwrap_or_else(|_| std::env::consts::ARCH.to_owned())
+}
+
+fn with_test_env(command: &mut Command) {
     command
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("SECRET", "the guest must not see this")
         .env("WASM_HOST_CACHE_DIR", test_cache_dir())
         .stdin(Stdio::null());
-    command
 }
 
 /// Runs `wasm-host` to completion: its exit status, stdout and stderr.

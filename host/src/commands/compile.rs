@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::Failure;
 use crate::cache::CompileCache;
 use crate::cli::CompileArgs;
-use crate::model;
+use crate::{engine, model};
 
 pub async fn run(args: CompileArgs) -> Result<(), Failure> {
     let memory_limit = usize::try_from(args.memory_limit).unwrap_or(usize::MAX);
@@ -22,19 +22,50 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
         ));
     }
     let size = bytes.len();
+    // A cross-compiling engine first, so a bad --target fails before a compile.
+    let cross = match &args.target {
+        Some(triple) => Some(
+            engine::build_for_target(triple, memory_limit)
+                .map_err(|err| Failure::new(2, format!("{err:#}")))?,
+        ),
+        None => None,
+    };
     let started = Instant::now();
     let no_cache = CompileCache::new(None);
-    let (component, _) = model::compile(&engine, bytes, &no_cache, &shown)
+    let (component, _) = model::compile(&engine, bytes.clone(), &no_cache, &shown)
         .await
         .map_err(super::model_failure)?;
-    let took = started.elapsed();
-    // Only a model that fits the contract is worth shipping.
+    // Only a model that fits the contract is worth shipping: it is checked
+    // here, natively, whatever the target.
     let (_, metadata) = model::prepare(&engine, &linker, &component, memory_limit, &shown)
         .await
         .map_err(super::model_failure)?;
-    let artifact = component
-        .serialize()
-        .map_err(|err| Failure::new(Failure::OTHER, format!("cannot serialize: {err}")))?;
+    let (artifact, took, arch) = match cross {
+        None => {
+            let artifact = component
+                .serialize()
+                .map_err(|err| Failure::new(Failure::OTHER, format!("cannot serialize: {err}")))?;
+            (
+                artifact,
+                started.elapsed(),
+                std::env::consts::ARCH.to_owned(),
+            )
+        }
+        Some((cross, _)) => {
+            let started = Instant::now();
+            let artifact = tokio::task::spawn_blocking(move || cross.precompile_component(&bytes))
+                .await
+                .expect("the compile task panicked")
+                .map_err(|err| {
+                    Failure::new(
+                        Failure::MODEL,
+                        format!("{shown} failed to compile: {}", model::root_cause(&err)),
+                    )
+                })?;
+            let arch = model::elf_arch(&artifact).unwrap_or_default();
+            (artifact, started.elapsed(), arch)
+        }
+    };
     std::fs::write(&args.output, &artifact).map_err(|err| {
         Failure::new(
             Failure::OTHER,
@@ -42,14 +73,15 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
         )
     })?;
     super::print(&format!(
-        "compiled {} v{} ({shown}, {} KiB) in {took:.1?} into {} ({} KiB); serve it with \
-         `wasm-host --allow-precompiled {}` on a machine of the same architecture, with the \
-         same wasm-host version (it is native code: serve only artifacts you built)\n",
+        "compiled {} v{} ({shown}, {} KiB) for {arch} in {took:.1?} into {} ({} KiB); serve \
+         it with `wasm-host --allow-precompiled --memory-limit {}MiB {}` on an {arch} machine, \
+         with the same wasm-host version (it is native code: serve only artifacts you built)\n",
         metadata.name,
         metadata.version,
         size / 1024,
         args.output.display(),
         artifact.len() / 1024,
+        args.memory_limit >> 20,
         args.output.display()
     ))
 }

@@ -17,7 +17,8 @@ use crate::sandbox::GuestState;
 /// `serve` runs.
 fn tool_engine(memory_limit: usize) -> Result<(Engine, Linker<GuestState>), Failure> {
     let fail = |err: anyhow::Error| Failure::new(Failure::OTHER, format!("{err:#}"));
-    let (engine, _) = crate::engine::build(8, memory_limit).map_err(fail)?;
+    let (engine, _, why) = crate::engine::build(8, memory_limit).map_err(fail)?;
+    tracing::debug!("{why}");
     crate::engine::start_epoch_ticker(&engine);
     let linker = crate::model::linker(&engine).map_err(fail)?;
     Ok((engine, linker))

@@ -13,10 +13,14 @@ use crate::registry::{Budget, LoadRequest, Registry};
 use crate::settings::{ModelSettings, Settings};
 use crate::{engine, model, repository, server, signals};
 
-/// Each instance's slot in the engine's pooling allocator reserves address
-/// space, not memory; the budget is counted in slots of this size, so a
-/// host with a 12 GiB budget has room for 384 instances.
+/// How many instances the memory budget makes room for: one per memory limit,
+/// counting at most this much each (an instance rarely uses its whole cap),
+/// so a host with a 12 GiB budget has room for 384 instances of 32 MiB or
+/// more, and 6,144 of 2 MiB. Each instance's slot in the engine's pool
+/// reserves address space, not memory; engine.rs fits the pool to it.
 const SLOT_SHARE: u64 = 32 << 20;
+/// The most instances one host counts room for, whatever its budget.
+const MOST_INSTANCES: u64 = 16384;
 
 /// Binds, loads the models, boots their instances and serves until TERM or INT.
 pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
@@ -44,15 +48,29 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     let instances = cli.instances() as usize;
     let memory_limit = usize::try_from(cli.memory_limit).unwrap_or(usize::MAX);
     let memory_budget = cli.memory_budget();
-    let budget = Budget {
+    let mut budget = Budget {
         memory: memory_budget,
-        instances: (memory_budget / SLOT_SHARE).clamp(64, 512) as usize,
+        instances: (memory_budget / (memory_limit as u64).clamp(1 << 20, SLOT_SHARE))
+            .clamp(64, MOST_INSTANCES) as usize,
+        memory_cap: 4 << 30,
     };
     // Twice the budget's instances: a swap boots the new version beside the
     // old one; spares cover replacements in flight.
     let slots = (budget.instances * 2 + 8) as u32;
-    let (engine, allocator) = engine::build(slots, 4 << 30)
+    let (engine, allocator, why) = engine::build(slots, memory_limit)
         .map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
+    match allocator {
+        engine::Allocator::Pooling { .. } => tracing::info!("{why}"),
+        engine::Allocator::OnDemand { .. } => tracing::warn!("{why}"),
+    }
+    // A small address space may have shrunk the pool, and a compact layout
+    // caps every model's memory limit.
+    if let Some(pooled) = allocator.slots() {
+        budget.instances = budget
+            .instances
+            .min((pooled.saturating_sub(8) / 2).max(1) as usize);
+    }
+    budget.memory_cap = allocator.layout().memory_cap();
     engine::start_epoch_ticker(&engine);
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
