@@ -259,8 +259,9 @@ def markdown(r):
         f"≤ 2 × warm + 100 µs = {z['target_us']:.0f} µs: {'**met**' if z['cold_us'] <= z['target_us'] else '**not met**'} |",
         f"| warm instance, after the same {z['pause_s'] * 1e3:.0f} ms pause / back to back | "
         f"{z['warm_us']:.0f} / {z['hot_us']:.0f} µs | |",
-        f"| memory returns (PSS): at zero / with {m['grown_to']} instances / after the idle timeout | "
-        f"{m['at_zero_kib'] / 1024:.1f} / {m['grown_kib'] / 1024:.1f} / {m['back_kib'] / 1024:.1f} MiB | back to zero |",
+        f"| PSS at zero / grown to {m['grown_to']} instances by a burst of 32 connections / after the idle "
+        f"timeout (0 instances) | {m['at_zero_kib'] / 1024:.1f} / {m['grown_kib'] / 1024:.1f} / "
+        f"{m['back_kib'] / 1024:.1f} MiB | instances gone, their memory returned |",
     ]
     if "density" in r:
         d = r["density"]
@@ -283,8 +284,14 @@ def markdown(r):
     lines += [
         "",
         "Cold and warm are client-side over loopback HTTP with the server pinned to core 1 and the client "
-        "on core 0; every cold and warm request follows the same pause, which lets the CPU caches cool "
-        "for both. The per-instance and per-model costs are (PSS of N − PSS of 1) / (N − 1). Copies of "
+        "on core 0; every cold and warm request follows the same pause (the idle timeout must pass for "
+        "the cold one), and after a pause any request pays for the host's parked threads and cold caches: "
+        "the difference cold − warm is what coming back from zero costs (the boot, in the host's log, is "
+        "most of it). Against a warm request back to back, cold is "
+        f"{z['cold_us'] / z['hot_us']:.1f}× — but no request to a model at zero comes back to back. After "
+        "the idle timeout the retired instances' slots are returned to the system (their pages "
+        "decommitted); what PSS keeps is the host's heap from the burst's connections and buffers, "
+        "which glibc holds for reuse. The per-instance and per-model costs are (PSS of N − PSS of 1) / (N − 1). Copies of "
         "the model share one compiled artifact through the compile cache (the first is compiled, the rest "
         f"are cache hits); `--memory-limit {ARGS.memory_limit}` for the density rows.",
         "",
