@@ -503,10 +503,11 @@ def onnx_section():
         "",
         "First request to a freshly booted instance against warm ones (`--instances 1`, loopback HTTP, JSON, "
         "client-side latency; medians of 7 starts). The plan is in the snapshot, so the first request parses "
-        f"nothing. Every first and warm request follows the same {gap_ms:.0f} ms pause, which on a shared machine "
-        "evicts the runner's ~19 MB of code from the CPU caches; *back to back* are warm requests with hot caches. "
-        "The first column against the second is what a fresh instance costs over a used one (page faults on the "
-        "snapshot, a new thread's signal stack); against the fourth it adds what cold caches cost any request.",
+        f"nothing. Every first and warm request follows the same {gap_ms:.0f} ms pause; after a pause any request "
+        "pays for the host's parked threads waking and for cold CPU caches (the Rust digits model, 131 KiB, "
+        "pays as much as the 19 MB runner); *back to back* are warm requests with everything hot. The first "
+        "column against the second is what a fresh instance costs over a used one (page faults on the "
+        "snapshot, a new thread's signal stack); against the fourth it adds what a pause costs any request.",
         "",
         table(["model", "first after boot", "warm, same pause", "first / warm", "warm, back to back",
                "first / back to back"], first_rows, ["l", "r", "r", "r", "r", "r"]),
