@@ -53,7 +53,10 @@ fn a_model_scaled_to_zero_answers_its_first_request_and_returns_to_zero_when_idl
         host.log().join("\n")
     );
     let before = pool(&host);
-    assert_eq!((before["total"].as_u64(), before["min"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (before["total"].as_u64(), before["min"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(host.get("/v2/health/ready").status, 200, "ready at zero");
 
     let reference = reference();
@@ -65,7 +68,9 @@ fn a_model_scaled_to_zero_answers_its_first_request_and_returns_to_zero_when_idl
                 "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32",
                              "data": reference["inputs"][row] }],
             });
-            let response = client.post_json("/v2/models/digits/infer", &request).unwrap();
+            let response = client
+                .post_json("/v2/models/digits/infer", &request)
+                .unwrap();
             assert_eq!(response.status, 200, "round {round}: {}", response.error());
             assert_eq!(
                 response.json()["outputs"][1]["data"][0],
@@ -73,7 +78,11 @@ fn a_model_scaled_to_zero_answers_its_first_request_and_returns_to_zero_when_idl
             );
             served_by.push(response.instance());
         }
-        assert_eq!(pool(&host)["total"], 1, "one instance booted for the requests");
+        assert_eq!(
+            pool(&host)["total"],
+            1,
+            "one instance booted for the requests"
+        );
         // Idle past the timeout: the instance retires and the pool is empty.
         wait_for_pool(&host, "back to zero", |p| p["total"] == 0 && p["idle"] == 0);
     }
@@ -81,7 +90,9 @@ fn a_model_scaled_to_zero_answers_its_first_request_and_returns_to_zero_when_idl
     assert_eq!(served_by[0], served_by[2]);
     assert_ne!(served_by[0], served_by[3]);
     assert!(
-        host.log().iter().any(|l| l.contains("idle for 300ms (--idle-timeout)")),
+        host.log()
+            .iter()
+            .any(|l| l.contains("idle for 300ms (--idle-timeout)")),
         "{}",
         host.log().join("\n")
     );
@@ -109,8 +120,11 @@ fn a_burst_grows_an_elastic_pool_to_its_max_and_it_shrinks_back_with_no_failed_r
     // take, so the queue boots instances up to the maximum.
     let clients: Vec<_> = (0..16)
         .map(|_| {
-            let (failures, instances, done) =
-                (Arc::clone(&failures), Arc::clone(&instances), Arc::clone(&done));
+            let (failures, instances, done) = (
+                Arc::clone(&failures),
+                Arc::clone(&instances),
+                Arc::clone(&done),
+            );
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr).unwrap();
                 for _ in 0..6 {
@@ -137,14 +151,20 @@ fn a_burst_grows_an_elastic_pool_to_its_max_and_it_shrinks_back_with_no_failed_r
     for client in clients {
         client.join().unwrap();
     }
-    assert_eq!(*failures.lock().unwrap(), Vec::<u16>::new(), "no failed request");
+    assert_eq!(
+        *failures.lock().unwrap(),
+        Vec::<u16>::new(),
+        "no failed request"
+    );
     assert_eq!(peak, 8, "the burst grew the pool to its maximum");
     assert_eq!(instances.lock().unwrap().len(), 8);
     // Idle past the timeout, the pool goes back to its minimum, and a request
     // is still served at once.
     wait_for_pool(&host, "back to the minimum", |p| p["total"] == 1);
     let mut client = Client::connect(addr).unwrap();
-    let response = client.post_json("/predict", &json!({ "inputs": [1] })).unwrap();
+    let response = client
+        .post_json("/predict", &json!({ "inputs": [1] }))
+        .unwrap();
     assert_eq!(response.status, 200);
     let log = host.log();
     assert_eq!(

@@ -169,7 +169,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         .map_err(|err| Failure::new(Failure::OTHER, err.to_string()))?;
     let served = registry.served();
     let total: usize = served.iter().map(|s| s.settings.pool.instances).sum();
-    let elastic = served.iter().any(|s| s.settings.pool.min_instances.is_some());
+    let elastic = served
+        .iter()
+        .any(|s| s.settings.pool.min_instances.is_some());
     let most: usize = served.iter().map(|s| s.settings.pool.max_instances).sum();
     let instances = if elastic {
         format!("{total} instances (elastic, up to {most})")
