@@ -237,21 +237,23 @@ def test_a_message_past_max_body_is_refused(fault_hosts):
 
 def test_overload_is_unavailable(fault_hosts):
     client = grpcclient.InferenceServerClient(url=fault_hosts[1])
+    other = grpcclient.InferenceServerClient(url=fault_hosts[1])
+    # Both channels connected first, so the sleeper's call goes out at once on a busy machine.
+    assert client.is_model_ready("fault") and other.is_model_ready("fault")
     # The one instance sleeps 800 ms (within its 1 s deadline); with no queue, others are refused.
     busy = threading.Thread(target=lambda: client.infer("fault", [fault_input(4, 800)]))
     busy.start()
     try:
         status, message = None, ""
-        for _ in range(50):  # until the sleeper holds the instance
+        while busy.is_alive():  # until the sleeper holds the instance
             try:
-                other = grpcclient.InferenceServerClient(url=fault_hosts[1])
                 other.infer("fault", [fault_input(0, 1)])
-                other.close()
             except InferenceServerException as err:
                 status, message = err.status(), err.message()
                 break
     finally:
         busy.join()
+        other.close()
     assert status == "StatusCode.UNAVAILABLE", message
     assert "all 1 instances are busy" in message, message
     client.close()
