@@ -54,6 +54,20 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             .clamp(64, MOST_INSTANCES) as usize,
         memory_cap: 4 << 30,
     };
+    // Linux caps a process's memory mappings (vm.max_map_count, 65,530 by
+    // default): each pool slot maps its stack as two regions and each live
+    // instance a few more, about 8 per instance counted here. Past the cap
+    // the pool cannot be built, so the count stays within it.
+    if let Some(room) = mapping_room()
+        && budget.instances > room
+    {
+        tracing::info!(
+            "room for {room} instances, not {}: vm.max_map_count limits this process's \
+             memory mappings (raise it for more: sysctl -w vm.max_map_count=262144)",
+            budget.instances
+        );
+        budget.instances = room.max(64);
+    }
     // Twice the budget's instances: a swap boots the new version beside the
     // old one; spares cover replacements in flight.
     let slots = (budget.instances * 2 + 8) as u32;
@@ -255,4 +269,33 @@ fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Failur
         .set_nonblocking(true)
         .map_err(|err| fail(err.to_string()))?;
     tokio::net::TcpListener::from_std(listener).map_err(|err| fail(err.to_string()))
+}
+
+/// Instances whose mappings fit under `vm.max_map_count`, leaving 8,192 for
+/// the rest of the process (code, heap, threads, models' images).
+fn mapping_room() -> Option<usize> {
+    let most: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(room_for_mappings(most))
+}
+
+fn room_for_mappings(most: usize) -> usize {
+    most.saturating_sub(8192) / 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_for_mappings;
+
+    #[test]
+    fn linux_default_mapping_cap_leaves_room_for_thousands_of_instances() {
+        // 10,000 instances (20,008 slots: 40,016 stack regions, ~40,000 for
+        // the instances) need the cap raised; 7,000 fit under the default.
+        assert_eq!(room_for_mappings(65_530), 7_167);
+        assert!(room_for_mappings(262_144) >= 10_000 * 3);
+        assert_eq!(room_for_mappings(100), 0);
+    }
 }
