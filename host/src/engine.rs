@@ -330,6 +330,17 @@ pub fn build_for_target(triple: &str, memory_limit: usize) -> Result<(Engine, La
     Ok((engine, layout))
 }
 
+/// Linux's cap on this process's memory mappings (`vm.max_map_count`,
+/// 65,530 by default): the pool's stacks take two each and every live
+/// instance a few, so thousands of instances reach it before memory.
+pub fn max_map_count() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The address space this process can still reserve: the top of the user
 /// address space (the bit length of the highest address mapped, the stack's:
 /// 39 bits on many ARM boards, 47 on x86-64), or `RLIMIT_AS` (`ulimit -v`)

@@ -692,9 +692,7 @@ fn describe_pool(pool: &PoolConfig) -> String {
 /// per slot) runs out first, and then the mmap fails with ENOMEM too.
 fn out_of_memory_hint() -> String {
     let mappings = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count());
-    let most = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|m| m.trim().parse::<usize>().ok());
+    let most = crate::engine::max_map_count();
     match (mappings, most) {
         (Ok(mappings), Some(most)) if mappings * 10 >= most * 9 => format!(
             "this process has {mappings} memory mappings of the kernel's vm.max_map_count \

@@ -308,6 +308,15 @@ mod tests {
         assert!(err.unwrap_err().contains("instances = 0"));
     }
 
+    /// The pool settings a `model.toml` resolves to on a host.
+    fn pool_of(toml: &str, host: &Settings) -> PoolConfig {
+        ModelSettings::from_toml(toml)
+            .unwrap()
+            .resolve(host)
+            .unwrap()
+            .pool
+    }
+
     #[test]
     fn min_or_max_instances_make_an_elastic_pool_that_starts_at_its_minimum() {
         let toml =
@@ -320,22 +329,14 @@ mod tests {
         );
         assert_eq!(pool.idle_timeout, Duration::from_secs(5));
         // Only a maximum: at least one instance, the host's idle timeout.
-        let pool = ModelSettings::from_toml("max-instances = 3")
-            .unwrap()
-            .resolve(&defaults())
-            .unwrap()
-            .pool;
+        let pool = pool_of("max-instances = 3", &defaults());
         assert_eq!(
             (pool.instances, pool.max_instances, pool.min_instances),
             (1, 3, Some(1))
         );
         assert_eq!(pool.idle_timeout, Duration::from_secs(60));
         // Only a minimum: up to the host's instance count.
-        let pool = ModelSettings::from_toml("min_instances = 2")
-            .unwrap()
-            .resolve(&defaults())
-            .unwrap()
-            .pool;
+        let pool = pool_of("min_instances = 2", &defaults());
         assert_eq!(
             (pool.instances, pool.max_instances, pool.min_instances),
             (2, 4, Some(2))
@@ -357,20 +358,12 @@ mod tests {
             ),
             (0, 16, Some(0))
         );
-        let fixed = ModelSettings::from_toml("instances = 3")
-            .unwrap()
-            .resolve(&host)
-            .unwrap()
-            .pool;
+        let fixed = pool_of("instances = 3", &host);
         assert_eq!(
             (fixed.instances, fixed.max_instances, fixed.min_instances),
             (3, 6, None)
         );
-        let capped = ModelSettings::from_toml("max-instances = 2")
-            .unwrap()
-            .resolve(&host)
-            .unwrap()
-            .pool;
+        let capped = pool_of("max-instances = 2", &host);
         assert_eq!(
             (capped.instances, capped.max_instances, capped.min_instances),
             (0, 2, Some(0))

@@ -274,12 +274,7 @@ fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Failur
 /// Instances whose mappings fit under `vm.max_map_count`, leaving 8,192 for
 /// the rest of the process (code, heap, threads, models' images).
 fn mapping_room() -> Option<usize> {
-    let most: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(room_for_mappings(most))
+    engine::max_map_count().map(room_for_mappings)
 }
 
 fn room_for_mappings(most: usize) -> usize {
