@@ -246,7 +246,7 @@ pub struct ServeArgs {
     #[arg(short = 'n', long, env = "WASM_HOST_INSTANCES", value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub instances: Option<u32>,
 
-    /// Make pools elastic, keeping at least this many instances when idle (0: scale to zero; the first request boots one in tens of µs). With --max-instances.
+    /// Make pools elastic, keeping at least this many instances when idle (0: scale to zero; the first request boots one, in about 0.1 ms). With --max-instances.
     #[arg(long, env = "WASM_HOST_MIN_INSTANCES", value_parser = clap::value_parser!(u32).range(0..=16384))]
     pub min_instances: Option<u32>,
 
