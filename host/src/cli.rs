@@ -258,6 +258,23 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Join requests that wait for an instance at the same time into one call of up to this many rows (dimension 0), like Triton's dynamic batcher; for models whose inputs and outputs all have a leading -1. A batch that fails is re-run request by request, so only the request that caused it fails.
+    #[arg(long, env = "WASM_HOST_MAX_BATCH_SIZE", value_name = "ROWS", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub max_batch_size: Option<u32>,
+
+    /// With --max-batch-size: how long a batch that has an instance may wait for more requests, in microseconds or with a unit (e.g. 500, 500us, 2ms) [default: 0, batch only what already waits].
+    #[arg(long, env = "WASM_HOST_MAX_QUEUE_DELAY", value_name = "DELAY", value_parser = parse_queue_delay)]
+    pub max_queue_delay: Option<Duration>,
+
+    /// With --max-batch-size: batch sizes that go at once rather than wait out the delay (e.g. 4,8).
+    #[arg(
+        long,
+        env = "WASM_HOST_PREFERRED_BATCH_SIZES",
+        value_name = "ROWS,...",
+        value_delimiter = ','
+    )]
+    pub preferred_batch_sizes: Option<Vec<usize>>,
+
     /// Address to listen on: IP:PORT, HOST:PORT (e.g. localhost:8000, resolved at start), or :PORT for every interface (serves beyond this machine).
     #[arg(
         short = 'b',
@@ -469,6 +486,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} must be more than zero"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `--max-queue-delay`: a number of microseconds (as Triton's
+/// `max_queue_delay_microseconds`), or a duration with a unit (500us, 2ms);
+/// 0 is allowed: batch only what is already waiting.
+pub fn parse_queue_delay(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(micros) = text.parse::<u64>() {
+        return Ok(Duration::from_micros(micros));
+    }
+    let micros = text.strip_suffix("us").or_else(|| text.strip_suffix("µs"));
+    match micros.map(|n| n.trim().parse::<u64>()) {
+        Some(Ok(n)) => Ok(Duration::from_micros(n)),
+        Some(Err(_)) => Err(format!(
+            "{text:?} is not a delay; write microseconds (500), or 500us, 2ms"
+        )),
+        None => parse_duration(text),
+    }
 }
 
 /// The README's flag table, made from the same definitions as `--help`, so

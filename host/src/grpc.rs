@@ -84,7 +84,7 @@ impl Service {
 
     async fn infer(
         &self,
-        served: &ServedModel,
+        served: &Arc<ServedModel>,
         request: ModelInferRequest,
         grpc_timeout: Option<Duration>,
         arrived: Instant,
@@ -284,6 +284,22 @@ fn statistics(served: &ServedModel) -> ModelStatistics {
             cache_hit: duration(triton::Duration { count: 0, ns: 0 }),
             cache_miss: duration(triton::Duration { count: 0, ns: 0 }),
         }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|&(rows, took)| InferBatchStatistics {
+                batch_size: rows,
+                compute_input: duration(triton::Duration {
+                    count: took.count,
+                    ns: 0,
+                }),
+                compute_infer: duration(took),
+                compute_output: duration(triton::Duration {
+                    count: took.count,
+                    ns: 0,
+                }),
+            })
+            .collect(),
         name: s.name,
         version: s.version,
         last_inference: s.last_inference,

@@ -5,19 +5,24 @@
 //!
 //! [`run`] takes a free instance (pool), calls the guest under the tighter
 //! of the model's deadline and the client's, checks the outputs against
-//! the model's metadata, and applies the classification extension.
+//! the model's metadata, and applies the classification extension; for a
+//! model with `max-batch-size`, it goes through [`crate::batch`], which
+//! may join it with other requests into one call.
 //! [`measured`] records every request in the model's metrics and Triton
 //! statistics, whichever edge it came through.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::batch;
 use crate::contract::Tensor;
 use crate::error::{Error, Kind};
 use crate::instance::{Fault, InstanceId};
 use crate::metrics::ModelMetrics;
+use crate::pool::{Lease, ModelBoot};
 use crate::protocol::{self, Inference};
 use crate::served::ServedModel;
 
@@ -33,7 +38,7 @@ pub struct Answer {
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     pub limit: Duration,
-    at: Instant,
+    pub(crate) at: Instant,
 }
 
 impl Deadline {
@@ -46,7 +51,7 @@ impl Deadline {
         })
     }
 
-    fn passed(self, when: &str) -> Error {
+    pub(crate) fn passed(self, when: &str) -> Error {
         Error::new(
             Kind::DeadlineExceeded,
             format!(
@@ -57,18 +62,49 @@ impl Deadline {
     }
 }
 
-/// Runs a decoded request on a free instance of `served`.
+/// Runs a decoded request on a free instance of `served`, in a batch
+/// with others if the model batches.
 pub async fn run(
+    served: &Arc<ServedModel>,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    match &served.batcher {
+        Some(batcher) => batch::run(served, batcher, inference, deadline).await,
+        None => run_alone(served, inference, deadline).await,
+    }
+}
+
+/// Runs a request in a call of its own.
+pub(crate) async fn run_alone(
     served: &ServedModel,
     inference: &Inference,
     deadline: Option<Deadline>,
 ) -> Result<Answer, Error> {
-    let mut lease = match deadline {
+    let lease = acquire(served, deadline).await?;
+    call(served, lease, inference, deadline).await
+}
+
+/// Waits for a free instance, within the client's deadline.
+pub(crate) async fn acquire(
+    served: &ServedModel,
+    deadline: Option<Deadline>,
+) -> Result<Lease<ModelBoot>, Error> {
+    Ok(match deadline {
         None => served.pool.acquire().await?,
         Some(deadline) => tokio::time::timeout_at(deadline.at, served.pool.acquire())
             .await
             .map_err(|_| deadline.passed("while it waited for an instance"))??,
-    };
+    })
+}
+
+/// Calls the guest with one request's inputs on the instance `lease` holds.
+pub(crate) async fn call(
+    served: &ServedModel,
+    mut lease: Lease<ModelBoot>,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
     let instance = lease.instance_id();
     let model_limit = served.settings.timeout;
     // The client's deadline binds when it leaves less than the model's.

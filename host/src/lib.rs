@@ -2,7 +2,8 @@
 //!
 //! A request travels through one module per concept:
 //! [`server`] (connections) → [`routes`] (HTTP) or [`grpc`] → [`protocol`] (JSON or protobuf ↔
-//! tensors, checked against the model's metadata) → [`infer`] (the core both protocols share) →
+//! tensors, checked against the model's metadata) → [`infer`] (the core both protocols share;
+//! [`batch`] joins concurrent requests into one call for a model that batches) →
 //! [`pool`] (a free instance, or a fair wait) → [`instance`] (the guest call, its deadline and
 //! faults) → back out through [`protocol`]. Failures are an [`error::Error`], which each edge
 //! maps once: [`http_error`] to a status, [`grpc`] to a status code. [`model`] loads and compiles a component once (through the
@@ -13,6 +14,7 @@
 //! flags, environment and a TOML file into settings.
 
 pub mod app;
+pub mod batch;
 pub mod body;
 pub mod cache;
 pub mod cli;

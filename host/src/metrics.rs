@@ -82,6 +82,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(FIRST_BUCKET, 2.0, BUCKETS))
 }
 
+/// Rows per call: 1, 2, 4, ... 4096 (the most `max-batch-size` allows).
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
 /// How many recent events (instances replaced, versions swapped) the status
 /// page shows.
 const EVENTS_KEPT: usize = 50;
@@ -103,6 +108,7 @@ pub struct Metrics {
     body_timeouts: Counter,
     busy_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pending_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     /// The newest last: instances replaced, versions loaded and swapped.
     events: Mutex<VecDeque<Event>>,
 }
@@ -214,6 +220,14 @@ impl Metrics {
             Unit::Seconds,
             pending_seconds.clone(),
         );
+        let batch_size: Family<ModelLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(batch_histogram);
+        registry.register(
+            "batch_size",
+            "Rows per guest call of a model that batches (max-batch-size): how well concurrent \
+             requests are joined",
+            batch_size.clone(),
+        );
         let body_timeouts = Counter::default();
         registry.register(
             "request_body_timeouts",
@@ -236,6 +250,7 @@ impl Metrics {
             body_timeouts,
             busy_seconds,
             pending_seconds,
+            batch_size,
             events: Mutex::new(VecDeque::with_capacity(EVENTS_KEPT)),
         }
     }
@@ -272,8 +287,9 @@ impl Metrics {
         self.body_timeouts.inc();
     }
 
-    /// The handles for one model version, every series created at zero.
-    pub fn for_model(self: &Arc<Self>, model: &str, version: &str) -> ModelMetrics {
+    /// The handles for one model version, every series created at zero
+    /// (the batch sizes only for a model that batches).
+    pub fn for_model(self: &Arc<Self>, model: &str, version: &str, batches: bool) -> ModelMetrics {
         let labels = ModelLabels {
             model: model.to_owned(),
             version: version.to_owned(),
@@ -310,6 +326,7 @@ impl Metrics {
             instances: self.instances.get_or_create(&labels).clone(),
             busy: self.busy.get_or_create(&labels).clone(),
             missing: self.missing.get_or_create(&labels).clone(),
+            batch_size: batches.then(|| self.batch_size.get_or_create(&labels).clone()),
             busy_time: Integral::starting_at(busy_seconds.get()),
             pending_time: Integral::starting_at(pending_seconds.get()),
             busy_seconds,
@@ -335,6 +352,7 @@ pub struct ModelHandles {
     missing: Gauge,
     busy_seconds: Counter<f64, AtomicU64>,
     pending_seconds: Counter<f64, AtomicU64>,
+    batch_size: Option<Histogram>,
     /// Instances busy, integrated over time.
     busy_time: Integral,
     /// Requests pending, integrated over time.
@@ -450,6 +468,8 @@ pub struct Stats {
     pub compute_infer: Timed,
     /// Guest calls (Triton's `execution_count`).
     pub executions: AtomicU64,
+    /// Batched calls by their rows, and their time (Triton's `batch_stats`).
+    pub batches: Mutex<std::collections::BTreeMap<u64, (u64, u64)>>,
     /// Milliseconds since the epoch of the last inference, 0 if none.
     pub last_inference_ms: AtomicU64,
     /// Successful requests' durations, for the status page.
@@ -535,6 +555,17 @@ impl ModelHandles {
         self.compute_duration.observe(took.as_secs_f64());
         self.stats.compute_infer.add(took);
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A model that batches made a call of `rows` rows, in `took`.
+    pub fn batch_executed(&self, rows: usize, took: Duration) {
+        if let Some(histogram) = &self.batch_size {
+            histogram.observe(rows as f64);
+        }
+        let mut batches = self.stats.batches.lock().unwrap();
+        let (count, ns) = batches.entry(rows as u64).or_default();
+        *count += 1;
+        *ns += took.as_nanos().min(u64::MAX as u128) as u64;
     }
 
     /// Counts a request as pending until the returned guard is dropped.

@@ -957,7 +957,7 @@ mod tests {
         }
 
         async fn start(config: PoolConfig, fail: Vec<usize>) -> Arc<Pool<FakeBoot>> {
-            let metrics = Arc::new(Metrics::new()).for_model("fake", "1");
+            let metrics = Arc::new(Metrics::new()).for_model("fake", "1", false);
             let boot = FakeBoot {
                 boots: Arc::new(AtomicUsize::new(0)),
                 fail,

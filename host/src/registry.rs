@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::batch::{self, BatchConfig, Batcher};
 use crate::cache::CompileCache;
 use crate::metrics::Metrics;
 use crate::model::{self, Model};
@@ -367,6 +368,9 @@ impl Registry {
         let name = request.name.clone().unwrap_or(metadata.name.clone());
         let version = request.version.clone().unwrap_or(metadata.version.clone());
         self.check_budget(&name, &settings)?;
+        if let Some(batching) = &settings.batching {
+            batch::check_batchable(&metadata, batching).map_err(|why| format!("{shown}: {why}"))?;
+        }
 
         let model = Arc::new(Model {
             path: request.path.clone().unwrap_or_default(),
@@ -375,7 +379,9 @@ impl Registry {
             file_size,
             compiled,
         });
-        let metrics = self.metrics.for_model(&name, &version);
+        let metrics = self
+            .metrics
+            .for_model(&name, &version, settings.batching.is_some());
         let boot = ModelBoot {
             engine: self.engine.clone(),
             model: Arc::clone(&model),
@@ -402,6 +408,7 @@ impl Registry {
             },
             None => Source::Uploaded { digest },
         };
+        let batcher = settings.batching.clone().map(Batcher::new);
         let served = Arc::new(ServedModel {
             name: name.clone(),
             version: version.clone(),
@@ -409,6 +416,7 @@ impl Registry {
             given: request.settings.clone(),
             model,
             pool,
+            batcher,
             metrics,
             source,
             loaded_at: Instant::now(),
@@ -416,11 +424,12 @@ impl Registry {
         let meta = &served.model.metadata;
         tracing::info!(
             model = %name,
-            "loaded model {name} v{version} from {shown} ({} KiB), {}; {}, memory limit \
+            "loaded model {name} v{version} from {shown} ({} KiB), {}; {}{}, memory limit \
              {} MiB, timeout {:?}; inputs: {}; outputs: {}; ready in {:?}",
             file_size / 1024,
             served.model.compiled,
             describe_pool(&served.settings.pool),
+            describe_batching(served.settings.batching.as_ref()),
             served.settings.pool.memory_limit >> 20,
             served.settings.timeout,
             describe(&meta.inputs),
@@ -684,6 +693,28 @@ fn describe_pool(pool: &PoolConfig) -> String {
             pool.max_instances, pool.idle_timeout
         ),
     }
+}
+
+/// ", batches of up to 16 rows (queue delay 500µs, preferred 4, 8)", or
+/// nothing for a model that does not batch.
+fn describe_batching(batching: Option<&BatchConfig>) -> String {
+    let Some(b) = batching else {
+        return String::new();
+    };
+    let mut text = format!(
+        ", batches of up to {} rows (queue delay {:?}",
+        b.max_batch_size, b.max_queue_delay
+    );
+    if !b.preferred_batch_sizes.is_empty() {
+        let sizes: Vec<String> = b
+            .preferred_batch_sizes
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        text.push_str(&format!(", preferred {}", sizes.join(", ")));
+    }
+    text.push(')');
+    text
 }
 
 /// What to try when instances cannot be made: usually the model's memory

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::batch::Batcher;
 use crate::metrics::ModelMetrics;
 use crate::model::Model;
 use crate::pool::ModelPool;
@@ -24,6 +25,9 @@ pub struct ServedModel {
     pub given: ModelSettings,
     pub model: Arc<Model>,
     pub pool: Arc<ModelPool>,
+    /// Joins concurrent requests into one call, for a model with
+    /// `max-batch-size`.
+    pub batcher: Option<Batcher>,
     pub metrics: ModelMetrics,
     pub source: Source,
     pub loaded_at: Instant,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
-use crate::cli::{parse_duration, parse_size};
+use crate::batch::BatchConfig;
+use crate::cli::{parse_duration, parse_queue_delay, parse_size};
 use crate::pool::PoolConfig;
 
 /// What a model may set for itself. Unknown keys are refused, so a typo is
@@ -42,6 +43,21 @@ pub struct ModelSettings {
     pub max_requests_jitter: Option<u64>,
     /// Which numbered version folder to serve (default: the highest).
     pub version: Option<u64>,
+    /// Join concurrent requests into calls of up to this many rows (0 or 1:
+    /// no batching). Triton's `max_batch_size` is read as this key.
+    #[serde(alias = "max_batch_size")]
+    pub max_batch_size: Option<usize>,
+    /// How long a batch holding an instance waits for more requests: a
+    /// number of microseconds, or a duration ("500us", "2ms").
+    #[serde(default, alias = "max_queue_delay", deserialize_with = "micros")]
+    pub max_queue_delay: Option<Duration>,
+    /// Batch sizes that go at once, without waiting out the delay.
+    #[serde(alias = "preferred_batch_sizes")]
+    pub preferred_batch_sizes: Option<Vec<usize>>,
+    /// Triton's `dynamic_batching { max_queue_delay_microseconds,
+    /// preferred_batch_size }`, read as the two keys above.
+    #[serde(default)]
+    dynamic_batching: Option<DynamicBatching>,
     /// Triton's `instance_group: [{"count": N}]`, read as `instances`, so a
     /// Triton model config works as is.
     #[serde(default, alias = "instance_group")]
@@ -54,18 +70,24 @@ pub struct ModelSettings {
     _platform: Option<IgnoredAny>,
     #[serde(default, rename = "backend")]
     _backend: Option<IgnoredAny>,
-    #[serde(default, rename = "max_batch_size")]
-    _max_batch_size: Option<IgnoredAny>,
     #[serde(default, rename = "input")]
     _input: Option<IgnoredAny>,
     #[serde(default, rename = "output")]
     _output: Option<IgnoredAny>,
     #[serde(default, rename = "version_policy")]
     _version_policy: Option<IgnoredAny>,
-    #[serde(default, rename = "dynamic_batching")]
-    _dynamic_batching: Option<IgnoredAny>,
     #[serde(default, rename = "parameters")]
     _parameters: Option<IgnoredAny>,
+}
+
+/// Triton's `dynamic_batching` block; its other keys (queue policies,
+/// priorities) are accepted and not acted on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+struct DynamicBatching {
+    #[serde(default)]
+    max_queue_delay_microseconds: Option<u64>,
+    #[serde(default)]
+    preferred_batch_size: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -82,6 +104,8 @@ pub struct Settings {
     pub pool: PoolConfig,
     /// Deadline of one request in the guest.
     pub timeout: Duration,
+    /// `None`: every request runs in a call of its own.
+    pub batching: Option<BatchConfig>,
 }
 
 impl ModelSettings {
@@ -109,6 +133,11 @@ impl ModelSettings {
             max_requests: self.max_requests.or(base.max_requests),
             max_requests_jitter: self.max_requests_jitter.or(base.max_requests_jitter),
             version: self.version.or(base.version),
+            max_batch_size: self.max_batch_size.or(base.max_batch_size),
+            max_queue_delay: self.max_queue_delay().or(base.max_queue_delay()),
+            preferred_batch_sizes: self
+                .preferred_batch_sizes()
+                .or(base.preferred_batch_sizes()),
             ..ModelSettings::default()
         }
     }
@@ -116,6 +145,22 @@ impl ModelSettings {
     fn instances(&self) -> Option<usize> {
         self.instances
             .or_else(|| self.instance_group.iter().find_map(|g| g.count))
+    }
+
+    fn max_queue_delay(&self) -> Option<Duration> {
+        self.max_queue_delay.or_else(|| {
+            let micros = self
+                .dynamic_batching
+                .as_ref()?
+                .max_queue_delay_microseconds?;
+            Some(Duration::from_micros(micros))
+        })
+    }
+
+    fn preferred_batch_sizes(&self) -> Option<Vec<usize>> {
+        self.preferred_batch_sizes
+            .clone()
+            .or_else(|| self.dynamic_batching.as_ref()?.preferred_batch_size.clone())
     }
 
     /// Every key decided, unset ones from the host's `defaults`; checked.
@@ -150,7 +195,58 @@ impl ModelSettings {
                 max_requests_jitter: self.max_requests_jitter.unwrap_or(d.max_requests_jitter),
             },
             timeout: self.timeout.unwrap_or(defaults.timeout),
+            batching: self.batching(defaults.batching.as_ref())?,
         })
+    }
+
+    /// Batching from these keys over the host's: a model's
+    /// `max-batch-size` turns it on (2 or more) or off (0 or 1); its delay
+    /// and preferred sizes apply to whichever maximum it gets.
+    fn batching(&self, host: Option<&BatchConfig>) -> Result<Option<BatchConfig>, String> {
+        let max = match self.max_batch_size {
+            Some(n) => n,
+            None => host.map_or(0, |h| h.max_batch_size),
+        };
+        let delay = self.max_queue_delay();
+        let preferred = self.preferred_batch_sizes();
+        if max <= 1 {
+            if delay.is_some() || preferred.is_some() {
+                return Err(
+                    "max-queue-delay and preferred-batch-sizes need max-batch-size = 2 or more"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        if max > MOST_BATCH_ROWS {
+            return Err(format!(
+                "max-batch-size = {max}: use 2 to {MOST_BATCH_ROWS} (0: no batching)"
+            ));
+        }
+        let max_queue_delay = delay
+            .or(host.map(|h| h.max_queue_delay))
+            .unwrap_or(Duration::ZERO);
+        if max_queue_delay > LONGEST_QUEUE_DELAY {
+            return Err(format!(
+                "max-queue-delay = {max_queue_delay:?}: use at most {LONGEST_QUEUE_DELAY:?}; \
+                 it is added to the latency of a request that waits for batch-mates"
+            ));
+        }
+        let mut preferred_batch_sizes = preferred
+            .or(host.map(|h| h.preferred_batch_sizes.clone()))
+            .unwrap_or_default();
+        if let Some(bad) = preferred_batch_sizes.iter().find(|&&n| n == 0 || n > max) {
+            return Err(format!(
+                "preferred-batch-sizes has {bad}: each must be from 1 to max-batch-size = {max}"
+            ));
+        }
+        preferred_batch_sizes.sort_unstable();
+        preferred_batch_sizes.dedup();
+        Ok(Some(BatchConfig {
+            max_batch_size: max,
+            max_queue_delay,
+            preferred_batch_sizes,
+        }))
     }
 }
 
@@ -213,6 +309,12 @@ impl ModelSettings {
 /// many fit).
 const MOST_INSTANCES: usize = 16384;
 
+/// The most rows one batched call may have.
+const MOST_BATCH_ROWS: usize = 4096;
+
+/// The longest a batch may hold an instance waiting for requests.
+const LONGEST_QUEUE_DELAY: Duration = Duration::from_secs(1);
+
 /// A size: a string as the flags take it, or a number of bytes.
 fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
@@ -225,6 +327,24 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Er
         None => Ok(None),
         Some(Size::Bytes(n)) => Ok(Some(n)),
         Some(Size::Text(text)) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// A queue delay: a string as `--max-queue-delay` takes it, or a number
+/// of microseconds (as Triton's `max_queue_delay_microseconds`).
+fn micros<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Delay {
+        Micros(u64),
+        Text(String),
+    }
+    match Option::<Delay>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Delay::Micros(us)) => Ok(Some(Duration::from_micros(us))),
+        Some(Delay::Text(text)) => parse_queue_delay(&text)
             .map(Some)
             .map_err(serde::de::Error::custom),
     }
@@ -266,6 +386,7 @@ mod tests {
                 max_requests_jitter: 0,
             },
             timeout: Duration::from_secs(30),
+            batching: None,
         }
     }
 

@@ -40,24 +40,27 @@ pub fn config_type(datatype: Datatype) -> &'static str {
     }
 }
 
-/// A served model's configuration. wasm-host does not batch across
-/// requests, so `max_batch_size` is 0 and `dims` are the full shapes, the
-/// batch dimension included (-1 = any size), as Triton writes them for a
-/// model without batching.
+/// A served model's configuration, as Triton writes it. A model that does
+/// not batch has `max_batch_size` 0 and `dims` are its full shapes, the
+/// batch dimension included (-1 = any size); one that batches has its
+/// `max-batch-size`, `dims` without the batch dimension, and a
+/// `dynamic_batching` block, so Triton's clients (perf_analyzer's `-b`)
+/// send batches as they would to Triton.
 pub fn config(served: &ServedModel) -> Value {
+    let skip = usize::from(served.settings.batching.is_some());
     let tensors = |specs: &[TensorSpec]| -> Vec<Value> {
         specs
             .iter()
-            .map(|s| json!({ "name": s.name, "data_type": config_type(s.datatype), "dims": s.shape }))
+            .map(|s| json!({ "name": s.name, "data_type": config_type(s.datatype), "dims": s.shape[skip..] }))
             .collect()
     };
     let meta = &served.model.metadata;
-    json!({
+    let mut config = json!({
         "name": served.name,
         "platform": "wasm-host",
         "backend": "wasm-host",
         "version_policy": { "specific": { "versions": [served.version] } },
-        "max_batch_size": 0,
+        "max_batch_size": max_batch_size(served),
         "input": tensors(&meta.inputs),
         "output": tensors(&meta.outputs),
         "instance_group": [{
@@ -69,7 +72,23 @@ pub fn config(served: &ServedModel) -> Value {
             .into_iter()
             .map(|(name, value)| (name.to_owned(), json!({ "string_value": value })))
             .collect::<serde_json::Map<_, _>>(),
-    })
+    });
+    if let Some(b) = &served.settings.batching {
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": b.preferred_batch_sizes,
+            "max_queue_delay_microseconds": b.max_queue_delay.as_micros() as u64,
+        });
+    }
+    config
+}
+
+/// Triton's `max_batch_size`: 0 for a model that does not batch.
+pub fn max_batch_size(served: &ServedModel) -> usize {
+    served
+        .settings
+        .batching
+        .as_ref()
+        .map_or(0, |b| b.max_batch_size)
 }
 
 /// The model's settings, as the `parameters` of its configuration.
@@ -112,6 +131,8 @@ pub struct Statistics {
     /// steps: all of its time is "infer", and the other two count the same
     /// calls at 0 ns (perf_analyzer requires equal counts).
     pub untimed: Duration,
+    /// For a model that batches: calls by their rows, and their time.
+    pub batches: Vec<(u64, Duration)>,
 }
 
 /// A served model's statistics now.
@@ -136,6 +157,13 @@ pub fn statistics(served: &ServedModel) -> Statistics {
             count: load(&stats.compute_infer.count),
             ns: 0,
         },
+        batches: stats
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&rows, &(count, ns))| (rows, Duration { count, ns }))
+            .collect(),
     }
 }
 
@@ -162,7 +190,12 @@ pub fn stats(models: &[Arc<ServedModel>]) -> Value {
                     "cache_hit": zero,
                     "cache_miss": zero,
                 },
-                "batch_stats": [],
+                "batch_stats": s.batches.iter().map(|&(rows, took)| json!({
+                    "batch_size": rows,
+                    "compute_input": Duration { count: took.count, ns: 0 },
+                    "compute_infer": took,
+                    "compute_output": Duration { count: took.count, ns: 0 },
+                })).collect::<Vec<_>>(),
                 "memory_usage": [],
             })
         })

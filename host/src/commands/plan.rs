@@ -40,11 +40,10 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
         .map_err(super::model_failure)?;
     let model = Arc::new(model);
     let inputs = match &args.input {
-        Some(json) => {
-            protocol::decode_predict(json.as_bytes(), &model.metadata)
-                .map_err(|err| Failure::new(2, format!("--input: {}", err.message)))?
-                .inputs
-        }
+        Some(json) => protocol::decode_predict(json.as_bytes(), &model.metadata)
+            .map_err(|err| Failure::new(2, format!("--input: {}", err.message)))?
+            .inputs
+            .to_vec(),
         None => zeros(&model.metadata),
     };
     let mut instance = Instance::new(&engine, Arc::clone(&model), 1, MEMORY_LIMIT, None)

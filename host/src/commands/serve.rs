@@ -103,6 +103,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             max_requests_jitter: cli.max_requests_jitter,
         },
         timeout: cli.timeout,
+        batching: None,
     };
     // The pool flags go through the same checks as a model.toml's keys, so
     // `--min-instances 4 --max-instances 2` is refused the same way.
@@ -110,6 +111,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     flags.instances = cli.instances.map(|n| n as usize);
     flags.min_instances = cli.min_instances.map(|n| n as usize);
     flags.max_instances = cli.max_instances.map(|n| n as usize);
+    flags.max_batch_size = cli.max_batch_size.map(|n| n as usize);
+    flags.max_queue_delay = cli.max_queue_delay;
+    flags.preferred_batch_sizes = cli.preferred_batch_sizes.clone();
     let defaults = flags
         .resolve(&fixed)
         .map_err(|why| Failure::new(Failure::USAGE, format!("{why} (from the flags)")))?;

@@ -299,6 +299,8 @@ pub fn model_config(served: &ServedModel) -> ModelConfig {
     let data_type =
         |d: Datatype| DataType::from_str_name(triton::config_type(d)).unwrap_or_default() as i32;
     let meta = &served.model.metadata;
+    // A model that batches: dims without the batch dimension, as Triton.
+    let skip = usize::from(served.settings.batching.is_some());
     let version_policy = served.version.parse().ok().map(|v| ModelVersionPolicy {
         policy_choice: Some(model_version_policy::PolicyChoice::Specific(
             model_version_policy::Specific { versions: vec![v] },
@@ -309,14 +311,14 @@ pub fn model_config(served: &ServedModel) -> ModelConfig {
         platform: "wasm-host".into(),
         backend: "wasm-host".into(),
         version_policy,
-        max_batch_size: 0,
+        max_batch_size: triton::max_batch_size(served) as i32,
         input: meta
             .inputs
             .iter()
             .map(|s| ModelInput {
                 name: s.name.clone(),
                 data_type: data_type(s.datatype),
-                dims: s.shape.clone(),
+                dims: s.shape[skip..].to_vec(),
             })
             .collect(),
         output: meta
@@ -325,9 +327,17 @@ pub fn model_config(served: &ServedModel) -> ModelConfig {
             .map(|s| ModelOutput {
                 name: s.name.clone(),
                 data_type: data_type(s.datatype),
-                dims: s.shape.clone(),
+                dims: s.shape[skip..].to_vec(),
             })
             .collect(),
+        dynamic_batching: served
+            .settings
+            .batching
+            .as_ref()
+            .map(|b| ModelDynamicBatching {
+                preferred_batch_size: b.preferred_batch_sizes.iter().map(|&n| n as i32).collect(),
+                max_queue_delay_microseconds: b.max_queue_delay.as_micros() as u64,
+            }),
         instance_group: vec![ModelInstanceGroup {
             name: served.name.clone(),
             count: served.pool.status().target as i32,

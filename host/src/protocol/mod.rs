@@ -13,6 +13,7 @@ mod oip;
 mod parameters;
 mod simple;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -32,8 +33,9 @@ pub use simple::{decode_predict, encode_predict_response};
 pub struct Inference {
     /// Echoed back in the OIP response.
     pub id: Option<String>,
-    /// In the order of `metadata.inputs`.
-    pub inputs: Vec<Tensor>,
+    /// In the order of `metadata.inputs`; shared, so that a batch can
+    /// join them with other requests' without copying them first.
+    pub inputs: Arc<[Tensor]>,
     /// Outputs the client asked for; `None` means all of them.
     pub outputs: Option<Vec<RequestedOutput>>,
     /// Whether outputs not named in `outputs` come back as binary data
@@ -84,7 +86,7 @@ impl Inference {
         };
         Ok(Inference {
             id: parts.id,
-            inputs: order_and_check(parts.given, metadata)?,
+            inputs: order_and_check(parts.given, metadata)?.into(),
             outputs,
             binary_outputs: parts.binary_outputs,
             parameters,

@@ -61,7 +61,7 @@ pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Err
     }
     Ok(Inference {
         id: None,
-        inputs: order_and_check(given, metadata)?,
+        inputs: order_and_check(given, metadata)?.into(),
         outputs: None,
         binary_outputs: false,
         parameters: serde_json::Map::new(),
