@@ -586,6 +586,106 @@ mod tests {
         data
     }
 
+    /// A batcher whose waiting list holds requests of these (columns,
+    /// rows), in order; with the receivers each request waits on.
+    fn waiting(
+        config: BatchConfig,
+        requests: &[(u64, usize)],
+    ) -> (
+        Batcher,
+        Vec<(oneshot::Receiver<Rows>, oneshot::Receiver<()>)>,
+    ) {
+        let batcher = Batcher::new(config);
+        let mut receivers = Vec::new();
+        for (id, &(columns, rows)) in requests.iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            let (taken, taken_rx) = oneshot::channel();
+            let member = Member {
+                id: id as u64,
+                key: Key {
+                    inner_shapes: vec![vec![columns]],
+                    outputs: None,
+                    binary_outputs: false,
+                    parameters: Map::new(),
+                },
+                rows,
+                inputs: Arc::from(Vec::new()),
+                arrived: Instant::now(),
+                taken: Some(taken),
+                reply,
+            };
+            assert!(!batcher.enqueue(member));
+            receivers.push((answer, taken_rx));
+        }
+        (batcher, receivers)
+    }
+
+    fn config(max_batch_size: usize, preferred_batch_sizes: Vec<usize>) -> BatchConfig {
+        BatchConfig {
+            max_batch_size,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes,
+        }
+    }
+
+    fn ids(batch: &[Member]) -> Vec<u64> {
+        batch.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn a_leader_takes_the_compatible_waiting_requests_in_order_up_to_the_max() {
+        // 0 leads; 2 has other columns; 3 would pass the max of 4 rows.
+        let (batcher, mut receivers) =
+            waiting(config(4, vec![]), &[(3, 1), (3, 2), (4, 1), (3, 2), (3, 1)]);
+        let (batch, rows) = batcher.gather(0).unwrap();
+        assert_eq!((ids(&batch), rows), (vec![0, 1, 4], 4));
+        // Those taken stop waiting for an instance; the others still wait.
+        assert!(
+            receivers[1]
+                .1
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
+        );
+        assert!(
+            receivers[2]
+                .1
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        let left: Vec<u64> = batcher
+            .queue
+            .lock()
+            .unwrap()
+            .waiting
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(left, vec![2, 3]);
+        // A request already taken cannot lead.
+        assert!(batcher.gather(1).is_none());
+    }
+
+    #[test]
+    fn a_batch_is_cut_to_the_largest_preferred_size_it_reaches() {
+        let (batcher, _receivers) = waiting(config(8, vec![2, 4]), &[(3, 1); 5]);
+        let (batch, rows) = batcher.gather(0).unwrap();
+        assert_eq!((ids(&batch), rows), (vec![0, 1, 2, 3], 4));
+        // Without a preferred size in reach, it takes what fits.
+        let (batcher, _receivers) = waiting(config(8, vec![4]), &[(3, 2), (3, 1)]);
+        assert_eq!(batcher.gather(0).unwrap().1, 3);
+    }
+
+    #[test]
+    fn a_waiting_request_whose_client_left_is_not_taken() {
+        let (batcher, mut receivers) = waiting(config(8, vec![]), &[(3, 1), (3, 1), (3, 1)]);
+        drop(receivers.remove(1));
+        let (batch, _) = batcher.gather(0).unwrap();
+        assert_eq!(ids(&batch), vec![0, 2]);
+        // And one that leaves is removed from the list.
+        batcher.leave(1);
+        assert!(batcher.queue.lock().unwrap().waiting.is_empty());
+    }
+
     #[test]
     fn outputs_split_back_into_each_requests_rows() {
         let floats: Vec<u8> = (0u8..24).collect();

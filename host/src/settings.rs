@@ -56,7 +56,7 @@ pub struct ModelSettings {
     pub preferred_batch_sizes: Option<Vec<usize>>,
     /// Triton's `dynamic_batching { max_queue_delay_microseconds,
     /// preferred_batch_size }`, read as the two keys above.
-    #[serde(default)]
+    #[serde(default, alias = "dynamic_batching")]
     dynamic_batching: Option<DynamicBatching>,
     /// Triton's `instance_group: [{"count": N}]`, read as `instances`, so a
     /// Triton model config works as is.
@@ -505,6 +505,85 @@ mod tests {
                 "instances = 9 is outside",
             ),
             ("max-instances = 2\nidle-timeout = \"1ms\"", "idle-timeout"),
+        ] {
+            let err = ModelSettings::from_toml(toml).unwrap().resolve(&defaults());
+            assert!(err.as_ref().unwrap_err().contains(says), "{toml}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn batching_keys_and_tritons_dynamic_batching_block_set_a_batch_config() {
+        let toml = "max-batch-size = 16\nmax-queue-delay = 500\npreferred-batch-sizes = [8, 4, 8]";
+        let batching = ModelSettings::from_toml(toml)
+            .unwrap()
+            .resolve(&defaults())
+            .unwrap()
+            .batching
+            .unwrap();
+        assert_eq!(batching.max_batch_size, 16);
+        assert_eq!(batching.max_queue_delay, Duration::from_micros(500));
+        assert_eq!(batching.preferred_batch_sizes, vec![4, 8]);
+        let triton = ModelSettings::from_json(
+            r#"{"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 100,
+                "preferred_batch_size": [2], "preserve_ordering": false}}"#,
+        )
+        .unwrap()
+        .resolve(&defaults())
+        .unwrap()
+        .batching
+        .unwrap();
+        assert_eq!(
+            (
+                triton.max_batch_size,
+                triton.max_queue_delay,
+                triton.preferred_batch_sizes
+            ),
+            (8, Duration::from_micros(100), vec![2])
+        );
+        // "2ms" as text; 0 or 1 turns a host's batching off for one model.
+        let mut host = defaults();
+        host.batching = Some(batching);
+        let model = pool_settings("max-queue-delay = \"2ms\"", &host)
+            .batching
+            .unwrap();
+        assert_eq!(
+            (model.max_batch_size, model.max_queue_delay),
+            (16, Duration::from_millis(2))
+        );
+        assert_eq!(pool_settings("max-batch-size = 0", &host).batching, None);
+        assert_eq!(
+            ModelSettings::default()
+                .resolve(&defaults())
+                .unwrap()
+                .batching,
+            None
+        );
+    }
+
+    fn pool_settings(toml: &str, host: &Settings) -> Settings {
+        ModelSettings::from_toml(toml)
+            .unwrap()
+            .resolve(host)
+            .unwrap()
+    }
+
+    #[test]
+    fn batching_keys_that_cannot_work_are_refused_with_their_names() {
+        for (toml, says) in [
+            ("max-queue-delay = 100", "need max-batch-size"),
+            (
+                "max-batch-size = 1\npreferred-batch-sizes = [1]",
+                "need max-batch-size",
+            ),
+            ("max-batch-size = 5000", "max-batch-size = 5000"),
+            (
+                "max-batch-size = 8\npreferred-batch-sizes = [16]",
+                "preferred-batch-sizes has 16",
+            ),
+            (
+                "max-batch-size = 8\nmax-queue-delay = \"5s\"",
+                "use at most 1s",
+            ),
         ] {
             let err = ModelSettings::from_toml(toml).unwrap().resolve(&defaults());
             assert!(err.as_ref().unwrap_err().contains(says), "{toml}: {err:?}");
