@@ -6,6 +6,10 @@
 - A convolutional network made by `examples/onnx/make_models.py` (conv, pools, gemm, softmax,
   symbolic batch), served straight from its `.onnx` file (packed on the fly): outputs match
   onnxruntime's on the same inputs within 1e-4.
+- The same network with dynamic batching (`--max-batch-size`): 32 concurrent requests through
+  tritonclient's HTTP and gRPC clients get the answers the unbatched host gives (to within a few
+  units in the last place: tract's kernels round a batch of rows a little differently from one
+  row), in fewer calls than requests.
 - A model whose 16 MiB of weights do not fit `--memory-limit 32MiB` is refused at pack time.
 
 Each test's host uses one compile cache for the session, so the ONNX runner compiles once.
@@ -22,7 +26,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import HOST, LISTENING, ANSI, ROOT, STARTUP_TIMEOUT
+from conftest import HOST, LISTENING, ANSI, ROOT, STARTUP_TIMEOUT, running_host
 
 DIGITS_ONNX = ROOT / "guest-model" / "weights" / "digits_mlp.onnx"
 MAKE_MODELS = ROOT / "examples" / "onnx" / "make_models.py"
@@ -153,6 +157,60 @@ def test_convolutional_network_matches_onnxruntime(served_cnn, models, batch):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     # Not a constant answer: the network tells these inputs apart.
     assert batch == 1 or np.ptp(expected, axis=0).max() > 1e-3
+
+
+def test_batched_cnn_answers_are_the_unbatched_answers_through_http_and_grpc(
+    served_cnn, models, workdir
+):
+    import tritonclient.grpc as grpcclient
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    requests = [rng.random((1 + i % 2, 1, 28, 28), dtype=np.float32) for i in range(32)]
+
+    def infer(client_module, addr, images):
+        client = client_module.InferenceServerClient(url=addr)
+        x = client_module.InferInput("image", list(images.shape), "FP32")
+        x.set_data_from_numpy(images)
+        result = client.infer("cnn", [x]).as_numpy("probabilities")
+        client.close()
+        return result
+
+    # One instance and a short queue delay, so that concurrent requests batch.
+    args = ["--instances", "1", "--max-batch-size", "16", "--max-queue-delay", "5ms",
+            str(models["cnn"])]
+    env = {"WASM_HOST_CACHE_DIR": str(workdir / "cache")}
+    with running_host(args, env, grpc=True) as (http_addr, grpc_addr):
+        def batched(i):
+            if i % 2:
+                return infer(grpcclient, grpc_addr, requests[i])
+            return infer(httpclient, http_addr, requests[i])
+
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(batched, range(len(requests))))
+        # tract's kernels tile a batch of N rows differently from one row, which can move a
+        # float's last bits (the same rows sent unbatched as one 16-row request do too); the
+        # digits model, plain Rust, is compared bit for bit in tests/batching.rs.
+        for images, answer in zip(requests, got):
+            alone = infer(httpclient, served_cnn.addr, images)
+            assert answer.shape == alone.shape
+            np.testing.assert_array_max_ulp(answer, alone, maxulp=8)
+
+        client = httpclient.InferenceServerClient(url=http_addr)
+        (stats,) = client.get_inference_statistics("cnn")["model_stats"]
+        assert int(stats["inference_count"]) == 32
+        assert int(stats["execution_count"]) < 32, stats
+        assert any(int(b["batch_size"]) > 2 for b in stats["batch_stats"]), stats
+        client.close()
+        # Triton's view of a batching model, over gRPC: dims without the batch dimension.
+        client = grpcclient.InferenceServerClient(url=grpc_addr)
+        config = client.get_model_config("cnn").config
+        assert config.max_batch_size == 16
+        assert list(config.input[0].dims) == [1, 28, 28]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+        (stats,) = client.get_inference_statistics("cnn").model_stats
+        assert stats.execution_count < stats.inference_count == 32
+        client.close()
 
 
 def test_weights_larger_than_the_memory_limit_are_refused_at_pack_time(models, workdir, env):
