@@ -666,6 +666,7 @@ def write_doc(target_rows):
         *many_models_section(),
         *fleet_section(),
         *grpc_section(),
+        *written_section("batching.md"),
         *edge_section(),
         "## Micro-benchmarks",
         "",

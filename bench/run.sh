@@ -17,7 +17,10 @@
 #      and one host without nginx, with wrk through the balancer;
 #   7. gRPC against HTTP: perf_analyzer -i grpc and -i http against one host
 #      serving both, at 1 and 64 concurrent requests (bench/grpc_bench.py);
-#   8. the edge: the release binary's size (as built and stripped), for this
+#   8. dynamic batching: req/s and latency at 64 connections with and without
+#      --max-batch-size, for digits, the packed CNN and a model with a fixed
+#      cost per call (bench/batching.py);
+#   9. the edge: the release binary's size (as built and stripped), for this
 #      machine and, if `make arm-test` built it, for aarch64; the idle RSS of
 #      the host serving the digits model; scale to zero (cold against warm),
 #      memory after the idle timeout, 10,000 idle instances, 1,000 models at
@@ -36,7 +39,7 @@
 #   BENCH_GUNICORN=1         0: skip gunicorn
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
-#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc edge"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -60,7 +63,7 @@ MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc edge"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc batching edge"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -504,17 +507,31 @@ models() {
         --out-md "$OUT/many_models.md" --out-json "$OUT/many_models.json"
 }
 
-onnx() {
-    say "ONNX models: pack digits, a CNN and a 16 MiB Gemm; memory, first request, predict vs onnxruntime"
+# The virtualenv with onnx, onnxruntime and numpy, at the test suite's pinned versions.
+onnx_venv() {
     local venv=$OUT/onnx-venv
     if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
         python3 -m venv "$venv"
-        # The test suite's pinned versions.
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
             $(grep -E '^(onnx|onnxruntime|numpy)==' tests/python/requirements.txt)
     fi
+}
+
+onnx() {
+    say "ONNX models: pack digits, a CNN and a 16 MiB Gemm; memory, first request, predict vs onnxruntime"
+    local venv=$OUT/onnx-venv
+    onnx_venv
     wait_quiet
     BENCH_DENSITY="$DENSITY" "$venv/bin/python" bench/onnx_bench.py "$OUT" "$HOST" "$((PORT + 200))"
+}
+
+# --- dynamic batching ---------------------------------------------------------------------
+
+batching() {
+    say "dynamic batching: 64 connections with and without --max-batch-size, three models"
+    onnx_venv
+    wait_quiet
+    "$OUT/onnx-venv/bin/python" bench/batching.py "$OUT" "$HOST" "$((PORT + 300))"
 }
 
 # --- 6. a fleet behind nginx ------------------------------------------------------------
@@ -694,7 +711,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models fleet grpc edge; do
+    for part in throughput density startup micro onnx models fleet grpc batching edge; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
