@@ -24,7 +24,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -291,10 +292,8 @@ impl Batcher {
             batcher: self,
             leader,
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
-            _ = complete.notified() => {}
-        }
+        wake_at(until, Arc::clone(&complete));
+        complete.notified().await;
         let formed = self
             .take_forming(leader)
             .expect("only its leader removes it");
@@ -306,6 +305,50 @@ impl Batcher {
         let mut queue = self.queue.lock().unwrap();
         let at = queue.forming.iter().position(|f| f.leader == leader)?;
         Some(queue.forming.swap_remove(at))
+    }
+}
+
+/// Wakes a forming batch's leader at `at`, to the microsecond rather than
+/// on tokio's timer, which counts whole milliseconds and would stretch a
+/// 500 µs queue delay to 1–2 ms. One thread for the host sleeps until the
+/// earliest deadline (a futex wait, which wakes within tens of µs).
+fn wake_at(at: Instant, leader: Arc<Notify>) {
+    type Due = (std::time::Instant, Arc<Notify>);
+    static TIMER: OnceLock<mpsc::Sender<Due>> = OnceLock::new();
+    let timer = TIMER.get_or_init(|| {
+        let (sender, due) = mpsc::channel::<Due>();
+        std::thread::Builder::new()
+            .name("batch-timer".into())
+            .spawn(move || {
+                let mut waiting: Vec<Due> = Vec::new();
+                loop {
+                    let next = waiting.iter().map(|(at, _)| *at).min();
+                    let received = match next {
+                        None => due.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(at) => due
+                            .recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+                    };
+                    match received {
+                        Ok(entry) => waiting.push(entry),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    let now = std::time::Instant::now();
+                    waiting.retain(|(at, leader)| {
+                        let due = *at <= now;
+                        if due {
+                            leader.notify_one();
+                        }
+                        !due
+                    });
+                }
+            })
+            .expect("start the batch timer thread");
+        sender
+    });
+    if timer.send((at.into_std(), Arc::clone(&leader))).is_err() {
+        // No timer: go at once rather than wait without one.
+        leader.notify_one();
     }
 }
 
