@@ -69,20 +69,25 @@ fn model_stats(host: &Host, model: &str) -> Value {
     host.get(&format!("/v2/models/{model}/stats")).json()["model_stats"][0].clone()
 }
 
+/// A host with one instance, so that concurrent requests must share it,
+/// batching up to `max` rows with a queue delay of `delay`.
+fn one_instance(model: &str, max: &str, delay: &str, more: &[&str]) -> Host {
+    let mut args = vec![
+        "--instances",
+        "1",
+        "--max-batch-size",
+        max,
+        "--max-queue-delay",
+        delay,
+    ];
+    args.extend_from_slice(more);
+    Host::start(&guest(model), &args)
+}
+
 #[test]
 fn batched_answers_are_the_answers_each_request_gets_alone() {
     // One instance and a queue delay, so that concurrent requests batch.
-    let batched = Host::start(
-        &guest("guest_model"),
-        &[
-            "--instances",
-            "1",
-            "--max-batch-size",
-            "16",
-            "--max-queue-delay",
-            "5ms",
-        ],
-    );
+    let batched = one_instance("guest_model", "16", "5ms", &[]);
     let alone = Host::start(&guest("guest_model"), &["--instances", "1"]);
     let reference = reference();
     // 24 clients, 5 requests each: 1, 2 or 3 rows from the reference set.
@@ -162,21 +167,8 @@ fn batched_answers_are_the_answers_each_request_gets_alone() {
 fn one_poison_request_fails_alone_and_its_seven_batch_mates_succeed() {
     // One instance and a long delay: the eight requests sent together form
     // one batch of eight, which goes as soon as it is complete.
-    let host = Host::start(
-        &guest("batch_model"),
-        &[
-            "--instances",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--max-queue-delay",
-            "1s",
-            "--timeout",
-            "500ms",
-            "--memory-limit",
-            "64MiB",
-        ],
-    );
+    let more = ["--timeout", "500ms", "--memory-limit", "64MiB"];
+    let host = one_instance("batch_model", "8", "1s", &more);
     // A healthy batch first: all eight computed in one call.
     let requests = (0..8)
         .map(|i| rows(&format!("ok{i}"), i as f32, 1, 3))
@@ -256,17 +248,7 @@ fn one_poison_request_fails_alone_and_its_seven_batch_mates_succeed() {
 
 #[test]
 fn requests_are_joined_only_with_requests_that_agree_on_all_but_dimension_0() {
-    let host = Host::start(
-        &guest("batch_model"),
-        &[
-            "--instances",
-            "1",
-            "--max-batch-size",
-            "16",
-            "--max-queue-delay",
-            "300ms",
-        ],
-    );
+    let host = one_instance("batch_model", "16", "300ms", &[]);
     // Four groups of three requests: each group may only batch with itself.
     let mut requests = Vec::new();
     for i in 0..3 {
@@ -294,17 +276,7 @@ fn requests_are_joined_only_with_requests_that_agree_on_all_but_dimension_0() {
 
 #[test]
 fn a_request_whose_client_leaves_while_it_waits_is_left_out_of_its_batch() {
-    let host = Host::start(
-        &guest("batch_model"),
-        &[
-            "--instances",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--max-queue-delay",
-            "1s",
-        ],
-    );
+    let host = one_instance("batch_model", "8", "1s", &[]);
     let addr = host.addr;
     // The first request leads a batch that waits a second for more.
     let first = std::thread::spawn(move || {

@@ -425,7 +425,7 @@ fn guest_outputs_are_checked_or_encoded_within_the_limit_and_never_panic() {
             let binary = rng.below(2) == 0;
             let inference = Inference {
                 id: Some("7".into()),
-                inputs: Vec::new(),
+                inputs: Vec::new().into(),
                 outputs: (rng.below(2) == 0).then(|| {
                     vec![RequestedOutput {
                         name: rng.pick(&metadata.outputs).name.clone(),

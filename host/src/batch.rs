@@ -631,13 +631,10 @@ mod tests {
 
     /// A batcher whose waiting list holds requests of these (columns,
     /// rows), in order; with the receivers each request waits on.
-    fn waiting(
-        config: BatchConfig,
-        requests: &[(u64, usize)],
-    ) -> (
-        Batcher,
-        Vec<(oneshot::Receiver<Rows>, oneshot::Receiver<()>)>,
-    ) {
+    /// What each waiting request listens on: its answer, and being taken.
+    type Listening = Vec<(oneshot::Receiver<Rows>, oneshot::Receiver<()>)>;
+
+    fn waiting(config: BatchConfig, requests: &[(u64, usize)]) -> (Batcher, Listening) {
         let batcher = Batcher::new(config);
         let mut receivers = Vec::new();
         for (id, &(columns, rows)) in requests.iter().enumerate() {
