@@ -292,7 +292,8 @@ impl Batcher {
             batcher: self,
             leader,
         };
-        wake_at(until, Arc::clone(&complete));
+        let left = until.saturating_duration_since(Instant::now());
+        wake_at(until - WAKE_UP.min(left), Arc::clone(&complete));
         complete.notified().await;
         let formed = self
             .take_forming(leader)
@@ -307,6 +308,11 @@ impl Batcher {
         Some(queue.forming.swap_remove(at))
     }
 }
+
+/// About what waking a leader takes (the timer thread, then a runtime
+/// worker): the timer is set this much early, so that a batch goes when
+/// its delay is up rather than a wake-up after.
+const WAKE_UP: Duration = Duration::from_micros(50);
 
 /// Wakes a forming batch's leader at `at`, to the microsecond rather than
 /// on tokio's timer, which counts whole milliseconds and would stretch a
