@@ -36,6 +36,12 @@
 //! ordinary symbols nobody calls), so models can share code with native tools
 //! and tests without a `cfg` on every import.
 
+pub mod alloc;
+
+#[cfg(all(target_arch = "wasm32", feature = "call-allocator"))]
+#[global_allocator]
+static ALLOCATOR: alloc::CallAllocator = alloc::CallAllocator::new();
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
