@@ -165,7 +165,7 @@ mod tests {
             let c = heap.alloc(layout(1, 64));
             let big = heap.alloc(layout(5000, 8));
             for (p, align) in [(a, 32), (b, 128), (c, 64), (big, 8)] {
-                assert!(!p.is_null() && p as usize % align == 0);
+                assert!(!p.is_null() && (p as usize).is_multiple_of(align));
             }
             a.write_bytes(0xa, 24);
             b.write_bytes(0xb, 100);
