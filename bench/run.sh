@@ -150,7 +150,8 @@ build() {
 
 # wasmtime-cli for the `wasmtime serve` peer, bench only (never part of
 # `make test`): built once into target/bench/wasmtime-cli with only the
-# features `serve` needs, ~5 min on 2 cores.
+# features `serve` needs (15–20 min on a busy 2-core machine; `wasmtime --help`
+# needs clap's default features, which this build leaves out).
 install_wasmtime() {
     if [[ -x $WASMTIME_BIN ]] && "$WASMTIME_BIN" --version | grep -q " $WASMTIME_VERSION "; then
         return
