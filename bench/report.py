@@ -118,7 +118,9 @@ def throughput_rows():
     for r in THROUGHPUT:
         native = find("native", r["endpoint"], r["connections"])
         gunicorn = find("gunicorn", PREDICT, r["connections"])
+        peer = find("wasmtime serve", INFER, r["connections"]) if r["endpoint"] == INFER else None
         vs_native = rps(r) / rps(native) if native else None
+        vs_peer = rps(r) / rps(peer) if peer else None
         vs_gunicorn = rps(r) / rps(gunicorn) if gunicorn else None
         cpu_per_request = float(r["cpu_s"]) / int(r["requests"]) * 1e6
         errors = int(r["errors"])
@@ -135,6 +137,7 @@ def throughput_rows():
                 f"{float(r['wrk_cpu_s']):.2f} s",
                 mib(r["hwm_kb"]),
                 ratio(vs_native),
+                ratio(vs_peer),
                 ratio(vs_gunicorn),
             ]
         )
@@ -153,8 +156,54 @@ THROUGHPUT_HEADER = [
     "wrk CPU",
     "peak RSS",
     "vs native",
+    "vs wasmtime serve",
     "vs gunicorn",
 ]
+
+
+def cpu_us(r):
+    return float(r["cpu_s"]) / int(r["requests"]) * 1e6
+
+
+PINNED = M.get("pinned") == "1"
+
+
+def comparison_rows(connections):
+    """One row per contender at `connections`: /v2 infer where it serves it (gunicorn: /predict)."""
+    native = find("native", INFER, connections)
+    peer = find("wasmtime serve", INFER, connections)
+    rows = []
+    for prefix, endpoint in ((HOST_PREFIX, INFER), ("native", INFER), ("wasmtime serve", INFER), ("gunicorn", PREDICT)):
+        r = find(prefix, endpoint, connections)
+        if not r:
+            continue
+        rows.append([
+            r["contender"],
+            "/v2 infer" if endpoint == INFER else endpoint,
+            f"{rps(r):,.0f}",
+            f"{cpu_us(r):.1f} µs",
+            us(r["p50_us"]),
+            us(r["p99_us"]),
+            ratio(rps(r) / rps(native)) if native else "–",
+            ratio(cpu_us(r) / cpu_us(native)) if native else "–",
+            ratio(rps(r) / rps(peer)) if peer else "–",
+        ])
+    return rows
+
+
+COMPARISON_HEADER = ["contender", "endpoint", "req/s", "CPU/req", "p50", "p99", "req/s vs native",
+                     "CPU/req vs native", "req/s vs wasmtime serve"]
+
+
+def how_it_ran():
+    if PINNED:
+        return (f"**Pinned**: each server ran alone on core {M.get('server_cpu', '1')} (`taskset -c "
+                f"{M.get('server_cpu', '1')}`) and wrk with one thread on core {M.get('wrk_cpu', '0')} (`taskset -c "
+                f"{M.get('wrk_cpu', '0')} wrk -t1`), so the server is never preempted by the load generator and "
+                "req/s is the inverse of the server's CPU per request. `BENCH_PIN=0` runs unpinned.")
+    return ("**Unpinned**: the servers and wrk (`-t2`) shared all the machine's cores (`BENCH_PIN=0`, or fewer "
+            "than 2 cores); req/s is then bounded by server CPU + wrk CPU per request, and tails include "
+            "preemption by the load generator.")
 
 
 # --- targets ------------------------------------------------------------------
@@ -240,8 +289,9 @@ def targets():
                     f"the guest call itself, and the rest timers, wake-ups and wasmtime's bookkeeping (analysis below)"
                 )
             bound = (
-                f"server CPU per request: {cpu_host:.0f} µs against the ceiling's {cpu_native:.0f} µs, on 2 cores "
-                f"shared with wrk; the extra {cpu_host - cpu_native:.0f} µs{split}"
+                f"server CPU per request: {cpu_host:.0f} µs against the ceiling's {cpu_native:.0f} µs"
+                + ("" if PINNED else ", on cores shared with wrk")
+                + f"; the extra {cpu_host - cpu_native:.0f} µs{split}"
             )
         if vg < 10:
             bound += ("; " if bound else "") + "gunicorn is closer than 10× at this concurrency"
@@ -257,7 +307,14 @@ def targets():
         p99 = float(host["p99_us"])
         met = p99 <= 2000
         bound = ""
-        if not met:
+        if not met and PINNED:
+            mean = TOP_C / rps(host) * 1e6
+            bound = (
+                f"{TOP_C} requests always in flight on one core put the mean latency at {TOP_C} / "
+                f"{float(host['rps']):,.0f} req/s = {us(mean)} (Little's law)"
+                + (f"; the native ceiling's p99 is {us(native['p99_us'])}" if native else "")
+            )
+        elif not met:
             mean = TOP_C / rps(host) * 1e6
             bound = (
                 f"queueing on 2 cores shared with wrk: {TOP_C} requests always in flight put the mean latency at "
@@ -267,6 +324,29 @@ def targets():
                 + (f"; the native ceiling's p99 at {TOP_C} connections is {us(native['p99_us'])}" if native else "")
             )
         out.append((f"p99 at {TOP_C} connections ≤ 2 ms", f"{us(p99)} (p50 {us(host['p50_us'])})", met, bound))
+    if host and native:
+        # Issue 15: pinned, CPU per request close to native's; the lead over wasmtime serve kept.
+        r, c = rps(host) / rps(native), cpu_us(host) / cpu_us(native)
+        out.append((
+            f"/v2 infer at {TOP_C} connections ≥ 0.87× native req/s, CPU/req ≤ 1.15× native's (issue 15, pinned)",
+            f"{ratio(r)} req/s, {ratio(c)} CPU/req ({cpu_us(host):.1f} µs vs {cpu_us(native):.1f} µs)"
+            + ("" if PINNED else "; **not pinned**"),
+            r >= 0.87 and c <= 1.15,
+            "" if r >= 0.87 and c <= 1.15 else "see *Where wasm-host loses time against native* below",
+        ))
+    peer = find("wasmtime serve", INFER, TOP_C)
+    if host and peer:
+        r = rps(host) / rps(peer)
+        ok = r >= 1.5 and float(host["p99_us"]) <= float(peer["p99_us"])
+        out.append((
+            f"/v2 infer at {TOP_C} connections ≥ 1.5× `wasmtime serve` req/s, p99 no worse (issue 15)",
+            f"{ratio(r)} req/s; p99 {us(host['p99_us'])} vs {us(peer['p99_us'])}",
+            ok,
+            "",
+        ))
+    echo = micro(ECHO)
+    if echo is not None:
+        out.append(("guest call boundary (echo model) < 0.6 µs (issue 15)", f"{ns(echo)} (median)", echo < 600, ""))
     replace = micro(REPLACE)
     if replace is not None:
         met = replace <= 50_000
@@ -315,7 +395,7 @@ def targets():
     if cached:
         ms = float(cached["median_ms"])
         out.append(("start-up to ready ≤ 100 ms with the cache", f"{ms:.1f} ms (median)", ms <= 100, ""))
-    else:
+    elif STARTUP:
         out.append(("start-up to ready ≤ 100 ms with the cache", "not measured: this wasm-host has no --cache-dir", False, ""))
     return out
 
@@ -537,7 +617,9 @@ def write_doc(target_rows):
         ["memory", f"{M['memory_gib']} GiB"],
         ["load average before the run", M.get("loadavg", "?")],
         ["rustc", M["rustc"]],
-        ["load generator", f"{M['wrk']} (same machine, same cores)"],
+        ["load generator", f"{M['wrk']} (same machine, "
+         + (f"pinned to core {M.get('wrk_cpu', '0')}; servers to core {M.get('server_cpu', '1')})" if PINNED
+            else "same cores)")],
         ["Python", M["python"] + (f"; {M['python_packages'].strip()}" if M.get("python_packages") else "")],
         ["commit", M["commit"]],
         ["date", M["date"]],
@@ -555,7 +637,7 @@ def write_doc(target_rows):
         "",
         headline(),
         "",
-        "## Targets (issue 4)",
+        "## Targets (issues 4 and 15)",
         "",
         table(
             ["target", "measured", "verdict", "what bounds it"],
@@ -575,28 +657,37 @@ def write_doc(target_rows):
         "`BENCH_SECONDS=1 BENCH_STARTUP_RUNS=2 BENCH_MICRO_SAMPLES=21 make bench`; the knobs are listed at the top "
         "of `bench/run.sh`.",
         "",
-        "**The load generator shares the 2 cores with the server.** wrk needs CPU for every request it sends, so "
-        "on this machine req/s is bounded by server CPU + wrk CPU per request, not by the server alone. That "
-        "is why the *server CPU per request* column matters: it is what a server would cost on a machine of "
-        "its own. Ratios compare contenders under the same handicap, in the same run.",
+        how_it_ran(),
         "",
         "## Throughput and latency",
+        "",
+        f"Every contender at {TOP_C} connections, same run (gunicorn serves only `/predict`, the simple form of "
+        "the same request). *CPU/req* is the server's CPU time (utime + stime of its process tree) over the "
+        "requests it served; pinned, req/s × CPU/req ≈ 1 core.",
+        "",
+        table(COMPARISON_HEADER, comparison_rows(TOP_C)),
+        "",
+        "Every run:",
         "",
         table(THROUGHPUT_HEADER, throughput_rows()),
         "",
         disturbed_note(),
         "",
         "- *req/s, p50, p99*: from wrk (`--latency`), "
-        f"{M['seconds']} s per run after a 1 s warm-up, `-t1` at 1 connection and `-t2` above; a keep-alive "
+        f"{M['seconds']} s per run after a 1 s warm-up, "
+        + ("`-t1` pinned to its own core" if PINNED else "`-t1` at 1 connection and `-t2` above")
+        + "; a keep-alive "
         "connection posts the same body again and again (`bench/wrk/post.lua`). The body is row 0 of "
         "`guest-model/weights/digits_reference.json` (64 floats); every contender's answer to it is checked "
         "against scikit-learn's before it is measured.",
         "- *server CPU*: utime + stime of the server's whole process tree during the run (gunicorn's master and "
         "workers), from /proc/PID/stat before and after; *CPU/req* divides it by the requests served.",
-        "- *wrk CPU*: the load generator's own CPU time during the run (bash `time`), taken from the same 2 cores.",
+        "- *wrk CPU*: the load generator's own CPU time during the run (bash `time`)"
+        + (", on its own core." if PINNED else ", taken from the same cores."),
         "- *peak RSS*: VmHWM summed over the process tree.",
         "- *vs native*: req/s over the native ceiling's at the same endpoint and concurrency; *vs gunicorn*: over "
-        "gunicorn's `/predict` at the same concurrency.",
+        "gunicorn's `/predict` at the same concurrency; *vs wasmtime serve*: over `wasmtime serve` at the same "
+        "concurrency (it serves `/v2` infer only).",
         "",
         "The contenders, each started, measured and stopped (by PID) one after the other:",
         "",
@@ -611,6 +702,14 @@ def write_doc(target_rows):
         "a FastAPI app with the same MLP in numpy (float32, relu, relu, softmax, weights from "
         "`guest-model/weights/digits_mlp.bin`), in `bench/.venv`. `-w 4` is the tutorial's setting, kept as it "
         f"is on this {M['nproc']}-core machine. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for it.",
+        f"- **wasmtime serve**: {M.get('wasmtime', 'wasmtime-cli 48.0.8')} (`cargo install wasmtime-cli --version "
+        "48.0.8` into target/bench/wasmtime-cli, features `run,serve,cranelift,pooling-allocator,"
+        "parallel-compilation,cache,component-model,component-model-async`), `wasmtime serve -S cli --max-instance-reuse-count "
+        f"{M.get('wasmtime_reuse', '?')} target/wasm32-wasip2/release/wasi_http_digits.wasm`: "
+        "`bench/wasi-http-digits`, a `wasi:http/proxy` component answering `POST /v2/models/digits/infer` with "
+        "the same JSON request and response, computed by the same `guest-model/src/mlp.rs` and weights (serde_json "
+        "in the guest instead of wasm-host's codec in the host). `-S cli` links the wasi:cli interfaces Rust's std "
+        "imports; instances are reused up to the count, as wasm-host's are.",
         "",
         "## Density: N instances of a model with 16 MiB of weights",
         "",

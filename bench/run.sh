@@ -4,8 +4,13 @@
 # From a clean checkout it installs what it needs (wrk, a Python venv with the
 # tutorial's gunicorn stack), builds the host, the guests and the native
 # ceiling, then runs one after the other, on 127.0.0.1 only:
-#   1. throughput and latency: wrk against wasm-host, the native ceiling and
-#      gunicorn + uvicorn + numpy, at each concurrency;
+#   1. throughput and latency: wrk against wasm-host, the native ceiling,
+#      `wasmtime serve` (the peer: wasmtime-cli 48.0.8 serving the digits
+#      model as a wasi:http/proxy component, bench/wasi-http-digits) and
+#      gunicorn + uvicorn + numpy, at each concurrency; on a machine with 2
+#      or more cores each server is pinned alone to core 1 and wrk (one
+#      thread) to core 0, so req/s is the inverse of the server's CPU per
+#      request;
 #   2. density: wasm-host's memory with 1, 8 and 64 instances of a model with
 #      16 MiB of weights;
 #   3. start-up to ready, with and without the compiled-artifact cache;
@@ -37,6 +42,12 @@
 #   BENCH_MICRO_SAMPLES=201  samples per micro-benchmark
 #   BENCH_SCALAR=1           also time the guests built without WebAssembly SIMD (0: skip)
 #   BENCH_GUNICORN=1         0: skip gunicorn
+#   BENCH_WASMTIME=1         0: skip the `wasmtime serve` peer (1 installs wasmtime-cli 48.0.8 into
+#                            target/bench/wasmtime-cli with `cargo install` when it is missing)
+#   BENCH_WASMTIME_REUSE=1000000  `wasmtime serve --max-instance-reuse-count`: requests per instance
+#   BENCH_PIN=auto           pin the throughput runs: the server to core BENCH_SERVER_CPU, wrk (-t1) to
+#                            BENCH_WRK_CPU; auto = when nproc >= 2; 0: unpinned, wrk -t2 on every core
+#   BENCH_SERVER_CPU=1, BENCH_WRK_CPU=0
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
 #   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge"   run only some parts (the report
@@ -62,6 +73,21 @@ STARTUP_RUNS=${BENCH_STARTUP_RUNS:-5}
 MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
 GUNICORN=${BENCH_GUNICORN:-1}
+WASMTIME=${BENCH_WASMTIME:-1}
+WASMTIME_REUSE=${BENCH_WASMTIME_REUSE:-1000000}
+PIN=${BENCH_PIN:-auto}
+if [[ $PIN == auto ]]; then
+    PIN=0
+    ((NPROC >= 2)) && command -v taskset >/dev/null && PIN=1
+fi
+SERVER_CPU=${BENCH_SERVER_CPU:-1}
+WRK_CPU=${BENCH_WRK_CPU:-0}
+# The commands the throughput runs put in front of a server and of wrk.
+SERVER_PIN=() WRK_PIN=()
+if [[ $PIN == 1 ]]; then
+    SERVER_PIN=(taskset -c "$SERVER_CPU")
+    WRK_PIN=(taskset -c "$WRK_CPU")
+fi
 BUILD=${BENCH_BUILD:-1}
 ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc batching edge"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
@@ -73,6 +99,10 @@ OUT=target/bench
 WASM=target/wasm32-wasip2/release
 HOST=target/release/wasm-host
 CEILING=target/release/native-ceiling
+WASMTIME_VERSION=48.0.8
+WASMTIME_ROOT=$OUT/wasmtime-cli
+WASMTIME_BIN=$WASMTIME_ROOT/bin/wasmtime
+PEER=$WASM/wasi_http_digits.wasm
 VENV=bench/.venv
 LUA=bench/wrk/post.lua
 
@@ -105,6 +135,7 @@ build() {
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
     cargo build --release --target wasm32-wasip2 \
         -p guest-model -p fault-model -p echo-model -p big-model -p onnx-runner
+    [[ $WASMTIME == 1 ]] && cargo build --release --target wasm32-wasip2 -p wasi-http-digits
     cargo build --release -p wasm-host -p native-ceiling
     cargo bench -p wasm-host --bench micro --no-run
     if [[ $SCALAR == 1 ]]; then
@@ -115,6 +146,20 @@ build() {
             cargo build --release --target wasm32-wasip2 \
             -p guest-model -p fault-model -p echo-model -p big-model
     fi
+}
+
+# wasmtime-cli for the `wasmtime serve` peer, bench only (never part of
+# `make test`): built once into target/bench/wasmtime-cli with only the
+# features `serve` needs (15–20 min on a busy 2-core machine; `wasmtime --help`
+# needs clap's default features, which this build leaves out).
+install_wasmtime() {
+    if [[ -x $WASMTIME_BIN ]] && "$WASMTIME_BIN" --version | grep -q " $WASMTIME_VERSION "; then
+        return
+    fi
+    say "installing wasmtime-cli $WASMTIME_VERSION into $WASMTIME_ROOT (cargo install, once)"
+    CARGO_TARGET_DIR=$OUT/wasmtime-cli-build cargo install wasmtime-cli --version "$WASMTIME_VERSION" \
+        --locked --root "$WASMTIME_ROOT" --no-default-features \
+        --features run,serve,cranelift,pooling-allocator,parallel-compilation,cache,component-model,component-model-async
 }
 
 setup_venv() {
@@ -241,16 +286,16 @@ PY
 # to throughput.tsv.
 load() { # load CONTENDER ENDPOINT URL BODY
     local contender=$1 endpoint=$2 url=$3 body=$4 c threads before after machine_before machine_after line log
-    WRK_BODY=$body wrk -t1 -c1 -d1s -s "$LUA" "$url" >/dev/null # warm-up
+    WRK_BODY=$body "${WRK_PIN[@]}" wrk -t1 -c1 -d1s -s "$LUA" "$url" >/dev/null # warm-up
     for c in $CONNECTIONS; do
         threads=2
-        ((c < 2)) && threads=1
+        ((c < 2 || PIN == 1)) && threads=1
         log="$OUT/wrk-${contender// /_}-${endpoint//\//_}-c$c.txt"
         wait_quiet
         before=$(cpu_ticks "$SERVER")
         machine_before=$(machine_busy_ticks)
         # bash's `time` gives wrk's own CPU (user and system seconds).
-        { TIMEFORMAT='%U %S' && time WRK_BODY=$body wrk -t"$threads" -c"$c" -d"${SECONDS_PER_RUN}s" \
+        { TIMEFORMAT='%U %S' && time WRK_BODY=$body "${WRK_PIN[@]}" wrk -t"$threads" -c"$c" -d"${SECONDS_PER_RUN}s" \
             --latency -s "$LUA" "$url" >"$log"; } 2>"$log.time"
         after=$(cpu_ticks "$SERVER")
         machine_after=$(machine_busy_ticks)
@@ -311,7 +356,7 @@ throughput() {
     for n in $BENCH_INSTANCES; do
         say "wasm-host, $n instances"
         port=$((port + 1))
-        start "$OUT/wasm-host-$n.log" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+        start "$OUT/wasm-host-$n.log" "${SERVER_PIN[@]}" "$HOST" "${CACHE_FLAGS[@]}" --instances "$n" --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
         wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/wasm-host-$n.log"
         check_answer "wasm-host /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
         check_answer "wasm-host /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
@@ -322,7 +367,7 @@ throughput() {
 
     say "native ceiling"
     port=$((port + 1))
-    start "$OUT/native-ceiling.log" "$CEILING" --bind "127.0.0.1:$port"
+    start "$OUT/native-ceiling.log" "${SERVER_PIN[@]}" "$CEILING" --bind "127.0.0.1:$port"
     wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/native-ceiling.log"
     check_answer "native-ceiling /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
     check_answer "native-ceiling /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
@@ -330,12 +375,25 @@ throughput() {
     load "native ceiling" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
     stop
 
+    if [[ $WASMTIME == 1 ]]; then
+        say "wasmtime serve $WASMTIME_VERSION, the digits model as a wasi:http/proxy component"
+        port=$((port + 1))
+        # -S cli: Rust's std in the component imports wasi:cli (stdio,
+        # environment); the proxy world alone does not link it.
+        start "$OUT/wasmtime-serve.log" "${SERVER_PIN[@]}" "$WASMTIME_BIN" serve \
+            --addr "127.0.0.1:$port" -S cli --max-instance-reuse-count "$WASMTIME_REUSE" "$PEER"
+        wait_ready_post "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json" "$OUT/wasmtime-serve.log"
+        check_answer "wasmtime serve /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+        load "wasmtime serve" /v2/models/digits/infer "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
+        stop
+    fi
+
     if [[ $GUNICORN == 1 ]]; then
         say "gunicorn -w 4 + uvicorn workers + numpy"
         port=$((port + 1))
         # The machine may tune OpenBLAS for its CPU; the baseline runs numpy
         # as shipped, so both variables go, together, for this command only.
-        start "$OUT/gunicorn.log" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -C bench/gunicorn \
+        start "$OUT/gunicorn.log" "${SERVER_PIN[@]}" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -C bench/gunicorn \
             "$PWD/$VENV/bin/gunicorn" -w 4 -k uvicorn.workers.UvicornWorker \
             --bind "127.0.0.1:$port" app:app
         wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/gunicorn.log"
@@ -694,6 +752,13 @@ machine() {
         echo "density=$DENSITY"
         echo "startup_runs=$STARTUP_RUNS"
         echo "micro_samples=$MICRO_SAMPLES"
+        echo "pinned=$PIN"
+        echo "server_cpu=$SERVER_CPU"
+        echo "wrk_cpu=$WRK_CPU"
+        if [[ $WASMTIME == 1 && -x $WASMTIME_BIN ]]; then
+            echo "wasmtime=$("$WASMTIME_BIN" --version)"
+            echo "wasmtime_reuse=$WASMTIME_REUSE"
+        fi
     } >"$OUT/machine.txt"
 }
 
@@ -705,6 +770,7 @@ main() {
     [[ $BUILD == 1 ]] && build
     BUILD_SECONDS=$((SECONDS - BUILD_SECONDS))
     [[ $GUNICORN == 1 ]] && setup_venv
+    [[ $WASMTIME == 1 && " $ONLY " == *" throughput "* ]] && install_wasmtime
     write_bodies
     # Every wasm-host run keeps its compiled-artifact cache here, not in ~/.cache.
     CACHE_FLAGS=()

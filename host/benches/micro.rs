@@ -6,7 +6,10 @@
 //! criterion, to keep the build lean: each figure is a plain timing loop,
 //! reported as the median and the 10th/90th percentiles of its samples.
 //! `MICRO_SAMPLES` sets the number of samples (default 201); `MICRO_TSV=FILE`
-//! also writes the results as tab-separated values for `bench/run.sh`.
+//! also writes the results as tab-separated values for `bench/run.sh`;
+//! `MICRO_ONLY=echo` runs only the echo model's calls, for as long as
+//! `MICRO_SAMPLES` says, which is what to profile the call boundary with
+//! (`perf record -- target/release/deps/micro-*`).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -51,17 +54,23 @@ fn main() {
             show(row.p90)
         );
     }
-    let median = |name: &str| rows.iter().find(|r| r.name == name).unwrap().median;
-    let guest = median(GUEST_PREDICT).as_secs_f64();
-    println!();
-    println!(
-        "guest predict / native predict (same work) = {:.2}x",
-        guest / median(NATIVE_PREDICT).as_secs_f64()
-    );
-    println!(
-        "guest predict / native math only           = {:.2}x",
-        guest / median(NATIVE_MATH).as_secs_f64()
-    );
+    let median = |name: &str| Some(rows.iter().find(|r| r.name == name)?.median);
+    if let (Some(guest), Some(native), Some(math)) = (
+        median(GUEST_PREDICT),
+        median(NATIVE_PREDICT),
+        median(NATIVE_MATH),
+    ) {
+        let guest = guest.as_secs_f64();
+        println!();
+        println!(
+            "guest predict / native predict (same work) = {:.2}x",
+            guest / native.as_secs_f64()
+        );
+        println!(
+            "guest predict / native math only           = {:.2}x",
+            guest / math.as_secs_f64()
+        );
+    }
 
     if let Ok(path) = std::env::var("MICRO_TSV") {
         let mut tsv = String::from("name\tmedian_ns\tp10_ns\tp90_ns\n");
@@ -208,13 +217,7 @@ async fn run(samples: usize) -> Vec<Row> {
             )
         }
     };
-    let digits = load("guest_model.wasm").await;
-    let fault = load("fault_model.wasm").await;
-    let big = load("big_model.wasm").await;
-    let echo = load("echo_model.wasm").await;
     let mut rows = Vec::new();
-
-    // predict: the guest against the same code natively, on one row.
     let row = digits_row();
     let inputs = vec![tensor(
         "x",
@@ -222,6 +225,20 @@ async fn run(samples: usize) -> Vec<Row> {
         vec![1, row.len() as u64],
         row.iter().flat_map(|v| v.to_le_bytes()).collect(),
     )];
+    let echo = load("echo_model.wasm").await;
+    if std::env::var("MICRO_ONLY").is_ok_and(|only| only == "echo") {
+        let mut instance = Instance::new(&engine, Arc::clone(&echo), 1, MEMORY_LIMIT, None)
+            .await
+            .expect("an echo instance");
+        let times = time_predict(&mut instance, &inputs, samples).await;
+        rows.push(Row::new(ECHO_PREDICT, times, CALLS_PER_SAMPLE));
+        return rows;
+    }
+    let digits = load("guest_model.wasm").await;
+    let fault = load("fault_model.wasm").await;
+    let big = load("big_model.wasm").await;
+
+    // predict: the guest against the same code natively, on one row.
     let mlp = mlp::Mlp::embedded();
     let mut instance = Instance::new(&engine, Arc::clone(&digits), 1, MEMORY_LIMIT, None)
         .await

@@ -139,8 +139,7 @@ pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
     store.limiter(|state| &mut state.memory);
     store.epoch_deadline_callback(|store| {
         let state = store.data();
-        let resumed = *state.resumed.lock().unwrap();
-        match tick(Instant::now(), state.deadline, resumed) {
+        match tick(Instant::now(), state.deadline, state.resumed.get()) {
             Tick::Stop => Ok(UpdateDeadline::Interrupt),
             Tick::Run => Ok(UpdateDeadline::Continue(1)),
             Tick::Yield => {
@@ -153,7 +152,7 @@ pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
                     1,
                     Box::pin(async move {
                         tokio::task::yield_now().await;
-                        *resumed.lock().unwrap() = Instant::now();
+                        resumed.set(Instant::now());
                     }),
                 ))
             }
@@ -209,7 +208,7 @@ impl Instance {
         let now = Instant::now();
         let deadline = now + timeout;
         self.store.data_mut().deadline = deadline;
-        *self.store.data().resumed.lock().unwrap() = now;
+        self.store.data().resumed.set(now);
         self.store.set_epoch_deadline(1);
         let result = {
             let call = self.bindings.wasm_host_model_model().call_predict(

@@ -7,7 +7,9 @@
 //! tagged with the instance id, so a chatty or hostile guest can neither flood
 //! the host log nor trap because its output pipe was full.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
@@ -34,7 +36,7 @@ pub struct GuestState {
     pub deadline: std::time::Instant,
     /// When the guest last got a thread back after yielding at an epoch
     /// tick (or its call began); written by the yield's future.
-    pub resumed: Arc<Mutex<std::time::Instant>>,
+    pub resumed: Arc<Moment>,
 }
 
 impl GuestState {
@@ -51,9 +53,38 @@ impl GuestState {
             memory: MemoryCap::new(memory_limit),
             stdout,
             stderr,
-            deadline: std::time::Instant::now(),
-            resumed: Arc::new(Mutex::new(std::time::Instant::now())),
+            deadline: Instant::now(),
+            resumed: Arc::new(Moment::at(Instant::now())),
         }
+    }
+}
+
+/// An `Instant` that can be set and read through a shared reference without a
+/// lock: nanoseconds since the first `Moment` was made. Every call sets one,
+/// and an uncontended mutex per call was measurable.
+#[derive(Debug, Default)]
+pub struct Moment(AtomicU64);
+
+impl Moment {
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    pub fn at(at: Instant) -> Moment {
+        let moment = Moment::default();
+        moment.set(at);
+        moment
+    }
+
+    pub fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(Self::base()).as_nanos();
+        self.0
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Instant {
+        Self::base() + std::time::Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -121,7 +152,16 @@ impl ResourceLimiter for MemoryCap {
 /// A guest's stdout or stderr: a bounded buffer that drops what does not fit
 /// and counts what it dropped.
 #[derive(Clone, Default)]
-pub struct GuestOutput(Arc<Mutex<Captured>>);
+pub struct GuestOutput(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    /// Whether `captured` may hold anything: the host drains both streams
+    /// after every call, and almost every call prints nothing, so the drain
+    /// reads this flag instead of taking two locks per request.
+    written: AtomicBool,
+    captured: Mutex<Captured>,
+}
 
 #[derive(Default)]
 struct Captured {
@@ -133,7 +173,14 @@ impl GuestOutput {
     /// Takes what the guest wrote since the last call: the text kept and how
     /// many bytes were dropped past [`OUTPUT_LIMIT`].
     pub fn take(&self) -> Option<(String, usize)> {
-        let mut captured = self.0.lock().unwrap();
+        // The guest writes on the thread that runs its call, which has
+        // returned by the time the host drains; Acquire pairs with the
+        // Release below for the case where it ran on another thread.
+        if !self.0.written.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut captured = self.0.captured.lock().unwrap();
+        self.0.written.store(false, Ordering::Relaxed);
         if captured.bytes.is_empty() && captured.dropped == 0 {
             return None;
         }
@@ -144,11 +191,12 @@ impl GuestOutput {
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut captured = self.0.lock().unwrap();
+        let mut captured = self.0.captured.lock().unwrap();
         let room = OUTPUT_LIMIT.saturating_sub(captured.bytes.len());
         let kept = bytes.len().min(room);
         captured.bytes.extend_from_slice(&bytes[..kept]);
         captured.dropped += bytes.len() - kept;
+        self.0.written.store(true, Ordering::Release);
     }
 }
 
