@@ -36,7 +36,7 @@
 //! ordinary symbols nobody calls), so models can share code with native tools
 //! and tests without a `cfg` on every import.
 
-pub mod alloc;
+mod alloc;
 
 #[cfg(all(target_arch = "wasm32", feature = "call-allocator"))]
 #[global_allocator]
