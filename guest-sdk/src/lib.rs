@@ -36,6 +36,9 @@
 //! ordinary symbols nobody calls), so models can share code with native tools
 //! and tests without a `cfg` on every import.
 
+// Sound only where a component runs one call at a time on one thread:
+// installed on wasm32 only, and built natively for its tests.
+#[cfg(any(all(target_arch = "wasm32", feature = "call-allocator"), test))]
 mod alloc;
 
 #[cfg(all(target_arch = "wasm32", feature = "call-allocator"))]
