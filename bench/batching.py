@@ -135,8 +135,10 @@ def measure(model_file, model, request, args, tag, connections=64):
     finally:
         server.stop()
     requests = int(after_stats["inference_count"]) - int(before_stats["inference_count"])
+    success = [int(s["inference_stats"]["success"]["ns"]) for s in (before_stats, after_stats)]
     calls = int(after_stats["execution_count"]) - int(before_stats["execution_count"])
     result.update(calls=calls, counted=requests, rows_per_call=requests / max(calls, 1),
+                  host_us=(success[1] - success[0]) / max(requests, 1) / 1000,
                   cpu_us=(after_cpu - before_cpu) / max(requests, 1) * 1e6)
     say(f"{tag}: {result['rps']:,.0f} req/s, p50 {result['p50_us']:.0f} µs, p99 "
         f"{result['p99_us']:.0f} µs, {result['rows_per_call']:.1f} requests per call")
@@ -178,17 +180,21 @@ def markdown(rows):
         + (", the server pinned to core 1 and wrk to core 0" if PINNED else "")
         + ". *digits*: the MLP, about 4 µs of math per row. *cnn*: the CNN packed from ONNX, about "
         "0.6 ms per row. *fixed*: the batch fixture with `work_us=1000`, 1 ms per call whatever "
-        "its rows. *requests per call*: inference_count / execution_count from Triton's statistics.",
+        "its rows. *requests per call*: inference_count / execution_count from Triton's statistics; "
+        "*in the host*: the mean time from a request's arrival to its response inside the host "
+        "(Triton's `success` statistics), which leaves out the client and the kernel: at one "
+        "connection the delay lets both cores idle between requests, and waking them again adds "
+        "tens of µs to what wrk sees that the host does not spend.",
         "",
-        "| model | conns | variant | req/s | vs unbatched | p50 | p99 | requests per call | server CPU/req |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | conns | variant | req/s | vs unbatched | p50 | p99 | in the host | requests per call | server CPU/req |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b = base[(r["model"], r["connections"])]
         lines.append(
             f"| {r['model']} | {r['connections']} | {r['variant']} | {r['rps']:,.0f} | "
             f"{r['rps'] / b['rps']:.2f}× | {us(r['p50_us'])} | {us(r['p99_us'])} | "
-            f"{r['rows_per_call']:.1f} | {r['cpu_us']:.0f} µs |")
+            f"{us(r['host_us'])} | {r['rows_per_call']:.1f} | {r['cpu_us']:.0f} µs |")
     return "\n".join(lines) + "\n"
 
 
