@@ -231,9 +231,12 @@ impl Batcher {
 
     /// The leader `id`, holding an instance, takes itself and the
     /// compatible waiting requests: up to `max-batch-size` rows, cut to the
-    /// largest preferred size they reach if the whole is not one. `None`:
-    /// another leader took `id` first.
-    fn gather(&self, id: u64) -> Option<(Vec<Member>, usize)> {
+    /// largest preferred size they reach if the whole is not one. If the
+    /// batch is short and its delay not up, it is registered as forming in
+    /// the same step, so that no request arriving meanwhile can miss it:
+    /// the third value wakes its leader. `None`: another leader took `id`
+    /// first.
+    fn gather(&self, id: u64) -> Option<(Vec<Member>, usize, Option<Arc<Notify>>)> {
         let config = &self.config;
         let mut queue = self.queue.lock().unwrap();
         let at = queue.waiting.iter().position(|m| m.id == id)?;
@@ -271,21 +274,31 @@ impl Batcher {
             batch.push(member);
         }
         batch[first_taken..].reverse();
-        Some((batch, rows))
+        let until = batch[0].arrived + config.max_queue_delay;
+        let forming = (!config.complete(rows) && Instant::now() < until).then(|| {
+            let complete = Arc::new(Notify::new());
+            queue.forming.push(Forming {
+                leader: id,
+                key: batch[0].key.clone(),
+                rows,
+                joined: Vec::new(),
+                complete: Arc::clone(&complete),
+            });
+            complete
+        });
+        Some((batch, rows, forming))
     }
 
-    /// Holds the leader's instance while requests join its batch, until the
-    /// batch is complete or `until`.
-    async fn wait_for_mates(&self, batch: &mut Vec<Member>, rows: &mut usize, until: Instant) {
+    /// Holds the leader's instance while requests join its forming batch,
+    /// until the batch is complete (`complete` notified) or `until`.
+    async fn wait_for_mates(
+        &self,
+        batch: &mut Vec<Member>,
+        rows: &mut usize,
+        until: Instant,
+        complete: Arc<Notify>,
+    ) {
         let leader = batch[0].id;
-        let complete = Arc::new(Notify::new());
-        self.queue.lock().unwrap().forming.push(Forming {
-            leader,
-            key: batch[0].key.clone(),
-            rows: *rows,
-            joined: Vec::new(),
-            complete: Arc::clone(&complete),
-        });
         // If the leader's client leaves now, its forming batch goes with
         // it and those who joined run alone.
         let _abandon = Abandon {
@@ -418,6 +431,14 @@ pub async fn run(
     let Some(rows) = batcher.rows(inference) else {
         return infer::run_alone(served, inference, deadline).await;
     };
+    // With no queue delay, a request that finds an instance idle would lead
+    // a batch of itself alone: nobody waits while an instance is free. It
+    // runs at once, without the batcher's bookkeeping.
+    if batcher.config.max_queue_delay.is_zero() {
+        if let Some(lease) = served.pool.try_acquire() {
+            return call_alone(served, lease, rows, inference, deadline).await;
+        }
+    }
     let (reply, answer) = oneshot::channel();
     let (taken, taken_rx) = oneshot::channel();
     let id = batcher.ids.fetch_add(1, Ordering::Relaxed);
@@ -456,23 +477,36 @@ async fn lead(
     inference: &Inference,
     deadline: Option<Deadline>,
 ) -> Result<Answer, Error> {
-    let Some((mut batch, mut rows)) = batcher.gather(id) else {
+    let Some((mut batch, mut rows, forming)) = batcher.gather(id) else {
         drop(lease);
         return answered(answer, served, inference, deadline).await;
     };
-    let until = batch[0].arrived + batcher.config.max_queue_delay;
-    if !batcher.config.complete(rows) && Instant::now() < until {
-        batcher.wait_for_mates(&mut batch, &mut rows, until).await;
+    if let Some(complete) = forming {
+        let until = batch[0].arrived + batcher.config.max_queue_delay;
+        batcher
+            .wait_for_mates(&mut batch, &mut rows, until, complete)
+            .await;
     }
     if batch.len() == 1 {
-        let started = Instant::now();
-        let answer = infer::call(served, lease, inference, deadline).await;
-        served.metrics.batch_executed(rows, started.elapsed());
-        return answer;
+        return call_alone(served, lease, rows, inference, deadline).await;
     }
     let parameters = inference.model_parameters();
     tokio::spawn(execute(Arc::clone(served), lease, batch, parameters));
     answered(answer, served, inference, deadline).await
+}
+
+/// Runs a request that found no batch-mates, as a batch of its own rows.
+async fn call_alone(
+    served: &ServedModel,
+    lease: Lease<ModelBoot>,
+    rows: usize,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let started = Instant::now();
+    let answer = infer::call(served, lease, inference, deadline).await;
+    served.metrics.batch_executed(rows, started.elapsed());
+    answer
 }
 
 /// A request's answer from its batch, within its deadline; if the batch
@@ -709,7 +743,7 @@ mod tests {
         // 0 leads; 2 has other columns; 3 would pass the max of 4 rows.
         let (batcher, mut receivers) =
             waiting(config(4, vec![]), &[(3, 1), (3, 2), (4, 1), (3, 2), (3, 1)]);
-        let (batch, rows) = batcher.gather(0).unwrap();
+        let (batch, rows, _) = batcher.gather(0).unwrap();
         assert_eq!((ids(&batch), rows), (vec![0, 1, 4], 4));
         // Those taken stop waiting for an instance; the others still wait.
         assert!(
@@ -740,7 +774,7 @@ mod tests {
     #[test]
     fn a_batch_is_cut_to_the_largest_preferred_size_it_reaches() {
         let (batcher, _receivers) = waiting(config(8, vec![2, 4]), &[(3, 1); 5]);
-        let (batch, rows) = batcher.gather(0).unwrap();
+        let (batch, rows, _) = batcher.gather(0).unwrap();
         assert_eq!((ids(&batch), rows), (vec![0, 1, 2, 3], 4));
         // Without a preferred size in reach, it takes what fits.
         let (batcher, _receivers) = waiting(config(8, vec![4]), &[(3, 2), (3, 1)]);
@@ -751,7 +785,7 @@ mod tests {
     fn a_waiting_request_whose_client_left_is_not_taken() {
         let (batcher, mut receivers) = waiting(config(8, vec![]), &[(3, 1), (3, 1), (3, 1)]);
         drop(receivers.remove(1));
-        let (batch, _) = batcher.gather(0).unwrap();
+        let (batch, _, _) = batcher.gather(0).unwrap();
         assert_eq!(ids(&batch), vec![0, 2]);
         // And one that leaves is removed from the list.
         batcher.leave(1);
