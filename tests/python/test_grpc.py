@@ -200,17 +200,31 @@ def fault_input(kind, arg):
     return action
 
 
+def wait_for_an_idle_instance(http):
+    """After a deadline the instance is replaced just after the answer: with one instance and
+    `--max-queue 0`, a request sent before its replacement is in would get UNAVAILABLE."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{http}/health") as health:
+            if json.load(health)["models"]["fault"]["instances"]["idle"] == 1:
+                return
+        time.sleep(0.01)
+    pytest.fail("the fault model's instance did not come back within 10 s")
+
+
 def test_the_models_deadline_is_deadline_exceeded(fault_hosts):
     client = grpcclient.InferenceServerClient(url=fault_hosts[1])
     status, message = grpc_error(lambda: client.infer("fault", [fault_input(4, 5_000)]))
     assert status == "StatusCode.DEADLINE_EXCEEDED"
     assert "ran past its deadline of 1s" in message, message
     # Triton's `timeout` parameter (µs) tightens it.
+    wait_for_an_idle_instance(fault_hosts[0])
     status, message = grpc_error(
         lambda: client.infer("fault", [fault_input(4, 5_000)], timeout=200_000))
     assert status == "StatusCode.DEADLINE_EXCEEDED"
     assert "deadline of 200ms (set by the client)" in message, message
     # So does the client's gRPC deadline (grpc-timeout); the client may see its own first.
+    wait_for_an_idle_instance(fault_hosts[0])
     status, _ = grpc_error(lambda: client.infer("fault", [fault_input(4, 5_000)],
                                                 client_timeout=0.3))
     assert status == "StatusCode.DEADLINE_EXCEEDED"
