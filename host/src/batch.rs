@@ -434,10 +434,10 @@ pub async fn run(
     // With no queue delay, a request that finds an instance idle would lead
     // a batch of itself alone: nobody waits while an instance is free. It
     // runs at once, without the batcher's bookkeeping.
-    if batcher.config.max_queue_delay.is_zero() {
-        if let Some(lease) = served.pool.try_acquire() {
-            return call_alone(served, lease, rows, inference, deadline).await;
-        }
+    if batcher.config.max_queue_delay.is_zero()
+        && let Some(lease) = served.pool.try_acquire()
+    {
+        return call_alone(served, lease, rows, inference, deadline).await;
     }
     let (reply, answer) = oneshot::channel();
     let (taken, taken_rx) = oneshot::channel();
