@@ -262,7 +262,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_MAX_BATCH_SIZE", value_name = "ROWS", value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub max_batch_size: Option<u32>,
 
-    /// With --max-batch-size: how long a batch that has an instance may wait for more requests, in microseconds or with a unit (e.g. 500, 500us, 2ms) [default: 0, batch only what already waits].
+    /// With --max-batch-size: how long a batch that has an instance may wait for more requests, in microseconds or with a unit (e.g. 500, 500us, 2ms; at most 1s) [default: 0, batch only what already waits].
     #[arg(long, env = "WASM_HOST_MAX_QUEUE_DELAY", value_name = "DELAY", value_parser = parse_queue_delay)]
     pub max_queue_delay: Option<Duration>,
 
