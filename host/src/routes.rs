@@ -301,11 +301,14 @@ async fn route_request(
             })?;
             infer::measured(&served, infer(app, &served, request, Form::Simple)).await
         }
-        Route::RepositoryIndex => control::http_index(app, request).await,
-        Route::RepositoryLoad(name) => control::http_load(app, &name, request).await,
-        Route::RepositoryUnload(name) => control::http_unload(app, &name, request).await,
-        Route::Drain => control::drain(app, request, true).await,
-        Route::Undrain => control::drain(app, request, false).await,
+        // The control plane's futures are boxed: a loading model's is 5 KB,
+        // and an `async fn` is as large as its largest arm, which every
+        // inference request would otherwise move around.
+        Route::RepositoryIndex => Box::pin(control::http_index(app, request)).await,
+        Route::RepositoryLoad(name) => Box::pin(control::http_load(app, &name, request)).await,
+        Route::RepositoryUnload(name) => Box::pin(control::http_unload(app, &name, request)).await,
+        Route::Drain => Box::pin(control::drain(app, request, true)).await,
+        Route::Undrain => Box::pin(control::drain(app, request, false)).await,
     }
 }
 
