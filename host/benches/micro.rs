@@ -244,7 +244,7 @@ async fn run(samples: usize) -> Vec<Row> {
         .await
         .expect("a digits instance");
     let guest = instance
-        .predict(&inputs, &[], TIMEOUT)
+        .predict(&inputs, &[], Instant::now(), TIMEOUT)
         .await
         .expect("predict");
     let same = |a: &[Tensor], b: &[Tensor]| {
@@ -323,7 +323,10 @@ async fn run(samples: usize) -> Vec<Row> {
     let (mut trap_times, mut drop_times, mut replace_times) = (Vec::new(), Vec::new(), Vec::new());
     for id in 1..=samples as u64 {
         let started = Instant::now();
-        let trap = instance.predict(&panic, &[], TIMEOUT).await.unwrap_err();
+        let trap = instance
+            .predict(&panic, &[], Instant::now(), TIMEOUT)
+            .await
+            .unwrap_err();
         trap_times.push(started.elapsed());
         assert!(trap.poisons_instance(), "kind 1 traps: {trap}");
 
@@ -361,7 +364,7 @@ async fn time_predict(instance: &mut Instance, inputs: &[Tensor], samples: usize
         for _ in 0..CALLS_PER_SAMPLE {
             black_box(
                 instance
-                    .predict(black_box(inputs), &[], TIMEOUT)
+                    .predict(black_box(inputs), &[], Instant::now(), TIMEOUT)
                     .await
                     .unwrap(),
             );

@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -149,10 +149,11 @@ impl Coding {
 
 /// Reads a request's body within its bounds, decompressed. The body's
 /// share of the budget comes with it and must be kept until the response
-/// is written.
+/// is written. `--body-timeout` counts from `arrived`.
 pub async fn read(
     request: Request<Incoming>,
     limits: &BodyLimits,
+    arrived: Instant,
 ) -> Result<(Bytes, Held), ApiError> {
     let coding = Coding::of_request(request.headers())?;
     let max_body = limits.max_body;
@@ -187,7 +188,7 @@ pub async fn read(
         }
         Ok(bytes)
     };
-    let bytes = match tokio::time::timeout(limits.timeout, collect).await {
+    let bytes = match tokio::time::timeout_at((arrived + limits.timeout).into(), collect).await {
         Ok(result) => result?,
         Err(_) => {
             let mut err = ApiError::new(

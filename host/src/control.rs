@@ -330,7 +330,7 @@ fn may_change(app: &App) -> Result<(), Error> {
 
 /// A repository call's JSON body (empty is `{}`), within the upload limits.
 async fn read(app: &App, request: Request<Incoming>) -> Result<Value, ApiError> {
-    let (bytes, _held) = body::read(request, &app.uploads).await?;
+    let (bytes, _held) = body::read(request, &app.uploads, std::time::Instant::now()).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }

@@ -156,7 +156,7 @@ impl GrpcInferenceService for Service {
         let request = request.into_inner();
         let served = self.model(&request.model_name, &request.model_version)?;
         let answer = self.infer(&served, request, grpc_timeout, arrived);
-        Ok(infer::measured(&served, answer).await?)
+        Ok(infer::measured(&served, arrived.into_std(), answer).await?)
     }
 
     async fn model_config(

@@ -23,7 +23,7 @@ use crate::batch;
 use crate::contract::Tensor;
 use crate::error::{Error, Kind};
 use crate::instance::{Fault, InstanceId};
-use crate::metrics::{ModelMetrics, PendingGuard};
+use crate::metrics::ModelMetrics;
 use crate::pool::{Lease, ModelBoot};
 use crate::protocol::{self, Inference};
 use crate::served::ServedModel;
@@ -160,18 +160,26 @@ impl Outcome for Error {
 /// argument and the future it awaits as two locals, so the HTTP request's
 /// state machine held the inference twice (6 KB instead of 3) and moved it
 /// on every request (by `-Zprint-type-sizes` and the profile's `memcpy`).
-pub fn measured<F, T, E>(served: &ServedModel, inference: F) -> Measured<'_, F>
+///
+/// `arrived` is when the request arrived, read once by the edge for this and
+/// for the request's own deadlines.
+pub fn measured<F, T, E>(
+    served: &ServedModel,
+    arrived: std::time::Instant,
+    inference: F,
+) -> Measured<'_, F>
 where
     F: Future<Output = Result<T, E>>,
     E: Outcome,
 {
     let metrics = &served.metrics;
+    metrics.request_begins(arrived);
     Measured {
         inference,
         recorder: Recorder {
             metrics,
-            started: std::time::Instant::now(),
-            pending: Some(metrics.pending()),
+            started: arrived,
+            recorded: false,
         },
     }
 }
@@ -208,15 +216,14 @@ where
 struct Recorder<'a> {
     metrics: &'a ModelMetrics,
     started: std::time::Instant,
-    /// Counts the request as pending; `None` once it is recorded.
-    pending: Option<PendingGuard<'a>>,
+    recorded: bool,
 }
 
 impl Recorder<'_> {
     fn done(&mut self, outcome: &'static str) {
-        if let Some(pending) = self.pending.take() {
-            drop(pending);
-            self.metrics.request_done(outcome, self.started.elapsed());
+        if !std::mem::replace(&mut self.recorded, true) {
+            let ended = std::time::Instant::now();
+            self.metrics.request_done(outcome, self.started, ended);
         }
     }
 }

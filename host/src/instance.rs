@@ -80,6 +80,8 @@ pub struct Instance {
     /// Requests served, for `--max-requests` recycling.
     pub served: u64,
     recycle_after: Option<u64>,
+    /// The linear memory last reported by [`Instance::memory_changed`].
+    memory_reported: Option<usize>,
 }
 
 /// How long a guest may take to start (its start functions) or to answer
@@ -179,6 +181,7 @@ impl Instance {
             bindings,
             served: 0,
             recycle_after,
+            memory_reported: None,
         })
     }
 
@@ -192,20 +195,31 @@ impl Instance {
         self.store.data().memory.in_use()
     }
 
-    /// Calls the guest's `predict`. The deadline is enforced twice: by the epoch
+    /// [`Instance::memory_in_use`], if it changed since the last time this
+    /// returned it (always, the first time).
+    pub fn memory_changed(&mut self) -> Option<usize> {
+        let now = self.memory_in_use();
+        (self.memory_reported != Some(now)).then(|| {
+            self.memory_reported = Some(now);
+            now
+        })
+    }
+
+    /// Calls the guest's `predict`, starting `now` (the caller's reading of
+    /// the clock, shared with its metrics). The deadline is enforced twice: by the epoch
     /// callback while the guest computes, and by a timer while it waits in a
     /// host call (a WASI sleep), where no epoch check runs.
     pub async fn predict(
         &mut self,
         inputs: &[Tensor],
         parameters: &[(String, String)],
+        now: Instant,
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
         self.served += 1;
         // The cap's flag is about this call: a refused grow that an earlier
         // call survived must not turn this call's trap into a 507.
         self.store.data_mut().memory.hit = false;
-        let now = Instant::now();
         let deadline = now + timeout;
         self.store.data_mut().deadline = deadline;
         self.store.data().resumed.set(now);

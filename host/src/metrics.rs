@@ -382,8 +382,11 @@ impl IntegralState {
     fn advance(&mut self, now: Instant) {
         if let Some(since) = self.since {
             self.sum_ns += u128::from(self.level) * now.saturating_duration_since(since).as_nanos();
+            // Times read on different threads can arrive out of order.
+            self.since = Some(now.max(since));
+        } else {
+            self.since = Some(now);
         }
-        self.since = Some(now);
     }
 }
 
@@ -395,15 +398,19 @@ impl Integral {
         }))
     }
 
-    pub fn rise(&self) {
+    /// The level rose by one at `at`. The caller passes the time it has
+    /// already read for the same event; an `at` before the last move counts
+    /// as that move's time, so the integral never goes backwards.
+    pub fn rise_at(&self, at: Instant) {
         let mut state = self.0.lock().unwrap();
-        state.advance(Instant::now());
+        state.advance(at);
         state.level += 1;
     }
 
-    pub fn fall(&self) {
+    /// The level fell by one at `at` (see [`Integral::rise_at`]).
+    pub fn fall_at(&self, at: Instant) {
         let mut state = self.0.lock().unwrap();
-        state.advance(Instant::now());
+        state.advance(at);
         state.level = state.level.saturating_sub(1);
     }
 
@@ -506,12 +513,24 @@ impl ModelHandles {
         &self.labels.model
     }
 
-    pub fn request_done(&self, outcome: &'static str, took: Duration) {
+    /// A request began at `at`: it counts as pending until [`Self::request_done`].
+    pub fn request_begins(&self, at: Instant) {
+        self.pending.inc();
+        self.pending_time.rise_at(at);
+    }
+
+    /// A request that began at `started` ended at `ended` with `outcome`.
+    /// The caller reads the clock: one reading serves the pending level, the
+    /// duration and Triton's `last_inference`.
+    pub fn request_done(&self, outcome: &'static str, started: Instant, ended: Instant) {
+        self.pending.dec();
+        self.pending_time.fall_at(ended);
         let Some((_, count, duration)) = self.by_outcome.iter().find(|(o, ..)| *o == outcome)
         else {
             debug_assert!(false, "unknown outcome {outcome}");
             return;
         };
+        let took = ended.saturating_duration_since(started);
         count.inc();
         duration.observe(took.as_secs_f64());
         if outcome == "success" {
@@ -522,17 +541,17 @@ impl ModelHandles {
         }
         self.stats
             .last_inference_ms
-            .store(now_ms(), Ordering::Relaxed);
+            .store(wall_ms(ended), Ordering::Relaxed);
     }
 
-    /// An instance starts serving a request.
-    pub fn busy_begins(&self) {
-        self.busy_time.rise();
+    /// An instance was leased at `at`.
+    pub fn busy_begins(&self, at: Instant) {
+        self.busy_time.rise_at(at);
     }
 
-    /// An instance is done with its request.
-    pub fn busy_ends(&self) {
-        self.busy_time.fall();
+    /// An instance came back at `at`.
+    pub fn busy_ends(&self, at: Instant) {
+        self.busy_time.fall_at(at);
     }
 
     /// Instance-seconds spent serving requests so far.
@@ -566,13 +585,6 @@ impl ModelHandles {
         let (count, ns) = batches.entry(rows as u64).or_default();
         *count += 1;
         *ns += took.as_nanos().min(u64::MAX as u128) as u64;
-    }
-
-    /// Counts a request as pending until the returned guard is dropped.
-    pub fn pending(&self) -> PendingGuard<'_> {
-        self.pending.inc();
-        self.pending_time.rise();
-        PendingGuard(self)
     }
 
     /// Brings the scrape-time series up to date: the instance gauges and
@@ -682,17 +694,19 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     text
 }
 
-pub struct PendingGuard<'a>(&'a ModelHandles);
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.pending.dec();
-        self.0.pending_time.fall();
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch at the monotonic instant `at`, from one
+/// pair of readings taken at the first call: a request's end is read once,
+/// on the monotonic clock, rather than once more on the wall clock. A step
+/// of the system clock after start-up is not followed.
+fn wall_ms(at: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (base, base_ms) = *BASE.get_or_init(|| (Instant::now(), now_ms()));
+    let since = at.saturating_duration_since(base).as_millis() as u64;
+    base_ms.saturating_add(since)
 }

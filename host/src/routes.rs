@@ -288,7 +288,9 @@ async fn route_request(
         Route::Infer(name, version) => {
             let _counted = app.inference_begins();
             let served = model(&name, version)?;
-            infer::measured(&served, infer(app, &served, request, Form::OpenInference)).await
+            let arrived = Instant::now();
+            let inference = infer(app, &served, request, Form::OpenInference, arrived);
+            infer::measured(&served, arrived, inference).await
         }
         Route::Predict => {
             let _counted = app.inference_begins();
@@ -299,7 +301,9 @@ async fn route_request(
                     served.join(", ")
                 ))
             })?;
-            infer::measured(&served, infer(app, &served, request, Form::Simple)).await
+            let arrived = Instant::now();
+            let inference = infer(app, &served, request, Form::Simple, arrived);
+            infer::measured(&served, arrived, inference).await
         }
         // The control plane's futures are boxed: a loading model's is 5 KB,
         // and an `async fn` is as large as its largest arm, which every
@@ -391,23 +395,25 @@ async fn infer(
     served: &Arc<ServedModel>,
     request: Request<Incoming>,
     form: Form,
+    arrived: Instant,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let arrived = tokio::time::Instant::now();
     let json_len = binary_header_length(&request)?;
     check_content_type(&request, json_len.is_some())?;
     let compression = Coding::accepted(request.headers());
     // `_held` is this body's share of --body-budget, kept until the end.
-    let (body, _held) = body::read(request, &app.body).await.inspect_err(|err| {
-        if err.status == StatusCode::REQUEST_TIMEOUT {
-            app.registry.metrics().body_timed_out();
-        }
-    })?;
+    let (body, _held) = body::read(request, &app.body, arrived)
+        .await
+        .inspect_err(|err| {
+            if err.status == StatusCode::REQUEST_TIMEOUT {
+                app.registry.metrics().body_timed_out();
+            }
+        })?;
     let metadata = &served.model.metadata;
     let inference = match form {
         Form::OpenInference => protocol::decode_infer(&body, json_len, metadata),
         Form::Simple => protocol::decode_predict(&body, metadata),
     }?;
-    let deadline = Deadline::tightest(arrived, &[inference.timeout]);
+    let deadline = Deadline::tightest(arrived.into(), &[inference.timeout]);
     let Answer { outputs, instance } = infer::run(served, &inference, deadline).await?;
 
     let limit = app.config.max_response;

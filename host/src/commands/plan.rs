@@ -142,7 +142,12 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
 async fn timed_call(instance: &mut Instance, inputs: &[Tensor]) -> Result<Duration, Failure> {
     let started = Instant::now();
     instance
-        .predict(inputs, &[], Duration::from_secs(600))
+        .predict(
+            inputs,
+            &[],
+            std::time::Instant::now(),
+            Duration::from_secs(600),
+        )
         .await
         .map_err(|fault| Failure::new(Failure::MODEL, format!("the model failed: {fault}")))?;
     Ok(started.elapsed())
