@@ -766,6 +766,7 @@ def write_doc(target_rows):
         *fleet_section(),
         *grpc_section(),
         *written_section("batching.md"),
+        *written_section("instructions.md"),
         *edge_section(),
         "## Micro-benchmarks",
         "",

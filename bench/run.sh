@@ -30,6 +30,9 @@
 #      the host serving the digits model; scale to zero (cold against warm),
 #      memory after the idle timeout, 10,000 idle instances, 1,000 models at
 #      zero (bench/edge.py);
+#  10. instructions per request, counted under valgrind's callgrind for
+#      wasm-host and the native ceiling, grouped by where they go: a figure
+#      the machine's load does not move (bench/instructions.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -50,7 +53,7 @@
 #   BENCH_SERVER_CPU=1, BENCH_WRK_CPU=0
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
-#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge instructions"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -89,7 +92,7 @@ if [[ $PIN == 1 ]]; then
     WRK_PIN=(taskset -c "$WRK_CPU")
 fi
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc batching edge"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc batching edge instructions"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -116,6 +119,7 @@ install_tools() {
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
     [[ " $ONLY " == *" fleet "* ]] && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]] && missing+=(nginx)
+    [[ " $ONLY " == *" instructions "* ]] && ! command -v valgrind >/dev/null && missing+=(valgrind)
     if ! command -v python3 >/dev/null; then
         missing+=(python3 python3-venv)
     elif [[ $GUNICORN == 1 ]] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -592,6 +596,14 @@ batching() {
     "$OUT/onnx-venv/bin/python" bench/batching.py "$OUT" "$HOST" "$((PORT + 300))"
 }
 
+# --- instructions per request ------------------------------------------------------------
+
+instructions() {
+    say "instructions per request under callgrind: wasm-host and the native ceiling"
+    wait_quiet
+    python3 bench/instructions.py "$OUT" "$HOST" "$CEILING" "$((PORT + 400))"
+}
+
 # --- 6. a fleet behind nginx ------------------------------------------------------------
 
 # N hosts (--instances 2 each) behind nginx with deploy/nginx.conf, wrk through the balancer at 64
@@ -777,7 +789,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models fleet grpc batching edge; do
+    for part in throughput density startup micro onnx models fleet grpc batching edge instructions; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
