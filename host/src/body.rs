@@ -125,25 +125,29 @@ impl Coding {
     /// `None` when it accepts neither (or sent no header).
     pub fn accepted(headers: &HeaderMap) -> Option<Coding> {
         let value = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
-        let mut accepted = value.split(',').filter_map(|item| {
+        // Read in place, with no allocation: most clients send this header
+        // on every request.
+        let mut accepted = None;
+        for item in value.split(',') {
             let mut parts = item.split(';');
-            let name = parts.next()?.trim().to_ascii_lowercase();
+            let name = parts.next().unwrap_or_default().trim();
             let refused = parts.any(|p| {
                 p.trim()
                     .strip_prefix("q=")
                     .and_then(|q| q.trim().parse::<f32>().ok())
                     == Some(0.0)
             });
-            (!refused).then_some(name)
-        });
-        let names: Vec<String> = accepted.by_ref().collect();
-        if names.iter().any(|n| n == "gzip" || n == "*") {
-            Some(Coding::Gzip)
-        } else if names.iter().any(|n| n == "deflate") {
-            Some(Coding::Deflate)
-        } else {
-            None
+            if refused {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("gzip") || name == "*" {
+                return Some(Coding::Gzip);
+            }
+            if name.eq_ignore_ascii_case("deflate") {
+                accepted = Some(Coding::Deflate);
+            }
         }
+        accepted
     }
 }
 
@@ -296,4 +300,27 @@ pub async fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
 /// The header value for a coding.
 pub fn header_value(coding: Coding) -> hyper::header::HeaderValue {
     hyper::header::HeaderValue::from_static(coding.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(value: &str) -> Option<Coding> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
+        Coding::accepted(&headers)
+    }
+
+    #[test]
+    fn accept_encoding_prefers_gzip_and_honours_q_zero() {
+        assert_eq!(accepted("gzip, deflate"), Some(Coding::Gzip));
+        assert_eq!(accepted("deflate, GZIP"), Some(Coding::Gzip));
+        assert_eq!(accepted("deflate"), Some(Coding::Deflate));
+        assert_eq!(accepted("gzip;q=0, deflate;q=0.5"), Some(Coding::Deflate));
+        assert_eq!(accepted("*"), Some(Coding::Gzip));
+        assert_eq!(accepted("identity"), None);
+        assert_eq!(accepted("br, gzip; q=0"), None);
+        assert_eq!(Coding::accepted(&HeaderMap::new()), None);
+    }
 }

@@ -26,6 +26,7 @@ use crate::triton;
 /// The routes, by path. A known path with the wrong method is a 405, an
 /// unknown path a 404. Model routes carry the model's name and, when the
 /// path names one, its version.
+#[derive(Debug, PartialEq)]
 enum Route<'a> {
     StatusPage,
     Status,
@@ -51,14 +52,24 @@ impl Route<'_> {
     /// `None` for an unknown path. Model names are percent-decoded, so
     /// `/v2/models/a%20b/infer` reaches a model named `a b`.
     fn parse(path: &str) -> Option<Route<'_>> {
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (segments, version): (Vec<&str>, Option<&str>) = match segments.as_slice() {
-            ["v2", "models", m, "versions", v, rest @ ..] => {
-                ([&["v2", "models", m][..], rest].concat(), Some(v))
+        // Into an array, not a `Vec`: every request is routed, and no route
+        // has more than six segments.
+        let mut all = [""; 6];
+        let mut count = 0;
+        for segment in path.trim_matches('/').split('/') {
+            *all.get_mut(count)? = segment;
+            count += 1;
+        }
+        let mut versioned = [""; 4];
+        let (segments, version) = match &all[..count] {
+            ["v2", "models", m, "versions", v, rest @ ..] if rest.len() <= 1 => {
+                versioned[..3].copy_from_slice(&["v2", "models", m]);
+                versioned[3..3 + rest.len()].copy_from_slice(rest);
+                (&versioned[..3 + rest.len()], Some(*v))
             }
-            _ => (segments, None),
+            segments => (segments, None),
         };
-        Some(match segments.as_slice() {
+        Some(match segments {
             [""] => Route::StatusPage,
             ["status"] => Route::Status,
             ["health"] => Route::Health,
@@ -552,4 +563,38 @@ fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_with_versions_percent_decoding_and_a_bound_on_segments() {
+        let infer = |m: &'static str, v| Some(Route::Infer(Cow::Borrowed(m), v));
+        assert_eq!(
+            Route::parse("/v2/models/digits/infer"),
+            infer("digits", None)
+        );
+        assert_eq!(
+            Route::parse("/v2/models/digits/versions/3/infer"),
+            infer("digits", Some("3"))
+        );
+        assert_eq!(
+            Route::parse("/v2/models/a%20b/versions/1"),
+            Some(Route::ModelMetadata(Cow::Owned("a b".into()), Some("1")))
+        );
+        assert_eq!(Route::parse("/"), Some(Route::StatusPage));
+        assert_eq!(Route::parse("/v2/health/ready/"), Some(Route::Ready));
+        assert_eq!(
+            Route::parse("/v2/repository/models/x/unload"),
+            Some(Route::RepositoryUnload(Cow::Borrowed("x")))
+        );
+        assert_eq!(
+            Route::parse("/v2/models/digits/versions/3/infer/more"),
+            None
+        );
+        assert_eq!(Route::parse("/a/b/c/d/e/f/g/h/i/j"), None);
+        assert_eq!(Route::parse("/v2/models/digits/unknown"), None);
+    }
 }
