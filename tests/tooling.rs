@@ -181,11 +181,11 @@ fn inspect_describes_a_good_component_and_names_what_is_wrong_with_a_bad_one() {
     let (status, stdout, _) = run_command(&["inspect", model.to_str().unwrap()]);
     assert!(status.success(), "{stdout}");
     for needle in [
-        "contract: fits wasm-host:model/model@0.1.0",
+        "contract: fits wasm-host:model/model@0.2.0",
         "name:     digits",
         "x                FP32   [-1, 64]",
         "wasi:cli/stdout",
-        "wasm-host:model/model@0.1.0 (instance)",
+        "wasm-host:model/model@0.2.0 (instance)",
     ] {
         assert!(stdout.contains(needle), "{needle:?} not in\n{stdout}");
     }

@@ -14,6 +14,15 @@ wasmtime::component::bindgen!({
 pub use self::exports::wasm_host::model::model::Error as ModelError;
 pub use self::wasm_host::model::types::{Datatype, Metadata, Tensor, TensorSpec};
 
+/// The contract's package, as `wit/model.wit` declares it.
+pub const PACKAGE: &str = "wasm-host:model";
+
+/// The contract version this host speaks: a model must be built against it.
+pub const VERSION: &str = "0.2.0";
+
+/// The export a model component must have, as a component names it.
+pub const MODEL_EXPORT: &str = "wasm-host:model/model@0.2.0";
+
 impl Datatype {
     /// Every datatype, for parsing names.
     pub const ALL: [Datatype; 13] = [
@@ -70,5 +79,17 @@ impl Datatype {
 impl std::fmt::Display for Datatype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(self.oip_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_the_one_wit_model_wit_declares() {
+        let wit = include_str!("../../wit/model.wit");
+        assert!(wit.contains(&format!("package {PACKAGE}@{VERSION};")));
+        assert_eq!(MODEL_EXPORT, format!("{PACKAGE}/model@{VERSION}"));
     }
 }

@@ -11,7 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::cache::CompileCache;
-use crate::contract::{Metadata, PredictorPre};
+use crate::contract::{self, Metadata, PredictorPre};
 use crate::sandbox::GuestState;
 
 /// A compiled model, ready to be instantiated any number of times.
@@ -331,8 +331,9 @@ pub async fn prepare(
     let pre = match PredictorPre::new(instance_pre) {
         Ok(pre) => pre,
         Err(err) => bail!(
-            "{shown} does not export the model contract wasm-host:model/model@0.1.0 ({}): \
+            "{shown} does not export the model contract {} ({}): \
              build it against wit/model.wit",
+            contract::MODEL_EXPORT,
             root_cause(&err)
         ),
     };
