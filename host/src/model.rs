@@ -320,6 +320,11 @@ pub async fn prepare(
     memory_limit: usize,
     shown: &str,
 ) -> Result<(PredictorPre<GuestState>, Metadata)> {
+    // Before the imports: a model built against another version of the
+    // contract may link, and what it needs is a rebuild, whatever else.
+    if let Some(version) = contract::other_version(component, engine) {
+        bail!("{}", contract::other_version_refusal(shown, &version));
+    }
     let instance_pre = match linker.instantiate_pre(component) {
         Ok(pre) => pre,
         Err(err) => bail!(

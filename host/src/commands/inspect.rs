@@ -57,7 +57,15 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
             super::print(&out)
         }
         Err(err) => {
-            let _ = writeln!(out, "contract: does not fit");
+            let _ = match contract::other_version(&component, &engine) {
+                Some(version) => writeln!(
+                    out,
+                    "contract: does not fit: built against {}@{version}; this wasm-host speaks {}",
+                    contract::PACKAGE,
+                    contract::VERSION
+                ),
+                None => writeln!(out, "contract: does not fit"),
+            };
             super::print(&out)?;
             Err(super::model_failure(err))
         }
