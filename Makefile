@@ -2,7 +2,8 @@
 # machine with Rust installed: they add the wasm32-wasip2 target if it is missing.
 
 WASM_DIR := target/wasm32-wasip2/release
-GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model -p batch-model -p big-model -p stuck-model -p badname-model
+GUESTS   := -p guest-model -p slow-model -p fault-model -p echo-model -p batch-model -p big-model -p stuck-model -p badname-model \
+            -p contract-0-1-model
 TESTED   := -p wasm-host -p guest-model -p wasm-host-guest
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000

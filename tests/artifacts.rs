@@ -436,3 +436,17 @@ fn a_model_name_with_a_control_character_is_refused_at_load() {
         "the name forged a log line: {stderr}"
     );
 }
+
+#[test]
+fn a_model_built_against_contract_0_1_is_refused_at_load_with_how_to_rebuild_it() {
+    let old = guest("contract_0_1_model");
+    assert_fails(
+        serve_args(&old, &[]),
+        3,
+        &[
+            "was built against the model contract wasm-host:model@0.1.0; \
+             this wasm-host speaks 0.2.0: rebuild it with this repository's guest SDK \
+             (guest-sdk/), or re-pack an ONNX model with 'wasm-host pack'",
+        ],
+    );
+}

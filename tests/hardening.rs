@@ -231,11 +231,17 @@ fn outputs_that_break_the_contract_get_a_500_naming_the_violation_and_keep_the_i
     let cases = [
         (0, "more than 2^64 elements"),
         (2, "as FP64 but declares INT64"),
-        (3, "\"extra\", which its metadata does not declare"),
-        (4, "\"result\" twice"),
+        (
+            3,
+            "returned 4 outputs but its metadata declares 3: result (INT64 [1])",
+        ),
+        (4, "returned output \"result\" as UINT8 but declares INT64"),
         (5, "which do not agree"),
         (6, "BYTES element is truncated"),
-        (7, "did not return output \"text\""),
+        (
+            7,
+            "did not return output \"text\", which its metadata declares",
+        ),
     ];
     for (how, needle) in cases {
         let response = host.post_json(FAULT_INFER, &fault_action(10, how));

@@ -151,7 +151,7 @@ fn inspect_says_the_component_was_packed_from_onnx() {
         "operators: Add, ArgMax, Cast, Identity, MatMul, Relu, Reshape, Softmax, \
          ai.onnx.ml.ArrayFeatureExtractor (15 nodes)"
             .into(),
-        "contract: fits wasm-host:model/model@0.1.0".into(),
+        "contract: fits wasm-host:model/model@0.2.0".into(),
         "name:     digits_mlp".into(),
     ] {
         assert!(stdout.contains(&expected), "{expected:?} not in:\n{stdout}");

@@ -293,6 +293,36 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
 }
 
 #[test]
+fn a_model_built_against_contract_0_1_is_refused_over_http_with_how_to_rebuild_it() {
+    let dir = repository();
+    let host = start_explicit(&dir, &[]);
+    let component = std::fs::read(guest("contract_0_1_model")).unwrap();
+    let body = json!({ "parameters": {
+        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(&component),
+    }});
+    let refused = admin(&host, "/v2/repository/models/old/load", &body, Some(TOKEN));
+    assert_eq!(refused.status, 400, "{}", refused.error());
+    assert!(
+        refused.error().contains(
+            "was built against the model contract wasm-host:model@0.1.0; \
+             this wasm-host speaks 0.2.0: rebuild it"
+        ),
+        "{}",
+        refused.error()
+    );
+    // Unavailable, as any model that failed to load, and saying why.
+    let old = host.post_json("/v2/models/old/infer", &echo_body(1.0));
+    assert_eq!(old.status, 503);
+    assert!(old.error().contains("rebuild it"), "{}", old.error());
+    assert_eq!(
+        host.post_json("/v2/models/echo/infer", &echo_body(1.0))
+            .status,
+        200,
+        "the other models serve on"
+    );
+}
+
+#[test]
 fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
     let dir = repository();
     let host = start_explicit(&dir, &[]);

@@ -181,11 +181,11 @@ fn inspect_describes_a_good_component_and_names_what_is_wrong_with_a_bad_one() {
     let (status, stdout, _) = run_command(&["inspect", model.to_str().unwrap()]);
     assert!(status.success(), "{stdout}");
     for needle in [
-        "contract: fits wasm-host:model/model@0.1.0",
+        "contract: fits wasm-host:model/model@0.2.0",
         "name:     digits",
         "x                FP32   [-1, 64]",
         "wasi:cli/stdout",
-        "wasm-host:model/model@0.1.0 (instance)",
+        "wasm-host:model/model@0.2.0 (instance)",
     ] {
         assert!(stdout.contains(needle), "{needle:?} not in\n{stdout}");
     }
@@ -199,6 +199,28 @@ fn inspect_describes_a_good_component_and_names_what_is_wrong_with_a_bad_one() {
         "{stderr}"
     );
     let _ = std::fs::remove_file(empty);
+}
+
+#[test]
+fn inspect_names_the_contract_an_old_model_was_built_against_and_says_to_rebuild() {
+    let old = guest("contract_0_1_model");
+    let (status, stdout, stderr) = run_command(&["inspect", old.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("wasm-host:model/model@0.1.0 (instance)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "contract: does not fit: built against wasm-host:model@0.1.0; \
+             this wasm-host speaks 0.2.0"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("rebuild it with this repository's guest SDK"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -37,10 +37,10 @@ mod component {
 
         fn predict(
             inputs: Vec<Tensor>,
-            _parameters: Vec<(String, String)>,
+            _parameters: Option<Vec<(String, String)>>,
         ) -> Result<Vec<Tensor>, Error> {
             let mlp = Mlp::embedded();
-            let x = wasm_host_guest::input(&inputs, "x")?;
+            let [x] = wasm_host_guest::inputs(inputs)?;
             if !matches!(x.shape[..], [_, cols] if cols == mlp.input_size() as u64) {
                 return Err(Error::invalid_input(format!(
                     "x: expected shape [rows, {}], got {:?}",
@@ -55,13 +55,10 @@ mod component {
             let mut probabilities = vec![0.0; rows * mlp.classes()];
             let mut labels = vec![0; rows];
             mlp.predict_batch(&x, &mut probabilities, &mut labels);
+            // In the order `metadata()` declares them: probabilities, label.
             Ok(vec![
-                Tensor::from_f32(
-                    "probabilities",
-                    vec![rows as u64, mlp.classes() as u64],
-                    &probabilities,
-                ),
-                Tensor::from_i64("label", vec![rows as u64], &labels),
+                Tensor::from_f32(vec![rows as u64, mlp.classes() as u64], &probabilities),
+                Tensor::from_i64(vec![rows as u64], &labels),
             ])
         }
     }

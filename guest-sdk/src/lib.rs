@@ -22,15 +22,23 @@
 //!         }
 //!     }
 //!
-//!     fn predict(inputs: Vec<Tensor>, _parameters: Vec<(String, String)>) -> Result<Vec<Tensor>, Error> {
-//!         let x = wasm_host_guest::input(&inputs, "x")?.to_f32()?;
-//!         let y: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
-//!         Ok(vec![Tensor::from_f32("y", vec![y.len() as u64], &y)])
+//!     fn predict(
+//!         inputs: Vec<Tensor>,
+//!         _parameters: Option<Vec<(String, String)>>,
+//!     ) -> Result<Vec<Tensor>, Error> {
+//!         let [x] = wasm_host_guest::inputs(inputs)?;
+//!         let y: Vec<f32> = x.to_f32()?.iter().map(|v| v * 2.0).collect();
+//!         Ok(vec![Tensor::from_f32(vec![y.len() as u64], &y)])
 //!     }
 //! }
 //!
 //! wasm_host_guest::export_model!(Double);
 //! ```
+//!
+//! Tensors carry no names: the host passes every declared input, in the
+//! order `metadata()` declares them, and reads the outputs the same way,
+//! output i as the one declared i-th. `parameters` is `None` when the request
+//! has none the host passes on; [`parameter`] reads one either way.
 //!
 //! The crate also builds for the host platform (the export functions are then
 //! ordinary symbols nobody calls), so models can share code with native tools
@@ -137,14 +145,29 @@ impl TensorSpec {
     }
 }
 
-/// Finds an input by name. Inputs arrive in the order `metadata()` declared,
-/// so indexing works too; looking them up by name keeps a model correct if
-/// its declared order changes.
-pub fn input<'a>(inputs: &'a [Tensor], name: &str) -> Result<&'a Tensor, Error> {
-    inputs
+/// The inputs as an array of as many as the model declares, to destructure
+/// in the order `metadata()` declares them: `let [x, mask] = inputs(inputs)?;`.
+/// The host always passes every declared input, so the count only disagrees
+/// if `metadata()` and the destructuring do, which this reports as
+/// `invalid-input` rather than a panic.
+pub fn inputs<const N: usize>(inputs: Vec<Tensor>) -> Result<[Tensor; N], Error> {
+    let given = inputs.len();
+    inputs.try_into().map_err(|_| {
+        Error::InvalidInput(format!(
+            "expected {N} inputs, in the order metadata() declares them, got {given}"
+        ))
+    })
+}
+
+/// The value of the request parameter `name` (JSON text, or a string's bare
+/// text), if the request has it. `parameters` is `None` when the request has
+/// no parameters the host passes on.
+pub fn parameter<'a>(parameters: &'a Option<Vec<(String, String)>>, name: &str) -> Option<&'a str> {
+    parameters
         .iter()
-        .find(|t| t.name == name)
-        .ok_or_else(|| Error::InvalidInput(format!("missing input `{name}`")))
+        .flatten()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.as_str())
 }
 
 impl Tensor {
@@ -161,16 +184,15 @@ impl Tensor {
     fn check(&self, datatype: Datatype) -> Result<(), Error> {
         if self.datatype != datatype {
             return Err(Error::InvalidInput(format!(
-                "tensor `{}`: expected {datatype}, got {}",
-                self.name, self.datatype
+                "expected a tensor of {datatype}, got one of {}",
+                self.datatype
             )));
         }
         let size = datatype.size().unwrap_or(1) as u64;
         let needed = self.element_count().and_then(|n| n.checked_mul(size));
         if needed != Some(self.data.len() as u64) {
             return Err(Error::InvalidInput(format!(
-                "tensor `{}`: shape {:?} of {datatype} does not match its {} bytes of data",
-                self.name,
+                "a tensor of {datatype} with shape {:?} does not match its {} bytes of data",
                 self.shape,
                 self.data.len()
             )));
@@ -227,7 +249,7 @@ macro_rules! typed {
                     "outputs against `metadata()`, so a shape that disagrees with ",
                     "`values` is reported there rather than here."
                 )]
-                pub fn $from(name: impl Into<String>, shape: Vec<u64>, values: &[$ty]) -> Tensor {
+                pub fn $from(shape: Vec<u64>, values: &[$ty]) -> Tensor {
                     let data = if cfg!(target_endian = "little") {
                         // SAFETY: the bytes of a slice of numbers, read as
                         // bytes, within its length.
@@ -246,7 +268,6 @@ macro_rules! typed {
                         data
                     };
                     Tensor {
-                        name: name.into(),
                         datatype: Datatype::$datatype,
                         shape,
                         data,
@@ -279,9 +300,8 @@ impl Tensor {
     }
 
     /// Builds a `BOOL` tensor, one byte per element.
-    pub fn from_bool(name: impl Into<String>, shape: Vec<u64>, values: &[bool]) -> Tensor {
+    pub fn from_bool(shape: Vec<u64>, values: &[bool]) -> Tensor {
         Tensor {
-            name: name.into(),
             datatype: Datatype::Bool,
             shape,
             data: values.iter().map(|&b| u8::from(b)).collect(),
@@ -295,24 +315,41 @@ mod tests {
 
     #[test]
     fn round_trips_and_checks() {
-        let t = Tensor::from_f32("x", vec![2, 2], &[1.0, -2.5, 3.25, f32::MAX]);
+        let t = Tensor::from_f32(vec![2, 2], &[1.0, -2.5, 3.25, f32::MAX]);
         assert_eq!(t.to_f32().unwrap(), [1.0, -2.5, 3.25, f32::MAX]);
         assert!(
-            matches!(t.to_i32(), Err(Error::InvalidInput(m)) if m.contains("expected INT32, got FP32"))
+            matches!(t.to_i32(), Err(Error::InvalidInput(m)) if m.contains("expected a tensor of INT32, got one of FP32"))
         );
 
-        let t = Tensor::from_i64("n", vec![3], &[-1, 0, i64::MAX]);
+        let t = Tensor::from_i64(vec![3], &[-1, 0, i64::MAX]);
         assert_eq!(t.to_i64().unwrap(), [-1, 0, i64::MAX]);
 
         let mut short = t.clone();
         short.data.pop();
         assert!(short.to_i64().is_err());
 
-        let scalar = Tensor::from_bool("b", vec![], &[true]);
+        let scalar = Tensor::from_bool(vec![], &[true]);
         assert_eq!(scalar.to_bool().unwrap(), [true]);
+    }
 
-        let inputs = [t];
-        assert!(input(&inputs, "n").is_ok());
-        assert!(input(&inputs, "m").is_err());
+    #[test]
+    fn inputs_destructure_in_declared_order_or_fail_as_invalid_input() {
+        let given = vec![
+            Tensor::from_u8(vec![1], &[1]),
+            Tensor::from_u8(vec![1], &[2]),
+        ];
+        let [a, b] = inputs(given.clone()).unwrap();
+        assert_eq!((a.data[0], b.data[0]), (1, 2));
+        assert!(
+            matches!(inputs::<3>(given), Err(Error::InvalidInput(m)) if m.contains("expected 3 inputs"))
+        );
+    }
+
+    #[test]
+    fn a_parameter_reads_the_same_whether_there_are_none_or_others() {
+        let some = Some(vec![("scale".to_owned(), "2".to_owned())]);
+        assert_eq!(parameter(&some, "scale"), Some("2"));
+        assert_eq!(parameter(&some, "mode"), None);
+        assert_eq!(parameter(&None, "scale"), None);
     }
 }

@@ -140,9 +140,9 @@ fn component(file: &str) -> PathBuf {
     path
 }
 
-fn tensor(name: &str, datatype: Datatype, shape: Vec<u64>, data: Vec<u8>) -> Tensor {
+/// A tensor; the contract names it by its position in the model's metadata.
+fn tensor(datatype: Datatype, shape: Vec<u64>, data: Vec<u8>) -> Tensor {
     Tensor {
-        name: name.into(),
         datatype,
         shape,
         data,
@@ -178,13 +178,11 @@ fn native_predict(mlp: &mlp::Mlp, inputs: &[Tensor]) -> Vec<Tensor> {
     mlp.predict_batch(&x, &mut probabilities, &mut labels);
     vec![
         tensor(
-            "probabilities",
             Datatype::Fp32,
             vec![rows as u64, mlp.classes() as u64],
             probabilities.iter().flat_map(|p| p.to_le_bytes()).collect(),
         ),
         tensor(
-            "label",
             Datatype::Int64,
             vec![rows as u64],
             labels.iter().flat_map(|l| l.to_le_bytes()).collect(),
@@ -220,7 +218,6 @@ async fn run(samples: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     let row = digits_row();
     let inputs = vec![tensor(
-        "x",
         Datatype::Fp32,
         vec![1, row.len() as u64],
         row.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -249,9 +246,9 @@ async fn run(samples: usize) -> Vec<Row> {
         .expect("predict");
     let same = |a: &[Tensor], b: &[Tensor]| {
         a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(a, b)| (a.name == b.name) && (a.shape == b.shape) && (a.data == b.data))
+            && a.iter().zip(b).all(|(a, b)| {
+                (a.datatype == b.datatype) && (a.shape == b.shape) && (a.data == b.data)
+            })
     };
     assert!(
         same(&guest, &native_predict(mlp, &inputs)),
@@ -312,7 +309,6 @@ async fn run(samples: usize) -> Vec<Row> {
     // A trap, then what the pool does about it: drop the poisoned instance
     // and instantiate a fresh one in its slot.
     let panic = vec![tensor(
-        "action",
         Datatype::Int64,
         vec![2],
         [1i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),

@@ -525,7 +525,7 @@ async fn answered(
     };
     match rows {
         Ok(Rows { outputs, instance }) => Ok(Answer {
-            outputs: protocol::classify_requested(outputs, inference),
+            outputs: protocol::classify_requested(outputs, inference, &served.model.metadata),
             instance,
         }),
         Err(_) => infer::run_alone(served, inference, deadline).await,
@@ -566,7 +566,7 @@ async fn execute(
         .map_err(|fault| fault.to_string())
         .and_then(|outputs| {
             protocol::check_outputs(&outputs, model)?;
-            split(outputs, &rows)
+            split(outputs, &rows, model)
         });
     match split {
         Ok(parts) => {
@@ -602,7 +602,6 @@ fn concat(batch: &[Member]) -> Vec<Tensor> {
             let mut shape = first[i].shape.clone();
             shape[0] = rows;
             Tensor {
-                name: first[i].name.clone(),
                 datatype: first[i].datatype,
                 shape,
                 data,
@@ -611,26 +610,31 @@ fn concat(batch: &[Member]) -> Vec<Tensor> {
         .collect()
 }
 
-/// Splits a batch's outputs (checked against the metadata) into each
-/// request's rows, in order. An output whose dimension 0 is not the batch's
-/// rows cannot be split, which fails the batch.
-fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, String> {
+/// Splits a batch's outputs (checked against the metadata, so output i is the
+/// one it declares i-th) into each request's rows, in order. An output whose
+/// dimension 0 is not the batch's rows cannot be split, which fails the batch.
+fn split(
+    outputs: Vec<Tensor>,
+    rows: &[usize],
+    metadata: &Metadata,
+) -> Result<Vec<Vec<Tensor>>, String> {
     let total: usize = rows.iter().sum();
     let mut parts: Vec<Vec<Tensor>> = rows
         .iter()
         .map(|_| Vec::with_capacity(outputs.len()))
         .collect();
-    for output in outputs {
+    for (output, spec) in outputs.into_iter().zip(&metadata.outputs) {
+        let name = &spec.name;
         if output.shape.first().copied() != Some(total as u64) {
             return Err(format!(
-                "output {:?} has shape {:?}, not {total} rows, so it cannot be split among \
+                "output {name:?} has shape {:?}, not {total} rows, so it cannot be split among \
                  the batch's requests",
-                output.name, output.shape
+                output.shape
             ));
         }
         let per_row = protocol::element_count(&output.shape[1..])
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("output {:?} is too large to split", output.name))?;
+            .ok_or_else(|| format!("output {name:?} is too large to split"))?;
         let ends = row_ends(&output, per_row, total);
         let mut start = 0;
         let mut row = 0;
@@ -640,7 +644,6 @@ fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, Strin
             let mut shape = output.shape.clone();
             shape[0] = n as u64;
             part.push(Tensor {
-                name: output.name.clone(),
                 datatype: output.datatype,
                 shape,
                 data: output.data[start..end].to_vec(),
@@ -677,12 +680,29 @@ fn row_ends(output: &Tensor, per_row: usize, rows: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    fn tensor(name: &str, datatype: Datatype, shape: &[u64], data: Vec<u8>) -> Tensor {
+    fn tensor(datatype: Datatype, shape: &[u64], data: Vec<u8>) -> Tensor {
         Tensor {
-            name: name.into(),
             datatype,
             shape: shape.to_vec(),
             data,
+        }
+    }
+
+    /// Metadata that declares these outputs, as `split` reads them: by
+    /// position, for their names.
+    fn declaring(outputs: &[(&str, Datatype)]) -> Metadata {
+        Metadata {
+            name: "m".into(),
+            version: "1".into(),
+            inputs: vec![],
+            outputs: outputs
+                .iter()
+                .map(|&(name, datatype)| crate::contract::TensorSpec {
+                    name: name.into(),
+                    datatype,
+                    shape: vec![-1],
+                })
+                .collect(),
         }
     }
 
@@ -796,10 +816,11 @@ mod tests {
     fn outputs_split_back_into_each_requests_rows() {
         let floats: Vec<u8> = (0u8..24).collect();
         let outputs = vec![
-            tensor("p", Datatype::Fp32, &[3, 2], floats.clone()),
-            tensor("label", Datatype::Bytes, &[3], bytes(&["zero", "", "two"])),
+            tensor(Datatype::Fp32, &[3, 2], floats.clone()),
+            tensor(Datatype::Bytes, &[3], bytes(&["zero", "", "two"])),
         ];
-        let parts = split(outputs, &[1, 2]).unwrap();
+        let metadata = declaring(&[("p", Datatype::Fp32), ("label", Datatype::Bytes)]);
+        let parts = split(outputs, &[1, 2], &metadata).unwrap();
         assert_eq!(parts[0][0].shape, vec![1, 2]);
         assert_eq!(parts[0][0].data, floats[..8]);
         assert_eq!(parts[1][0].shape, vec![2, 2]);
@@ -811,9 +832,13 @@ mod tests {
 
     #[test]
     fn an_output_without_the_batchs_rows_cannot_be_split() {
-        let outputs = vec![tensor("sum", Datatype::Uint8, &[1], vec![7])];
-        let err = split(outputs, &[1, 1]).unwrap_err();
-        assert!(err.contains("not 2 rows"), "{err}");
+        let outputs = vec![tensor(Datatype::Uint8, &[1], vec![7])];
+        let metadata = declaring(&[("sum", Datatype::Uint8)]);
+        let err = split(outputs, &[1, 1], &metadata).unwrap_err();
+        assert!(
+            err.contains("output \"sum\" has shape [1], not 2 rows"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,6 +14,42 @@ wasmtime::component::bindgen!({
 pub use self::exports::wasm_host::model::model::Error as ModelError;
 pub use self::wasm_host::model::types::{Datatype, Metadata, Tensor, TensorSpec};
 
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The contract's package, as `wit/model.wit` declares it.
+pub const PACKAGE: &str = "wasm-host:model";
+
+/// The contract version this host speaks: a model must be built against it.
+pub const VERSION: &str = "0.2.0";
+
+/// The export a model component must have, as a component names it.
+pub const MODEL_EXPORT: &str = "wasm-host:model/model@0.2.0";
+
+/// The contract version a component exports a `model` interface of, when it
+/// is not this host's: `Some("0.1.0")` for a model built against 0.1.0,
+/// whose export is `wasm-host:model/model@0.1.0`. `None` when the component
+/// exports this version, or no version at all.
+pub fn other_version(component: &Component, engine: &Engine) -> Option<String> {
+    let ty = component.component_type();
+    if ty.get_export(engine, MODEL_EXPORT).is_some() {
+        return None;
+    }
+    let prefix = format!("{PACKAGE}/model@");
+    ty.exports(engine)
+        .find_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// Why a component built against another version of the contract cannot be
+/// served, and what to do about it.
+pub fn other_version_refusal(shown: &str, version: &str) -> String {
+    format!(
+        "{shown} was built against the model contract {PACKAGE}@{version}; this wasm-host \
+         speaks {VERSION}: rebuild it with this repository's guest SDK (guest-sdk/), or \
+         re-pack an ONNX model with 'wasm-host pack'"
+    )
+}
+
 impl Datatype {
     /// Every datatype, for parsing names.
     pub const ALL: [Datatype; 13] = [
@@ -70,5 +106,17 @@ impl Datatype {
 impl std::fmt::Display for Datatype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(self.oip_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_the_one_wit_model_wit_declares() {
+        let wit = include_str!("../../wit/model.wit");
+        assert!(wit.contains(&format!("package {PACKAGE}@{VERSION};")));
+        assert_eq!(MODEL_EXPORT, format!("{PACKAGE}/model@{VERSION}"));
     }
 }

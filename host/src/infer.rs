@@ -29,6 +29,7 @@ use crate::protocol::{self, Inference};
 use crate::served::ServedModel;
 
 /// A request's outputs, ready to encode, and the instance that made them.
+/// Output i is the one the model's metadata declares i-th.
 pub struct Answer {
     pub outputs: Vec<Tensor>,
     pub instance: InstanceId,
@@ -133,10 +134,11 @@ pub(crate) async fn call(
         })?;
     // Give the instance back before encoding: the next request need not wait.
     drop(lease);
-    protocol::check_outputs(&outputs, &served.model.metadata)
+    let metadata = &served.model.metadata;
+    protocol::check_outputs(&outputs, metadata)
         .map_err(|why| Error::model_failed(why).served_by(instance))?;
     Ok(Answer {
-        outputs: protocol::classify_requested(outputs, inference),
+        outputs: protocol::classify_requested(outputs, inference, metadata),
         instance,
     })
 }

@@ -208,7 +208,9 @@ impl Instance {
     /// Calls the guest's `predict`, starting `now` (the caller's reading of
     /// the clock, shared with its metrics). The deadline is enforced twice: by the epoch
     /// callback while the guest computes, and by a timer while it waits in a
-    /// host call (a WASI sleep), where no epoch check runs.
+    /// host call (a WASI sleep), where no epoch check runs. `inputs` follow
+    /// the metadata's order; no parameters go over as `none`, which costs the
+    /// guest no allocation (an empty list would cost one).
     pub async fn predict(
         &mut self,
         inputs: &[Tensor],
@@ -225,6 +227,7 @@ impl Instance {
         self.store.data().resumed.set(now);
         self.store.set_epoch_deadline(1);
         let result = {
+            let parameters = (!parameters.is_empty()).then_some(parameters);
             let call = self.bindings.wasm_host_model_model().call_predict(
                 &mut self.store,
                 inputs,

@@ -11,7 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::cache::CompileCache;
-use crate::contract::{Metadata, PredictorPre};
+use crate::contract::{self, Metadata, PredictorPre};
 use crate::sandbox::GuestState;
 
 /// A compiled model, ready to be instantiated any number of times.
@@ -320,6 +320,11 @@ pub async fn prepare(
     memory_limit: usize,
     shown: &str,
 ) -> Result<(PredictorPre<GuestState>, Metadata)> {
+    // Before the imports: a model built against another version of the
+    // contract may link, and what it needs is a rebuild, whatever else.
+    if let Some(version) = contract::other_version(component, engine) {
+        bail!("{}", contract::other_version_refusal(shown, &version));
+    }
     let instance_pre = match linker.instantiate_pre(component) {
         Ok(pre) => pre,
         Err(err) => bail!(
@@ -331,8 +336,9 @@ pub async fn prepare(
     let pre = match PredictorPre::new(instance_pre) {
         Ok(pre) => pre,
         Err(err) => bail!(
-            "{shown} does not export the model contract wasm-host:model/model@0.1.0 ({}): \
+            "{shown} does not export the model contract {} ({}): \
              build it against wit/model.wit",
+            contract::MODEL_EXPORT,
             root_cause(&err)
         ),
     };

@@ -907,7 +907,6 @@ mod tests {
         /// 0: answer after 100 ms; 1: trap at once; 2: run for 10 s.
         pub fn input(action: u8) -> Vec<Tensor> {
             vec![Tensor {
-                name: "x".into(),
                 datatype: crate::contract::Datatype::Uint8,
                 shape: vec![1],
                 data: vec![action],

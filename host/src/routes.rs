@@ -433,9 +433,10 @@ async fn infer(
             // The name and version the client addressed, which for a
             // repository model are its folder's, not the model's own.
             let (name, version) = (&served.name, &served.version);
-            let encoded =
-                protocol::encode_infer_response(name, version, &inference, &outputs, limit)
-                    .map_err(|err| err.served_by(instance))?;
+            let encoded = protocol::encode_infer_response(
+                name, version, metadata, &inference, &outputs, limit,
+            )
+            .map_err(|err| err.served_by(instance))?;
             (encoded.body, encoded.json_len)
         }
         Form::Simple => {

@@ -228,20 +228,24 @@ impl Model for Runner {
 
     fn predict(
         inputs: Vec<Tensor>,
-        _parameters: Vec<(String, String)>,
+        _parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
         let loaded = loaded();
         let mut values = TVec::with_capacity(inputs.len());
-        for (tensor, &dt) in inputs.iter().zip(&loaded.input_types) {
+        // Inputs and outputs follow the metadata's order; a tensor is named
+        // by its spec there.
+        for ((tensor, &dt), spec) in inputs
+            .iter()
+            .zip(&loaded.input_types)
+            .zip(&loaded.metadata.inputs)
+        {
             let shape: Vec<usize> = tensor.shape.iter().map(|&d| d as usize).collect();
             // SAFETY: `dt` is a plain numeric type (checked at load), and
             // `from_raw_dt` checks the byte count against the shape and copies
             // into an aligned buffer.
             let value =
                 unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, &shape, &tensor.data) }
-                    .map_err(|err| {
-                        Error::InvalidInput(format!("input `{}`: {err}", tensor.name))
-                    })?;
+                    .map_err(|err| Error::InvalidInput(format!("input `{}`: {err}", spec.name)))?;
             values.push(value.into_tvalue());
         }
         drop(inputs);
@@ -268,7 +272,6 @@ fn output(value: TValue, spec: &TensorSpec) -> Result<Tensor, Error> {
             .into_owned();
     }
     Ok(Tensor {
-        name: spec.name.clone(),
         datatype: spec.datatype,
         shape: tensor.shape().iter().map(|&d| d as u64).collect(),
         // wasm is little-endian, as the contract's tensors are.

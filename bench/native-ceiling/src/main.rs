@@ -105,6 +105,7 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
         let encoded = match encode_infer_response(
             &metadata.name,
             &metadata.version,
+            metadata,
             &inference,
             &outputs,
             usize::MAX,
@@ -136,7 +137,8 @@ async fn handle(metadata: &Metadata, request: Request<Incoming>) -> Response<Ful
 }
 
 /// What the guest's `predict` does, natively: decode `x`, run the MLP, encode
-/// `probabilities` FP32 [rows, 10] and `label` INT64 [rows].
+/// `probabilities` FP32 [rows, 10] and `label` INT64 [rows], in that order,
+/// the metadata's.
 fn predict(x: &Tensor) -> Result<Vec<Tensor>, String> {
     let mlp = Mlp::embedded();
     let cols = mlp.input_size();
@@ -156,21 +158,18 @@ fn predict(x: &Tensor) -> Result<Vec<Tensor>, String> {
     let mut probabilities = vec![0.0; rows * mlp.classes()];
     let mut labels = vec![0; rows];
     mlp.predict_batch(&inputs, &mut probabilities, &mut labels);
-    let tensor = |name: &str, datatype, shape: Vec<u64>, data: Vec<u8>| Tensor {
-        name: name.into(),
+    let tensor = |datatype, shape: Vec<u64>, data: Vec<u8>| Tensor {
         datatype,
         shape,
         data,
     };
     Ok(vec![
         tensor(
-            "probabilities",
             Datatype::Fp32,
             vec![rows as u64, mlp.classes() as u64],
             probabilities.iter().flat_map(|p| p.to_le_bytes()).collect(),
         ),
         tensor(
-            "label",
             Datatype::Int64,
             vec![rows as u64],
             labels.iter().flat_map(|l| l.to_le_bytes()).collect(),

@@ -16,7 +16,10 @@ impl Model for BadName {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>, _: Vec<(String, String)>) -> Result<Vec<Tensor>, Error> {
+    fn predict(
+        inputs: Vec<Tensor>,
+        _: Option<Vec<(String, String)>>,
+    ) -> Result<Vec<Tensor>, Error> {
         Ok(inputs)
     }
 }

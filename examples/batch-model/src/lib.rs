@@ -47,15 +47,15 @@ impl Model for Batch {
 
     fn predict(
         inputs: Vec<Tensor>,
-        parameters: Vec<(String, String)>,
+        parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let x = wasm_host_guest::input(&inputs, "x")?;
+        let [x] = wasm_host_guest::inputs(inputs)?;
         let (rows, columns) = match x.shape[..] {
             [rows, columns] if columns > 0 => (rows as usize, columns as usize),
             _ => return Err(Error::invalid_input("x: expected [rows, columns > 0]")),
         };
         let x = x.to_f32()?;
-        if let Some((_, us)) = parameters.iter().find(|(name, _)| name == "work_us") {
+        if let Some(us) = wasm_host_guest::parameter(&parameters, "work_us") {
             let us: u64 = us
                 .parse()
                 .map_err(|_| Error::invalid_input(format!("work_us: {us} is not a number")))?;
@@ -78,15 +78,11 @@ impl Model for Batch {
             .chunks_exact(columns)
             .map(|row| format!("row {}", row[0]))
             .collect();
+        // In the order `metadata()` declares them: y, batch, label.
         Ok(vec![
-            Tensor::from_f32(
-                "y",
-                vec![y_rows as u64, columns as u64],
-                &y[..y_rows * columns],
-            ),
-            Tensor::from_i64("batch", vec![rows as u64], &vec![rows as i64; rows]),
+            Tensor::from_f32(vec![y_rows as u64, columns as u64], &y[..y_rows * columns]),
+            Tensor::from_i64(vec![rows as u64], &vec![rows as i64; rows]),
             Tensor {
-                name: "label".into(),
                 datatype: Datatype::Bytes,
                 shape: vec![rows as u64],
                 data: bytes_elements(&labels),

@@ -43,9 +43,9 @@ impl Model for Big {
 
     fn predict(
         inputs: Vec<Tensor>,
-        _parameters: Vec<(String, String)>,
+        _parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let x = wasm_host_guest::input(&inputs, "x")?;
+        let [x] = wasm_host_guest::inputs(inputs)?;
         if !matches!(x.shape[..], [_, cols] if cols == INPUTS as u64) {
             return Err(Error::invalid_input(format!(
                 "x: expected shape [rows, {INPUTS}], got {:?}",
@@ -65,7 +65,6 @@ impl Model for Big {
             }
         }
         Ok(vec![Tensor::from_f32(
-            "y",
             vec![rows as u64, OUTPUTS as u64],
             &y,
         )])

@@ -21,17 +21,17 @@ impl Model for Echo {
     /// `y = x`, or `y = scale × x` with the request parameter `scale`.
     fn predict(
         inputs: Vec<Tensor>,
-        parameters: Vec<(String, String)>,
+        parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let x = wasm_host_guest::input(&inputs, "x")?;
-        let scale = match parameters.iter().find(|(name, _)| name == "scale") {
-            Some((_, value)) => value
+        let [x] = wasm_host_guest::inputs(inputs)?;
+        let scale = match wasm_host_guest::parameter(&parameters, "scale") {
+            Some(value) => value
                 .parse::<f32>()
                 .map_err(|_| Error::invalid_input(format!("scale: {value} is not a number")))?,
             None => 1.0,
         };
         let values: Vec<f32> = x.to_f32()?.iter().map(|v| v * scale).collect();
-        Ok(vec![Tensor::from_f32("y", x.shape.clone(), &values)])
+        Ok(vec![Tensor::from_f32(x.shape.clone(), &values)])
     }
 }
 

@@ -47,9 +47,10 @@ impl Model for Fault {
 
     fn predict(
         inputs: Vec<Tensor>,
-        _parameters: Vec<(String, String)>,
+        _parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let action = wasm_host_guest::input(&inputs, "action")?.to_i64()?;
+        let [action] = wasm_host_guest::inputs(inputs)?;
+        let action = action.to_i64()?;
         let [kind, arg] = action[..] else {
             return Err(Error::invalid_input("action: expected [kind, arg]"));
         };
@@ -71,7 +72,6 @@ impl Model for Fault {
             11 => {
                 let mib = usize::try_from(non_negative(arg)?).unwrap_or(usize::MAX);
                 let blob = Tensor {
-                    name: "blob".into(),
                     datatype: Datatype::Uint8,
                     shape: vec![mib as u64, 1 << 20],
                     data: vec![1; mib << 20],
@@ -94,16 +94,15 @@ impl Model for Fault {
 }
 
 fn result_tensor(result: i64) -> Tensor {
-    Tensor::from_i64("result", vec![1], &[result])
+    Tensor::from_i64(vec![1], &[result])
 }
 
 fn empty_blob() -> Tensor {
-    Tensor::from_u8("blob", vec![0, 0], &[])
+    Tensor::from_u8(vec![0, 0], &[])
 }
 
 fn empty_text() -> Tensor {
     Tensor {
-        name: "text".into(),
         datatype: Datatype::Bytes,
         shape: vec![0],
         data: Vec::new(),
@@ -114,11 +113,11 @@ fn empty_text() -> Tensor {
 /// output checks and encoders:
 /// 0 a shape whose element count overflows (2^63 × 2) with no data;
 /// 1 a shape of 10^8 empty rows; 2 `result` as FP64 where INT64 is declared;
-/// 3 an undeclared output; 4 `result` twice; 5 a shape and data that
-/// disagree; 6 a truncated BYTES element; 7 `text` missing.
+/// 3 a fourth output, which nothing declares; 4 the outputs out of order
+/// (`blob` first); 5 a shape and data that disagree; 6 a truncated BYTES
+/// element; 7 `text` missing.
 fn bad_outputs(how: i64) -> Vec<Tensor> {
     let blob = |shape: Vec<u64>| Tensor {
-        name: "blob".into(),
         datatype: Datatype::Uint8,
         shape,
         data: Vec::new(),
@@ -127,7 +126,7 @@ fn bad_outputs(how: i64) -> Vec<Tensor> {
         0 => vec![result_tensor(0), blob(vec![1 << 63, 2]), empty_text()],
         1 => vec![result_tensor(1), blob(vec![100_000_000, 0]), empty_text()],
         2 => vec![
-            Tensor::from_f64("result", vec![1], &[2.0]),
+            Tensor::from_f64(vec![1], &[2.0]),
             empty_blob(),
             empty_text(),
         ],
@@ -135,16 +134,11 @@ fn bad_outputs(how: i64) -> Vec<Tensor> {
             result_tensor(3),
             empty_blob(),
             empty_text(),
-            Tensor::from_i64("extra", vec![1], &[3]),
+            Tensor::from_i64(vec![1], &[3]),
         ],
-        4 => vec![
-            result_tensor(4),
-            result_tensor(4),
-            empty_blob(),
-            empty_text(),
-        ],
+        4 => vec![empty_blob(), result_tensor(4), empty_text()],
         5 => vec![
-            Tensor::from_i64("result", vec![1], &[5, 5]),
+            Tensor::from_i64(vec![1], &[5, 5]),
             empty_blob(),
             empty_text(),
         ],
@@ -152,7 +146,6 @@ fn bad_outputs(how: i64) -> Vec<Tensor> {
             result_tensor(6),
             empty_blob(),
             Tensor {
-                name: "text".into(),
                 datatype: Datatype::Bytes,
                 shape: vec![1],
                 // Says 100 bytes follow; 3 do.

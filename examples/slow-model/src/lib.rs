@@ -26,16 +26,17 @@ impl Model for Slow {
 
     fn predict(
         inputs: Vec<Tensor>,
-        _parameters: Vec<(String, String)>,
+        _parameters: Option<Vec<(String, String)>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let ms = wasm_host_guest::input(&inputs, "ms")?.to_i64()?;
+        let [ms] = wasm_host_guest::inputs(inputs)?;
+        let ms = ms.to_i64()?;
         let ms = match ms.first().copied().unwrap_or(0) {
             0 => DEFAULT_MS,
             ms if ms < 0 => return Err(Error::invalid_input(format!("ms: {ms} is negative"))),
             ms => ms,
         };
         std::thread::sleep(Duration::from_millis(ms as u64));
-        Ok(vec![Tensor::from_i64("slept_ms", vec![1], &[ms])])
+        Ok(vec![Tensor::from_i64(vec![1], &[ms])])
     }
 }
 

@@ -19,7 +19,10 @@ impl Model for Stuck {
         }
     }
 
-    fn predict(inputs: Vec<Tensor>, _: Vec<(String, String)>) -> Result<Vec<Tensor>, Error> {
+    fn predict(
+        inputs: Vec<Tensor>,
+        _: Option<Vec<(String, String)>>,
+    ) -> Result<Vec<Tensor>, Error> {
         Ok(inputs)
     }
 }

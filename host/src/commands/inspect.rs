@@ -8,7 +8,7 @@ use wasmtime::component::types::ComponentItem;
 use crate::Failure;
 use crate::cache::CompileCache;
 use crate::cli::InspectArgs;
-use crate::contract::TensorSpec;
+use crate::contract::{self, TensorSpec};
 use crate::model;
 
 const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
@@ -49,7 +49,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     }
     match model::prepare(&engine, &linker, &component, DEFAULT_MEMORY_LIMIT, &shown).await {
         Ok((_, metadata)) => {
-            let _ = writeln!(out, "contract: fits wasm-host:model/model@0.1.0");
+            let _ = writeln!(out, "contract: fits {}", contract::MODEL_EXPORT);
             let _ = writeln!(out, "name:     {}", metadata.name);
             let _ = writeln!(out, "version:  {}", metadata.version);
             write_specs(&mut out, "inputs:", &metadata.inputs);
@@ -57,7 +57,15 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
             super::print(&out)
         }
         Err(err) => {
-            let _ = writeln!(out, "contract: does not fit");
+            let _ = match contract::other_version(&component, &engine) {
+                Some(version) => writeln!(
+                    out,
+                    "contract: does not fit: built against {}@{version}; this wasm-host speaks {}",
+                    contract::PACKAGE,
+                    contract::VERSION
+                ),
+                None => writeln!(out, "contract: does not fit"),
+            };
             super::print(&out)?;
             Err(super::model_failure(err))
         }

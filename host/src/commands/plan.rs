@@ -164,7 +164,6 @@ fn zeros(metadata: &Metadata) -> Vec<Tensor> {
             // A BYTES element of zero length is its 4-byte length prefix.
             let size = spec.datatype.element_size().unwrap_or(4);
             Tensor {
-                name: spec.name.clone(),
                 datatype: spec.datatype,
                 shape,
                 data: vec![0; count as usize * size],

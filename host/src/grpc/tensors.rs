@@ -19,8 +19,8 @@ use super::proto::*;
 use crate::contract::{Datatype, Metadata, Tensor, TensorSpec};
 use crate::error::Error;
 use crate::protocol::{
-    self, CLASSIFICATION, Inference, Parts, Wanted, bytes_elements, check_count, input_datatype,
-    raw_count,
+    self, CLASSIFICATION, Given, Inference, Parts, Wanted, bytes_elements, check_count,
+    input_datatype, raw_count,
 };
 use crate::served::ServedModel;
 use crate::triton;
@@ -65,7 +65,7 @@ pub fn decode(request: ModelInferRequest, metadata: &Metadata) -> Result<(Infere
     Ok((Inference::new(parts, metadata)?, raw))
 }
 
-fn input_tensor(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, Error> {
+fn input_tensor(input: InferInputTensor, raw: Option<Bytes>) -> Result<Given, Error> {
     let name = input.name;
     let datatype = input_datatype(&name, &input.datatype)?;
     let shape = input
@@ -97,11 +97,13 @@ fn input_tensor(input: InferInputTensor, raw: Option<Bytes>) -> Result<Tensor, E
         }
     };
     check_count(&name, &shape, count)?;
-    Ok(Tensor {
+    Ok(Given {
         name,
-        datatype,
-        shape,
-        data,
+        tensor: Tensor {
+            datatype,
+            shape,
+            data,
+        },
     })
 }
 
@@ -165,6 +167,8 @@ fn typed_input(
 
 /// The infer response: the outputs the client asked for (all if it named
 /// none), in the model's order, within `limit` bytes (`--max-response`).
+/// `outputs` are checked ([`protocol::check_outputs`]): output i takes the
+/// name the metadata declares i-th.
 pub fn encode(
     served: &ServedModel,
     inference: &Inference,
@@ -172,11 +176,18 @@ pub fn encode(
     raw: bool,
     limit: usize,
 ) -> Result<ModelInferResponse, Error> {
-    let selected: Vec<Tensor> = outputs
-        .into_iter()
-        .filter(|t| inference.outputs.is_none() || inference.requested(&t.name).is_some())
+    let selected: Vec<(&str, Tensor)> = served
+        .model
+        .metadata
+        .outputs
+        .iter()
+        .zip(outputs)
+        .filter(|(spec, _)| {
+            inference.outputs.is_none() || inference.requested(&spec.name).is_some()
+        })
+        .map(|(spec, t)| (spec.name.as_str(), t))
         .collect();
-    let raw = raw || selected.iter().any(|t| t.datatype == Datatype::Fp16);
+    let raw = raw || selected.iter().any(|(_, t)| t.datatype == Datatype::Fp16);
     let mut response = ModelInferResponse {
         model_name: served.name.clone(),
         model_version: served.version.clone(),
@@ -189,10 +200,10 @@ pub fn encode(
         outputs: Vec::with_capacity(selected.len()),
         raw_output_contents: Vec::new(),
     };
-    for tensor in selected {
+    for (name, tensor) in selected {
         let contents = (!raw).then(|| typed_output(&tensor));
         response.outputs.push(InferOutputTensor {
-            name: tensor.name,
+            name: name.into(),
             datatype: tensor.datatype.oip_name().into(),
             shape: tensor.shape.iter().map(|&d| d as i64).collect(),
             parameters: Default::default(),

@@ -13,15 +13,22 @@
 use std::cmp::Ordering;
 
 use super::Inference;
-use crate::contract::{Datatype, Tensor};
+use crate::contract::{Datatype, Metadata, Tensor};
 
 /// Replaces each output requested with a classification by its top classes.
-pub fn classify_requested(outputs: Vec<Tensor>, inference: &Inference) -> Vec<Tensor> {
+/// `outputs` are checked ([`super::check_outputs`]): output i is the one
+/// `metadata` declares i-th.
+pub fn classify_requested(
+    outputs: Vec<Tensor>,
+    inference: &Inference,
+    metadata: &Metadata,
+) -> Vec<Tensor> {
     outputs
         .into_iter()
-        .map(|tensor| {
+        .zip(&metadata.outputs)
+        .map(|(tensor, spec)| {
             match inference
-                .requested(&tensor.name)
+                .requested(&spec.name)
                 .and_then(|o| o.classification)
             {
                 Some(k) => classify(&tensor, k),
@@ -55,7 +62,6 @@ pub fn classify(tensor: &Tensor, k: usize) -> Tensor {
         None => shape.push(kept as u64),
     }
     Tensor {
-        name: tensor.name.clone(),
         datatype: Datatype::Bytes,
         shape,
         data,
@@ -105,7 +111,6 @@ mod tests {
 
     fn fp32(shape: Vec<u64>, values: &[f32]) -> Tensor {
         Tensor {
-            name: "p".into(),
             datatype: Datatype::Fp32,
             shape,
             data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -153,7 +158,6 @@ mod tests {
     #[test]
     fn integers_are_written_whole_and_signed() {
         let t = Tensor {
-            name: "votes".into(),
             datatype: Datatype::Int16,
             shape: vec![3],
             data: [-3i16, 7, 2].iter().flat_map(|v| v.to_le_bytes()).collect(),

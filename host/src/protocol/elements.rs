@@ -133,11 +133,10 @@ fn out_of_range(index: usize, name: &str, value: &Value, datatype: Datatype) -> 
 /// in checked arithmetic (a shape of 2^63 × 2 must not wrap around to match
 /// empty data), and that `BYTES` elements are whole. Encoding a tensor that
 /// passes cannot read past its data.
-pub fn check_data(tensor: &Tensor) -> Result<(), String> {
+pub fn check_data(name: &str, tensor: &Tensor) -> Result<(), String> {
     let what = || {
         format!(
-            "output {:?} has shape {:?} but {} bytes of {} data",
-            tensor.name,
+            "output {name:?} has shape {:?} but {} bytes of {} data",
             tensor.shape,
             tensor.data.len(),
             tensor.datatype

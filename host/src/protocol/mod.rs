@@ -53,10 +53,18 @@ pub struct Inference {
 pub(crate) struct Parts {
     pub id: Option<String>,
     /// The inputs as given, in any order.
-    pub given: Vec<Tensor>,
+    pub given: Vec<Given>,
     pub outputs: Option<Vec<Wanted>>,
     pub binary_outputs: bool,
     pub parameters: serde_json::Map<String, Value>,
+}
+
+/// An input as a request names it, before it is checked and put in its
+/// place: the contract's tensors carry no names, a tensor is named by its
+/// position in the metadata.
+pub(crate) struct Given {
+    pub name: String,
+    pub tensor: Tensor,
 }
 
 /// An output as a request names it, before it is checked.
@@ -159,9 +167,10 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> 
 }
 
 /// Puts the inputs in the order the model declared them and checks each
-/// against its spec: every declared input present once, nothing else.
+/// against its spec: every declared input present once, nothing else. The
+/// contract names an input by its place in this order.
 pub(crate) fn order_and_check(
-    mut given: Vec<Tensor>,
+    mut given: Vec<Given>,
     metadata: &Metadata,
 ) -> Result<Vec<Tensor>, Error> {
     if let Some(extra) = given
@@ -187,18 +196,18 @@ pub(crate) fn order_and_check(
             }));
         };
         let index = given.iter().position(|t| t.name == spec.name).unwrap();
-        let tensor = given.swap_remove(index);
-        check_spec(&tensor, spec, &metadata.name)?;
+        let Given { name, tensor } = given.swap_remove(index);
+        check_spec(&name, &tensor, spec, &metadata.name)?;
         ordered.push(tensor);
     }
     Ok(ordered)
 }
 
-fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Error> {
+fn check_spec(name: &str, tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Error> {
     if tensor.datatype != spec.datatype {
         return Err(Error::bad_input(format!(
-            "input {:?} has datatype {} but model {model} expects {}",
-            tensor.name, tensor.datatype, spec.datatype
+            "input {name:?} has datatype {} but model {model} expects {}",
+            tensor.datatype, spec.datatype
         )));
     }
     let fits = tensor.shape.len() == spec.shape.len()
@@ -209,8 +218,8 @@ fn check_spec(tensor: &Tensor, spec: &TensorSpec, model: &str) -> Result<(), Err
             .all(|(&got, &want)| want == -1 || got as i64 == want);
     if !fits {
         return Err(Error::bad_input(format!(
-            "input {:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
-            tensor.name, tensor.shape, spec.shape
+            "input {name:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
+            tensor.shape, spec.shape
         )));
     }
     Ok(())
@@ -233,32 +242,40 @@ pub(crate) fn describe_specs(specs: &[TensorSpec]) -> String {
 }
 
 /// Checks what a model returned against what its metadata declares, before
-/// anything is encoded: every output declared and returned once, with the
-/// declared datatype and rank, fixed dimensions as declared, and data that
-/// agrees with its shape. A guest is untrusted; an output that breaks the
-/// contract is the model's fault (a 500 that names the violation), and the
-/// instance itself is fine.
+/// anything is encoded: output i is the output declared i-th, so every
+/// declared output returned, in order and nothing more, with the declared
+/// datatype and rank, fixed dimensions as declared, and data that agrees with
+/// its shape. A guest is untrusted; an output that breaks the contract is the
+/// model's fault (a 500 that names the violation), and the instance itself is
+/// fine.
 pub fn check_outputs(outputs: &[Tensor], metadata: &Metadata) -> Result<(), String> {
     let model = &metadata.name;
-    for (i, output) in outputs.iter().enumerate() {
-        let Some(spec) = metadata.outputs.iter().find(|s| s.name == output.name) else {
-            return Err(format!(
-                "model {model} returned output {:?}, which its metadata does not declare \
-                 (it declares {})",
-                output.name,
-                describe_specs(&metadata.outputs)
-            ));
-        };
-        if outputs[..i].iter().any(|o| o.name == output.name) {
-            return Err(format!(
-                "model {model} returned output {:?} twice",
-                output.name
-            ));
-        }
+    let declared = &metadata.outputs;
+    if outputs.len() != declared.len() {
+        let declared_list = format!(
+            "declares {}: {}, in that order",
+            declared.len(),
+            describe_specs(declared)
+        );
+        return Err(match declared.get(outputs.len()) {
+            Some(missing) => format!(
+                "model {model} did not return output {:?}, which its metadata declares: it \
+                 returned {} outputs, and {declared_list}",
+                missing.name,
+                outputs.len()
+            ),
+            None => format!(
+                "model {model} returned {} outputs but its metadata {declared_list}",
+                outputs.len()
+            ),
+        });
+    }
+    for (output, spec) in outputs.iter().zip(declared) {
+        let name = &spec.name;
         if output.datatype != spec.datatype {
             return Err(format!(
-                "model {model} returned output {:?} as {} but declares {}",
-                output.name, output.datatype, spec.datatype
+                "model {model} returned output {name:?} as {} but declares {}",
+                output.datatype, spec.datatype
             ));
         }
         let fits = output.shape.len() == spec.shape.len()
@@ -269,21 +286,11 @@ pub fn check_outputs(outputs: &[Tensor], metadata: &Metadata) -> Result<(), Stri
                 .all(|(&got, &want)| want == -1 || i64::try_from(got) == Ok(want));
         if !fits {
             return Err(format!(
-                "model {model} returned output {:?} with shape {:?} but declares {:?}",
-                output.name, output.shape, spec.shape
+                "model {model} returned output {name:?} with shape {:?} but declares {:?}",
+                output.shape, spec.shape
             ));
         }
-        check_data(output).map_err(|why| format!("model {model} returned {why}"))?;
-    }
-    if let Some(missing) = metadata
-        .outputs
-        .iter()
-        .find(|spec| !outputs.iter().any(|o| o.name == spec.name))
-    {
-        return Err(format!(
-            "model {model} did not return output {:?}, which its metadata declares",
-            missing.name
-        ));
+        check_data(name, output).map_err(|why| format!("model {model} returned {why}"))?;
     }
     Ok(())
 }
@@ -412,7 +419,6 @@ mod tests {
     #[test]
     fn outputs_are_nested_by_shape_and_floats_keep_their_precision() {
         let tensor = Tensor {
-            name: "p".into(),
             datatype: Datatype::Fp32,
             shape: vec![2, 2],
             data: [0.1f32, 0.2, 0.3, 0.4]
@@ -426,7 +432,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(nested, "[[0.1,0.2],[0.3,0.4]]");
-        check_data(&tensor).unwrap();
+        check_data("p", &tensor).unwrap();
     }
 
     #[test]

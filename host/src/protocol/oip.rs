@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::elements::{Elements, bytes_elements, encode_elements, json_size_floor};
 use super::parameters::CLASSIFICATION;
-use super::{Capped, Inference, Parts, Wanted, check_count, input_datatype, parse_json, too_large};
+use super::{
+    Capped, Given, Inference, Parts, Wanted, check_count, input_datatype, parse_json, too_large,
+};
 use crate::contract::{Datatype, Metadata, Tensor};
 use crate::error::Error;
 
@@ -107,11 +109,13 @@ pub fn decode_infer(
             }
         };
         check_count(&input.name, &input.shape, count)?;
-        given.push(Tensor {
+        given.push(Given {
             name: input.name,
-            datatype,
-            shape: input.shape,
-            data: bytes,
+            tensor: Tensor {
+                datatype,
+                shape: input.shape,
+                data: bytes,
+            },
         });
     }
     if !binary.is_empty() {
@@ -170,6 +174,8 @@ fn raw_element_count(bytes: &[u8], datatype: Datatype) -> Option<u64> {
 /// One output of an OIP infer response: its data inline, or only its size
 /// when the data follows the JSON header in binary.
 struct OipOutput<'a> {
+    /// The name the metadata gives the output at this position.
+    name: &'a str,
     tensor: &'a Tensor,
     binary: bool,
 }
@@ -178,7 +184,7 @@ impl Serialize for OipOutput<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let t = self.tensor;
         let mut map = serializer.serialize_map(Some(4))?;
-        map.serialize_entry("name", &t.name)?;
+        map.serialize_entry("name", self.name)?;
         map.serialize_entry("datatype", t.datatype.oip_name())?;
         map.serialize_entry("shape", &t.shape)?;
         if self.binary {
@@ -206,22 +212,31 @@ pub struct InferResponse {
 
 /// The OIP infer response, with only the outputs the client asked for, each
 /// in the form it asked for, within `limit` bytes (`--max-response`). The
-/// name and version are the ones the client addressed.
+/// name and version are the ones the client addressed; `outputs` are checked
+/// ([`super::check_outputs`]), so output i is the one `metadata` declares i-th
+/// and takes its name.
 pub fn encode_infer_response(
     model_name: &str,
     model_version: &str,
+    metadata: &Metadata,
     inference: &Inference,
     outputs: &[Tensor],
     limit: usize,
 ) -> Result<InferResponse, Error> {
-    let selected: Vec<OipOutput> = outputs
+    let selected: Vec<OipOutput> = metadata
+        .outputs
         .iter()
-        .filter_map(|tensor| {
+        .zip(outputs)
+        .filter_map(|(spec, tensor)| {
             let binary = match &inference.outputs {
                 None => inference.binary_outputs,
-                Some(wanted) => wanted.iter().find(|o| o.name == tensor.name)?.binary,
+                Some(wanted) => wanted.iter().find(|o| o.name == spec.name)?.binary,
             };
-            Some(OipOutput { tensor, binary })
+            Some(OipOutput {
+                name: &spec.name,
+                tensor,
+                binary,
+            })
         })
         .collect();
     let estimate = selected.iter().fold(256u64, |sum, o| {

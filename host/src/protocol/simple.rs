@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::elements::{Elements, element_count, encode_elements, json_size_floor};
 use super::{
-    Capped, Inference, describe_specs, order_and_check, parse_json, too_large, unknown_input,
+    Capped, Given, Inference, describe_specs, order_and_check, parse_json, too_large, unknown_input,
 };
 use crate::contract::{Metadata, Tensor};
 use crate::error::Error;
@@ -52,11 +52,13 @@ pub fn decode_predict(body: &[u8], metadata: &Metadata) -> Result<Inference, Err
             shape.insert(0, 1);
         }
         let data = encode_elements(value, spec.datatype, &name)?;
-        given.push(Tensor {
+        given.push(Given {
             name,
-            datatype: spec.datatype,
-            shape,
-            data: data.bytes,
+            tensor: Tensor {
+                datatype: spec.datatype,
+                shape,
+                data: data.bytes,
+            },
         });
     }
     Ok(Inference {
@@ -102,22 +104,24 @@ fn nested_shape(value: &Value, name: &str) -> Result<Vec<u64>, Error> {
 /// The `/predict` response: outputs by name, nested by shape; `prediction`
 /// when the model has a `label` output (a scalar for one example, else a list);
 /// and the id of the instance that served it. At most `limit` bytes.
+/// `outputs` are checked ([`super::check_outputs`]): output i takes the name
+/// `metadata` declares i-th.
 pub fn encode_predict_response(
     metadata: &Metadata,
     outputs: &[Tensor],
     instance: u64,
     limit: usize,
 ) -> Result<Vec<u8>, Error> {
-    struct Outputs<'a>(&'a [Tensor]);
+    struct Outputs<'a>(&'a Metadata, &'a [Tensor]);
     impl Serialize for Outputs<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut map = serializer.serialize_map(Some(self.0.len()))?;
-            for t in self.0 {
+            let mut map = serializer.serialize_map(Some(self.1.len()))?;
+            for (spec, t) in self.0.outputs.iter().zip(self.1) {
                 let nested = Elements {
                     tensor: t,
                     nested: true,
                 };
-                map.serialize_entry(&t.name, &nested)?;
+                map.serialize_entry(&spec.name, &nested)?;
             }
             map.end()
         }
@@ -147,7 +151,11 @@ pub fn encode_predict_response(
         prediction: Option<Prediction<'a>>,
         outputs: Outputs<'a>,
     }
-    let label = outputs.iter().find(|t| t.name == "label");
+    let label = metadata
+        .outputs
+        .iter()
+        .zip(outputs)
+        .find_map(|(spec, t)| (spec.name == "label").then_some(t));
     let estimate = outputs.iter().chain(label).fold(256u64, |sum, t| {
         sum.saturating_add(json_size_floor(t, true))
     });
@@ -159,7 +167,7 @@ pub fn encode_predict_response(
         model: &metadata.name,
         instance,
         prediction: label.map(Prediction),
-        outputs: Outputs(outputs),
+        outputs: Outputs(metadata, outputs),
     })?;
     Ok(body.body)
 }
