@@ -80,48 +80,51 @@ struct Layer {
 }
 
 impl Layer {
-    /// `output = act(input @ W + b)`, accumulated one input row of `W` at a
-    /// time so the inner loop runs over contiguous memory and vectorises.
+    /// `output = act(input @ W + b)`, a block of output lanes at a time:
+    /// each block's sums are a local array while every input row of `W`
+    /// adds to them, and are stored into `output` once. Blocks of 64, 32, 4
+    /// and 1 lanes cover the digits' 64-, 32- and 10-wide layers in five
+    /// blocks.
     fn apply(&self, input: &[f32], output: &mut [f32]) {
-        output.copy_from_slice(&self.bias);
-        for (&x, row) in input.iter().zip(self.weights.chunks_exact(self.outputs)) {
-            // Blank pixels and ReLU zeros are about half of all inputs, and
-            // skipping them leaves the sum bit-for-bit unchanged.
-            if x == 0.0 {
-                continue;
-            }
-            axpy(x, row, output);
-        }
+        let mut done = 0;
+        done += self.blocks::<64>(input, done, &mut output[done..]);
+        done += self.blocks::<32>(input, done, &mut output[done..]);
+        done += self.blocks::<4>(input, done, &mut output[done..]);
+        self.blocks::<1>(input, done, &mut output[done..]);
         self.activation.apply(output);
     }
-}
 
-/// `output += x * row`, thirty-two lanes at a time, then four, then one.
-/// Every loop in a component pays for an epoch check (the host's deadline)
-/// on each iteration, and Cranelift keeps less in registers across one than
-/// LLVM does natively: a fixed-size block compiles to straight-line f32x4
-/// operations, so the check and the loop's spills are paid once per block.
-/// The digits' layers are 64, 32 and 10 wide: two blocks, one block, and
-/// two lanes of four plus two singles. Each output still sums its inputs in
-/// the same order, so the results are bit-for-bit those of a plain loop.
-fn axpy(x: f32, row: &[f32], output: &mut [f32]) {
-    fn lanes<const N: usize>(x: f32, row: &[f32], output: &mut [f32]) -> usize {
-        let whole = output.len() - output.len() % N;
-        let mut outs = output.chunks_exact_mut(N);
-        let mut ws = row.chunks_exact(N);
-        for (o, w) in (&mut outs).zip(&mut ws) {
-            let (o, w): (&mut [f32; N], &[f32; N]) = (o.try_into().unwrap(), w.try_into().unwrap());
-            for i in 0..N {
-                o[i] += x * w[i];
+    /// Fills as many whole blocks of `N` outputs as `output` holds, starting
+    /// at output lane `first`; returns how many lanes that was.
+    ///
+    /// Each output still starts from its bias and adds `x * w` input by
+    /// input, in order, so the sums are bit-for-bit those of a plain loop.
+    /// Summing into a local instead of `output` in memory took the guest's
+    /// `predict` from 32.4k to 24.7k instructions, and the same math natively
+    /// from 13.3k to 8.2k: there are no stores and reloads of the outputs per
+    /// input, and in a component the loop's epoch check comes once per input
+    /// and block. Cranelift still keeps the sums on the stack rather than in
+    /// registers; with 32 lanes at most the call took 26.4k, with 16 30.6k.
+    fn blocks<const N: usize>(&self, input: &[f32], first: usize, output: &mut [f32]) -> usize {
+        let mut filled = 0;
+        for (block, out) in output.chunks_exact_mut(N).enumerate() {
+            let lane = first + block * N;
+            let mut sums: [f32; N] = self.bias[lane..lane + N].try_into().unwrap();
+            for (&x, row) in input.iter().zip(self.weights.chunks_exact(self.outputs)) {
+                // Blank pixels and ReLU zeros are about half of all inputs,
+                // and skipping them leaves the sums bit-for-bit unchanged.
+                if x == 0.0 {
+                    continue;
+                }
+                let w: &[f32; N] = row[lane..lane + N].try_into().unwrap();
+                for i in 0..N {
+                    sums[i] += x * w[i];
+                }
             }
+            out.copy_from_slice(&sums);
+            filled += N;
         }
-        whole
-    }
-    let done = lanes::<32>(x, row, output);
-    let (row, output) = (&row[done..], &mut output[done..]);
-    let done = lanes::<4>(x, row, output);
-    for (o, &w) in output[done..].iter_mut().zip(&row[done..]) {
-        *o += x * w;
+        filled
     }
 }
 
