@@ -180,8 +180,10 @@ impl Tensor {
     /// Checks that this tensor holds `datatype` and that its data length
     /// matches its shape, before any decoding. The host validates requests
     /// already; checking again keeps a model from trusting a host bug into a
-    /// panic or a silently truncated read.
-    fn check(&self, datatype: Datatype) -> Result<(), Error> {
+    /// panic or a silently truncated read. The typed reads (`to_f32`, ...)
+    /// call it; a model that passes a tensor through without reading it
+    /// calls it itself.
+    pub fn check(&self, datatype: Datatype) -> Result<(), Error> {
         if self.datatype != datatype {
             return Err(Error::InvalidInput(format!(
                 "expected a tensor of {datatype}, got one of {}",
