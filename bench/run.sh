@@ -137,9 +137,13 @@ install_tools() {
 build() {
     say "building the guests, the host, the native ceiling and the micro-benchmarks"
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-    cargo build --release --target wasm32-wasip2 \
-        -p guest-model -p fault-model -p echo-model -p big-model -p onnx-runner
-    [[ $WASMTIME == 1 ]] && cargo build --release --target wasm32-wasip2 -p wasi-http-digits
+    # The guests as `make guests` builds them (fat LTO, one codegen unit),
+    # the `wasmtime serve` peer's component too; the ONNX runner as `make` does.
+    local guest=(env CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+        cargo build --release --target wasm32-wasip2)
+    "${guest[@]}" -p guest-model -p fault-model -p echo-model -p big-model
+    cargo build --release --target wasm32-wasip2 -p onnx-runner
+    [[ $WASMTIME == 1 ]] && "${guest[@]}" -p wasi-http-digits
     cargo build --release -p wasm-host -p native-ceiling
     cargo bench -p wasm-host --bench micro --no-run
     if [[ $SCALAR == 1 ]]; then
@@ -147,8 +151,7 @@ build() {
         # it on; a later -simd128 turns it off), in a target dir of their own.
         CARGO_TARGET_DIR=$OUT/scalar-target \
             CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="-C target-feature=-simd128" \
-            cargo build --release --target wasm32-wasip2 \
-            -p guest-model -p fault-model -p echo-model -p big-model
+            "${guest[@]}" -p guest-model -p fault-model -p echo-model -p big-model
     fi
 }
 
