@@ -20,8 +20,11 @@
 //! The pool is sized to the instance count and checked against the address
 //! space this process can still reserve (the top of the user address space,
 //! or `RLIMIT_AS`); a pool that does not fit shrinks, and below
-//! [`MIN_POOL_SLOTS`] the engine allocates each instance on demand. One log
-//! line says which was chosen and why.
+//! [`MIN_POOL_SLOTS`] the engine allocates each instance on demand. A pool
+//! that fits the address space but cannot be mapped in one piece (valgrind
+//! caps mappings) also falls back to on-demand instances, in the planned
+//! layout if one memory's reservation can be mapped. One log line says which
+//! was chosen and why.
 
 use std::time::Duration;
 
@@ -110,9 +113,15 @@ impl Layout {
         self.reservation()
     }
 
+    /// The address space one linear memory reserves: what an on-demand
+    /// instance maps at once for each of its memories.
+    pub fn memory_bytes(self) -> u64 {
+        self.reservation() + self.guard()
+    }
+
     /// The address space one pool slot (one component instance) reserves.
     pub fn slot_bytes(self) -> u64 {
-        u64::from(MEMORIES_PER_SLOT) * (self.reservation() + self.guard())
+        u64::from(MEMORIES_PER_SLOT) * self.memory_bytes()
             + STACK_BYTES
             + u64::from(TABLES_PER_SLOT) * TABLE_BYTES
     }
@@ -289,8 +298,17 @@ pub fn build(slots: u32, memory_limit: usize) -> Result<(Engine, Allocator, Stri
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, plan.allocator, plan.why)),
             Err(err) => {
-                // The probe said the pool fits, but reserving it failed.
-                let layout = Layout::compact(memory_limit as u64);
+                // The probe said the pool fits, but reserving it failed: the
+                // address space is there, a mapping that large is not (valgrind
+                // caps each mapping far below it). On-demand instances map each
+                // memory on its own, so they keep the planned layout, and its
+                // faster code, if one memory's reservation can be mapped; the
+                // compact layout otherwise.
+                let layout = if can_reserve(layout.memory_bytes()) {
+                    layout
+                } else {
+                    Layout::compact(memory_limit as u64)
+                };
                 let why = format!(
                     "pooling allocator unavailable ({}): using on-demand instances, {layout}",
                     err.root_cause()
@@ -364,6 +382,31 @@ pub fn reservable_address_space() -> u64 {
     address_space(&maps, &status, limit)
 }
 
+/// Whether `bytes` of address space can be reserved in one mapping now
+/// (mapped without access or backing, then unmapped at once).
+pub fn can_reserve(bytes: u64) -> bool {
+    let Ok(len) = usize::try_from(bytes) else {
+        return false;
+    };
+    // SAFETY: a fresh anonymous mapping with no access touches no existing
+    // memory, and it is unmapped before anything else can see it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(at, len);
+    }
+    true
+}
+
 /// [`reservable_address_space`] from the text of `/proc/self/maps` and
 /// `/proc/self/status` and the soft `RLIMIT_AS`.
 fn address_space(maps: &str, status: &str, limit: Option<u64>) -> u64 {
@@ -426,6 +469,12 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_wide_memory_can_be_reserved_and_more_than_the_address_space_cannot() {
+        assert!(can_reserve(Layout::Wide.memory_bytes()));
+        assert!(!can_reserve(1 << 60));
+    }
 
     #[test]
     fn x86_with_a_47_bit_address_space_keeps_wide_slots() {
