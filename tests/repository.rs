@@ -37,6 +37,18 @@ fn repository() -> PathBuf {
     dir
 }
 
+/// The body of a repository load that uploads `component` as version 1,
+/// with a `config` when given (Triton's `file:` parameters, base64).
+fn upload(component: &[u8], config: Option<&str>) -> Value {
+    let mut parameters = json!({
+        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(component),
+    });
+    if let Some(config) = config {
+        parameters["config"] = json!(config);
+    }
+    json!({ "parameters": parameters })
+}
+
 fn admin(host: &Host, path: &str, body: &Value, token: Option<&str>) -> support::Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
@@ -297,9 +309,7 @@ fn a_model_built_against_contract_0_1_is_refused_over_http_with_how_to_rebuild_i
     let dir = repository();
     let host = start_explicit(&dir, &[]);
     let component = std::fs::read(guest("contract_0_1_model")).unwrap();
-    let body = json!({ "parameters": {
-        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(&component),
-    }});
+    let body = upload(&component, None);
     let refused = admin(&host, "/v2/repository/models/old/load", &body, Some(TOKEN));
     assert_eq!(refused.status, 400, "{}", refused.error());
     assert!(
@@ -327,10 +337,7 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
     let dir = repository();
     let host = start_explicit(&dir, &[]);
     let component = std::fs::read(guest("fault_model")).unwrap();
-    let body = json!({ "parameters": {
-        "config": "{\"instances\": 3}",
-        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(&component),
-    }});
+    let body = upload(&component, Some("{\"instances\": 3}"));
     // Without the token: 401 and nothing changes.
     let refused = admin(&host, "/v2/repository/models/plugin/load", &body, None);
     assert_eq!(refused.status, 401);
@@ -383,8 +390,7 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
         refused.error()
     );
     // A config that only changes the instance count resizes in place.
-    let resize = json!({ "parameters": { "config": "{\"instances\": 1}",
-        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(&component) } });
+    let resize = upload(&component, Some("{\"instances\": 1}"));
     let before = host
         .post_json("/v2/models/plugin/infer", &fault_action(0, 1))
         .instance();
