@@ -62,7 +62,7 @@ pub struct Held {
 impl Held {
     /// Grows the share to `bytes`, or refuses with a 503 when the budget has
     /// no room: the host is holding as many bodies as it was told to.
-    fn grow_to(&mut self, limits: &BodyLimits, bytes: usize) -> Result<(), ApiError> {
+    pub(crate) fn grow_to(&mut self, limits: &BodyLimits, bytes: usize) -> Result<(), ApiError> {
         if bytes <= self.bytes {
             return Ok(());
         }

@@ -309,11 +309,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_MAX_BODY", default_value = "16MiB", value_parser = parse_size)]
     pub max_body: u64,
 
-    /// Longest a request's body may take to arrive (e.g. 10s); past it, 408 and the connection is closed.
+    /// Longest a request's body may take to arrive (e.g. 10s); past it, 408 and the connection is closed (gRPC: DEADLINE_EXCEEDED).
     #[arg(long, env = "WASM_HOST_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
-    /// Most bytes of request bodies held at once across all connections (e.g. 1GiB); past it, 503 with Retry-After.
+    /// Most bytes of request bodies held at once across all connections, HTTP and gRPC (e.g. 1GiB); past it, 503 with Retry-After (gRPC: UNAVAILABLE).
     #[arg(long, env = "WASM_HOST_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size)]
     pub body_budget: u64,
 

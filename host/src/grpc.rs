@@ -10,6 +10,7 @@
 //! HTTP message. Connections are served by [`crate::server`], with hyper's
 //! HTTP/2; tonic contributes only its codec and the generated service.
 
+mod body;
 mod status;
 mod tensors;
 
@@ -32,6 +33,7 @@ use crate::triton;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;
 
+pub use body::{Bounded, Share};
 pub use status::status;
 
 /// The generated service around [`Service`], ready to serve connections.

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -162,11 +164,18 @@ impl Connection {
                     .await;
             }
             Protocol::Grpc(grpc) => {
-                let service = service_fn(move |request| {
+                let app = Arc::clone(&self.app);
+                let service = service_fn(move |request: Request<Incoming>| {
                     let mut grpc = grpc.clone();
                     let busy = requests.begin();
+                    // The body's share of --body-budget, kept until the
+                    // call is answered (see grpc::Bounded).
+                    let share = grpc::Share::default();
+                    let request = request
+                        .map(|body| grpc::Bounded::new(body, Arc::clone(&app), Arc::clone(&share)));
                     async move {
                         let response = grpc.call(request).await;
+                        drop(share);
                         drop(busy);
                         response
                     }

@@ -273,6 +273,70 @@ def test_overload_is_unavailable(fault_hosts):
     client.close()
 
 
+def held_body_bytes(http):
+    with urllib.request.urlopen(f"http://{http}/health") as health:
+        return json.load(health)["bodies"]["held_bytes"]
+
+
+def test_stalled_messages_share_the_body_budget_and_are_cut_off_by_the_body_timeout():
+    """gRPC bodies are bounded as HTTP's are: a message sent whole on a stream that never ends
+    holds its bytes of --body-budget; a call the budget has no room for is UNAVAILABLE with HTTP's
+    message; the stalled one is DEADLINE_EXCEEDED once --body-timeout has passed; the budget comes
+    back and the next call is served."""
+    args = ["--max-body", "2MiB", "--body-budget", "3MiB", "--body-timeout", "3s", str(MODEL)]
+    with running_host(args, grpc=True) as (http, addr):
+        channel = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 8 << 20)])
+        method = "/inference.GRPCInferenceService/ModelInfer"
+        decode = service_pb2.ModelInferResponse.FromString
+        message = lambda size: service_pb2.ModelInferRequest(
+            model_name="digits", raw_input_contents=[bytes(size)]).SerializeToString()
+        release = threading.Event()
+
+        def stalled():
+            yield message(1900 << 10)
+            release.wait(30)  # the request stream stays open: its body never ends
+
+        held = {}
+
+        def hold():
+            try:
+                channel.stream_unary(method, response_deserializer=decode)(stalled(), timeout=60)
+                held["code"] = grpc.StatusCode.OK
+            except grpc.RpcError as err:
+                held["code"], held["details"] = err.code(), err.details()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            deadline = time.monotonic() + 10
+            while held_body_bytes(http) < 1900 << 10:
+                assert time.monotonic() < deadline, "the stalled message never held the budget"
+                time.sleep(0.02)
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(method, response_deserializer=decode)(
+                    message(1500 << 10), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+            assert "--body-budget" in refused.value.details(), refused.value.details()
+            holder.join(30)
+            assert held.get("code") == grpc.StatusCode.DEADLINE_EXCEEDED, held
+            assert "--body-timeout" in held["details"], held
+        finally:
+            release.set()
+            holder.join(30)
+        deadline = time.monotonic() + 5
+        while held_body_bytes(http) != 0:
+            assert time.monotonic() < deadline, "the budget was not given back"
+            time.sleep(0.02)
+        with urllib.request.urlopen(f"http://{http}/metrics") as metrics:
+            assert "wasm_host_request_body_timeouts_total 1" in metrics.read().decode()
+        client = grpcclient.InferenceServerClient(url=addr)
+        x = grpcclient.InferInput("x", [1, 64], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+        assert client.infer("digits", [x]).as_numpy("label").shape == (1,)
+        client.close()
+        channel.close()
+
+
 def test_sequence_and_priority_are_invalid_argument(triton):
     x = grpcclient.InferInput("x", [1, 64], "FP32")
     x.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
