@@ -345,7 +345,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graceful_timeout: Duration,
 
-    /// Log one line per request (method, path, status, latency, instance) under the `access` target.
+    /// Log one line per request, HTTP or gRPC (method, path, status, gRPC status, latency, instance) under the `access` target.
     #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
     pub access_log: bool,
 

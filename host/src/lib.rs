@@ -13,6 +13,7 @@
 //! pre-initialised model component. [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
 //! flags, environment and a TOML file into settings.
 
+pub mod access;
 pub mod app;
 pub mod batch;
 pub mod body;

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::access::{self, X_INSTANCE_ID};
 use crate::app::{App, Plane};
 use crate::body::{self, Coding};
 use crate::control;
@@ -187,22 +188,14 @@ pub(crate) async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = respond(app, plane, request).await;
-    let instance = response
-        .headers()
-        .get(X_INSTANCE_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    tracing::info!(
-        target: "access",
-        method = %method,
-        path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        instance,
-        "{method} {path} {}",
-        response.status().as_u16()
-    );
+    access::log(access::Line {
+        method: &method,
+        path: &path,
+        status: response.status().as_u16(),
+        grpc_status: None,
+        headers: response.headers(),
+        started,
+    });
     Ok(response)
 }
 
@@ -476,10 +469,6 @@ async fn infer(
     headers.insert(X_INSTANCE_ID, HeaderValue::from(instance));
     Ok(response)
 }
-
-/// The header naming the instance that served an inference. A constant,
-/// as a string it is parsed and hashed on every response (600 instructions).
-const X_INSTANCE_ID: HeaderName = HeaderName::from_static("x-instance-id");
 
 /// The binary tensor data extension's header: the length of the JSON part
 /// of a body that continues with raw tensor bytes.

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -168,6 +168,10 @@ impl Connection {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let mut grpc = grpc.clone();
                     let busy = requests.begin();
+                    let access = app
+                        .config
+                        .access_log
+                        .then(|| (Instant::now(), request.uri().path().to_owned()));
                     // The body's share of --body-budget, kept until the
                     // call is answered (see grpc::Bounded).
                     let share = grpc::Share::default();
@@ -177,6 +181,9 @@ impl Connection {
                         let response = grpc.call(request).await;
                         drop(share);
                         drop(busy);
+                        if let (Some((started, path)), Ok(response)) = (access, &response) {
+                            log_grpc_access(&path, response, started);
+                        }
                         response
                     }
                 });
@@ -291,4 +298,24 @@ impl Drop for InFlight {
         self.0.finished.fetch_add(1, Ordering::SeqCst);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The access line of a gRPC call. Every call is unary, so its outcome is
+/// known when the response's head is: a failure is a trailers-only response
+/// with `grpc-status` among its headers, a success carries `grpc-status: 0`
+/// in its trailers.
+fn log_grpc_access<B>(path: &str, response: &hyper::Response<B>, started: Instant) {
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    crate::access::log(crate::access::Line {
+        method: &hyper::Method::POST,
+        path,
+        status: response.status().as_u16(),
+        grpc_status: Some(grpc_status),
+        headers: response.headers(),
+        started,
+    });
 }

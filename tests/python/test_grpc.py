@@ -25,6 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+import conftest
 from conftest import ADMIN_TOKEN, FAULT, MODEL, PROCESSES, REFERENCE, ROOT, running_host
 
 TOLERANCE = 1e-5
@@ -335,6 +336,35 @@ def test_stalled_messages_share_the_body_budget_and_are_cut_off_by_the_body_time
         assert client.infer("digits", [x]).as_numpy("label").shape == (1,)
         client.close()
         channel.close()
+
+
+def test_the_access_log_has_a_line_per_grpc_call_with_its_grpc_status():
+    """`--access-log` logs gRPC calls as it logs HTTP requests: method, path, latency and the
+    instance, with the call's gRPC status beside the HTTP status (200 for every gRPC answer)."""
+    first = len(conftest._host_log)
+    args = ["--instances", "1", "--access-log", "--log-format", "json", str(MODEL)]
+    with running_host(args, grpc=True) as (_, addr):
+        client = grpcclient.InferenceServerClient(url=addr)
+        x = grpcclient.InferInput("x", [1, 64], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+        client.infer("digits", [x])
+        status, _ = grpc_error(lambda: client.infer("nobody", [x]))
+        assert status == "StatusCode.NOT_FOUND"
+        client.close()
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [json.loads(line) for line in conftest._host_log[first:]
+                     if line.startswith("{")]
+            access = [line for line in lines if line.get("target") == "access"]
+            if len(access) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    path = "/inference.GRPCInferenceService/ModelInfer"
+    served, missing = access[-2], access[-1]
+    assert (served["method"], served["path"], served["status"]) == ("POST", path, 200), served
+    assert served["grpc_status"] == 0, served
+    assert served["instance"] != "-" and served["latency_us"] >= 0, served
+    assert (missing["path"], missing["grpc_status"], missing["instance"]) == (path, 5, "-"), missing
 
 
 def test_sequence_and_priority_are_invalid_argument(triton):
