@@ -95,6 +95,14 @@ struct Queue {
     forming: Vec<Forming>,
 }
 
+impl Queue {
+    /// Takes a request out of the waiting list; `false` if a leader took it.
+    fn withdraw(&mut self, id: u64) -> bool {
+        let at = self.waiting.iter().position(|m| m.id == id);
+        at.and_then(|at| self.waiting.remove(at)).is_some()
+    }
+}
+
 struct Forming {
     leader: u64,
     key: Key,
@@ -203,23 +211,16 @@ impl Batcher {
 
     /// Takes a request out of the waiting list; `false` if a leader took it.
     fn withdraw(&self, id: u64) -> bool {
-        let mut queue = self.queue.lock().unwrap();
-        match queue.waiting.iter().position(|m| m.id == id) {
-            Some(at) => {
-                queue.waiting.remove(at);
-                true
-            }
-            None => false,
-        }
+        self.queue.lock().unwrap().withdraw(id)
     }
 
     /// Removes a request that leaves (its client gone, or done) from
-    /// wherever it still is.
+    /// wherever it still is, under one lock.
     fn leave(&self, id: u64) {
-        if self.withdraw(id) {
+        let mut queue = self.queue.lock().unwrap();
+        if queue.withdraw(id) {
             return;
         }
-        let mut queue = self.queue.lock().unwrap();
         for forming in &mut queue.forming {
             if let Some(at) = forming.joined.iter().position(|m| m.id == id) {
                 let member = forming.joined.remove(at);
