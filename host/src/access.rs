@@ -59,3 +59,23 @@ pub fn log(line: Line<'_>) {
         ),
     }
 }
+
+/// The access line of a gRPC call. Every call is unary, so its outcome is
+/// known when the response's head is: a failure is a trailers-only response
+/// with `grpc-status` among its headers, a success carries `grpc-status: 0`
+/// in its trailers.
+pub fn log_grpc<B>(path: &str, response: &hyper::Response<B>, started: Instant) {
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    log(Line {
+        method: &Method::POST,
+        path,
+        status: response.status().as_u16(),
+        grpc_status: Some(grpc_status),
+        headers: response.headers(),
+        started,
+    });
+}

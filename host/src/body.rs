@@ -197,11 +197,7 @@ pub async fn read(
         Err(_) => {
             let mut err = ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {:?} (--body-timeout); \
-                     the connection is closed",
-                    limits.timeout
-                ),
+                format!("{}; the connection is closed", not_arrived(limits.timeout)),
             );
             err.close_connection = true;
             return Err(err);
@@ -255,7 +251,13 @@ fn inflate(
     }
 }
 
-fn too_large(max_body: usize, when: &str) -> ApiError {
+/// What a client hears when its body stops arriving: HTTP's 408 and
+/// gRPC's DEADLINE_EXCEEDED say the same.
+pub(crate) fn not_arrived(timeout: Duration) -> String {
+    format!("the request body did not arrive within {timeout:?} (--body-timeout)")
+}
+
+pub(crate) fn too_large(max_body: usize, when: &str) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(

@@ -182,7 +182,7 @@ impl Connection {
                         drop(share);
                         drop(busy);
                         if let (Some((started, path)), Ok(response)) = (access, &response) {
-                            log_grpc_access(&path, response, started);
+                            crate::access::log_grpc(&path, response, started);
                         }
                         response
                     }
@@ -298,24 +298,4 @@ impl Drop for InFlight {
         self.0.finished.fetch_add(1, Ordering::SeqCst);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// The access line of a gRPC call. Every call is unary, so its outcome is
-/// known when the response's head is: a failure is a trailers-only response
-/// with `grpc-status` among its headers, a success carries `grpc-status: 0`
-/// in its trailers.
-fn log_grpc_access<B>(path: &str, response: &hyper::Response<B>, started: Instant) {
-    let grpc_status = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
-    crate::access::log(crate::access::Line {
-        method: &hyper::Method::POST,
-        path,
-        status: response.status().as_u16(),
-        grpc_status: Some(grpc_status),
-        headers: response.headers(),
-        started,
-    });
 }

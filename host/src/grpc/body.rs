@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use crate::app::App;
-use crate::body::Held;
+use crate::body::{self, Held};
 
 /// A body's share of the budget, shared between the body (which grows it)
 /// and the call (which keeps it until the answer).
@@ -56,10 +56,7 @@ impl Bounded {
         let max_body = self.app.body.max_body;
         if self.received > max_body.saturating_add(5) {
             // The code tonic gives a message past its size limit.
-            return Err(Status::out_of_range(format!(
-                "the request message is larger than {max_body} bytes; send less, or raise \
-                 --max-body"
-            )));
+            return Err(Status::out_of_range(body::too_large(max_body, "").message));
         }
         let mut share = self
             .share
@@ -85,10 +82,8 @@ impl Body for Bounded {
         {
             this.deadline = None;
             this.app.registry.metrics().body_timed_out();
-            let timeout = this.app.body.timeout;
-            return Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(format!(
-                "the request body did not arrive within {timeout:?} (--body-timeout)"
-            ))))));
+            let message = body::not_arrived(this.app.body.timeout);
+            return Poll::Ready(Some(Err(Box::new(Status::deadline_exceeded(message)))));
         }
         let frame = match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
