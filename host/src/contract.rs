@@ -50,6 +50,19 @@ pub fn other_version_refusal(shown: &str, version: &str) -> String {
     )
 }
 
+impl TensorSpec {
+    /// Whether a tensor of `shape` fits this spec: the same rank, and every
+    /// fixed dimension as declared (`-1` is any size). Requests' inputs and
+    /// models' outputs are held to it alike.
+    pub fn fits(&self, shape: &[u64]) -> bool {
+        shape.len() == self.shape.len()
+            && shape
+                .iter()
+                .zip(&self.shape)
+                .all(|(&got, &want)| want == -1 || i64::try_from(got) == Ok(want))
+    }
+}
+
 impl Datatype {
     /// Every datatype, for parsing names.
     pub const ALL: [Datatype; 13] = [
@@ -112,6 +125,25 @@ impl std::fmt::Display for Datatype {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_fits_a_spec_of_its_rank_with_its_fixed_dimensions() {
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: Datatype::Fp32,
+            shape: vec![-1, 64],
+        };
+        assert!(spec.fits(&[1, 64]));
+        assert!(spec.fits(&[u64::MAX, 64]), "-1 takes any size");
+        assert!(!spec.fits(&[1, 63]));
+        assert!(!spec.fits(&[64]), "rank 1 against rank 2");
+        assert!(!spec.fits(&[1, 64, 1]));
+        let fixed = TensorSpec {
+            shape: vec![2],
+            ..spec
+        };
+        assert!(!fixed.fits(&[u64::MAX]), "no wrap to -1");
+    }
 
     #[test]
     fn the_version_is_the_one_wit_model_wit_declares() {

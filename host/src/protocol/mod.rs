@@ -210,13 +210,7 @@ fn check_spec(name: &str, tensor: &Tensor, spec: &TensorSpec, model: &str) -> Re
             tensor.datatype, spec.datatype
         )));
     }
-    let fits = tensor.shape.len() == spec.shape.len()
-        && tensor
-            .shape
-            .iter()
-            .zip(&spec.shape)
-            .all(|(&got, &want)| want == -1 || got as i64 == want);
-    if !fits {
+    if !spec.fits(&tensor.shape) {
         return Err(Error::bad_input(format!(
             "input {name:?} has shape {:?} but model {model} expects {:?} (-1 means any size)",
             tensor.shape, spec.shape
@@ -278,13 +272,7 @@ pub fn check_outputs(outputs: &[Tensor], metadata: &Metadata) -> Result<(), Stri
                 output.datatype, spec.datatype
             ));
         }
-        let fits = output.shape.len() == spec.shape.len()
-            && output
-                .shape
-                .iter()
-                .zip(&spec.shape)
-                .all(|(&got, &want)| want == -1 || i64::try_from(got) == Ok(want));
-        if !fits {
+        if !spec.fits(&output.shape) {
             return Err(format!(
                 "model {model} returned output {name:?} with shape {:?} but declares {:?}",
                 output.shape, spec.shape
