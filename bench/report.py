@@ -7,6 +7,7 @@ it prints and into docs/benchmarks.md.
 import csv
 import json
 import os
+import statistics
 import sys
 
 OUT, DOC, ELAPSED = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -44,6 +45,7 @@ def json_result(name):
 
 ONNX = json_result("onnx")
 EDGE = tsv("edge")
+ROUNDS = tsv("rounds")
 
 
 # --- formatting ---------------------------------------------------------------
@@ -267,6 +269,69 @@ def startup(prefix):
     return None
 
 
+def round_ratios():
+    """Per interleaved round (bench/run.sh's rounds()): wasm-host's req/s and CPU per request
+    over the native ceiling's, its req/s over `wasmtime serve`'s, and the three p99s. A round's
+    servers ran within the same minute, so a ratio within a round is what this noisy machine can
+    measure; their median is what the targets read."""
+    by_round = {}
+    for r in ROUNDS:
+        by_round.setdefault(int(r["round"]), {})[r["contender"]] = r
+    rows = []
+    for n, got in sorted(by_round.items()):
+        host, native, peer = got.get("wasm-host"), got.get("native"), got.get("wasmtime")
+        if not (host and native):
+            continue
+        cpu = lambda r: float(r["cpu_s"]) / max(int(r["requests"]), 1)
+        rows.append({
+            "round": n,
+            "rps": rps(host) / rps(native),
+            "cpu": cpu(host) / cpu(native),
+            "peer": rps(host) / rps(peer) if peer else None,
+            "p99": (float(host["p99_us"]), float(native["p99_us"]), float(peer["p99_us"]) if peer else None),
+        })
+    return rows
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def rounds_section():
+    rows = round_ratios()
+    if not rows:
+        return ""
+    peer = all(r["peer"] is not None for r in rows)
+    header = ["round", "wasm-host ÷ native req/s", "wasm-host ÷ native CPU/req"]
+    if peer:
+        header += ["wasm-host ÷ `wasmtime serve` req/s", "p99: wasm-host / native / `wasmtime serve`"]
+    body = []
+    for r in rows:
+        line = [str(r["round"]), ratio(r["rps"]), ratio(r["cpu"])]
+        if peer:
+            line += [ratio(r["peer"]), " / ".join(us(p) for p in r["p99"])]
+        body.append(line)
+    summary = ["**median**", f"**{ratio(median([r['rps'] for r in rows]))}**",
+               f"**{ratio(median([r['cpu'] for r in rows]))}**"]
+    if peer:
+        wins = sum(r["p99"][0] <= r["p99"][2] for r in rows)
+        summary += [f"**{ratio(median([r['peer'] for r in rows]))}**",
+                    f"wasm-host's p99 no worse than `wasmtime serve`'s in {wins} of {len(rows)}"]
+    body.append(summary)
+    return "\n".join([
+        "## Interleaved rounds (issue 15)",
+        "",
+        f"One window per server, as above, is at the mercy of the minute it ran in. Here each round ran "
+        f"wasm-host (2 instances), the native ceiling{' and `wasmtime serve`' if peer else ''} one after the "
+        f"other (every other round in the opposite order), pinned as above, {len(rows)} rounds of {M.get('round_seconds', '?')} s each at {TOP_C} "
+        "connections (after a 1 s warm-up), and a ratio is taken within a round. Issue 15's targets read "
+        "the medians.",
+        "",
+        table(header, body),
+        "",
+    ])
+
+
 def targets():
     """(target, measured, met, what bounds it) for each target of the issue."""
     out = []
@@ -324,18 +389,39 @@ def targets():
                 + (f"; the native ceiling's p99 at {TOP_C} connections is {us(native['p99_us'])}" if native else "")
             )
         out.append((f"p99 at {TOP_C} connections ≤ 2 ms", f"{us(p99)} (p50 {us(host['p50_us'])})", met, bound))
+    rounds = round_ratios()
     if host and native:
         # Issue 15: pinned, CPU per request close to native's; the lead over wasmtime serve kept.
-        r, c = rps(host) / rps(native), cpu_us(host) / cpu_us(native)
+        # Read from the interleaved rounds' medians when there are any: one window each is noise.
+        single = (f"{ratio(rps(host) / rps(native))} req/s, {ratio(cpu_us(host) / cpu_us(native))} CPU/req "
+                  f"({cpu_us(host):.1f} µs vs {cpu_us(native):.1f} µs)")
+        if rounds:
+            r, c = median([x["rps"] for x in rounds]), median([x["cpu"] for x in rounds])
+            cpus = [x["cpu"] for x in rounds]
+            measured = (f"{ratio(r)} req/s, {ratio(c)} CPU/req: medians of {len(rounds)} interleaved rounds "
+                        f"(CPU/req {ratio(min(cpus))}–{ratio(max(cpus))}); the one window above: {single}")
+        else:
+            r, c = rps(host) / rps(native), cpu_us(host) / cpu_us(native)
+            measured = single
         out.append((
             f"/v2 infer at {TOP_C} connections ≥ 0.87× native req/s, CPU/req ≤ 1.15× native's (issue 15, pinned)",
-            f"{ratio(r)} req/s, {ratio(c)} CPU/req ({cpu_us(host):.1f} µs vs {cpu_us(native):.1f} µs)"
-            + ("" if PINNED else "; **not pinned**"),
+            measured + ("" if PINNED else "; **not pinned**"),
             r >= 0.87 and c <= 1.15,
             "" if r >= 0.87 and c <= 1.15 else "see *Where wasm-host loses time against native* below",
         ))
     peer = find("wasmtime serve", INFER, TOP_C)
-    if host and peer:
+    if rounds and all(x["peer"] is not None for x in rounds):
+        r = median([x["peer"] for x in rounds])
+        wins = sum(x["p99"][0] <= x["p99"][2] for x in rounds)
+        ok = r >= 1.5 and wins == len(rounds)
+        out.append((
+            f"/v2 infer at {TOP_C} connections ≥ 1.5× `wasmtime serve` req/s, p99 no worse (issue 15)",
+            f"{ratio(r)} req/s (median of {len(rounds)} interleaved rounds); p99 no worse in {wins} of "
+            f"{len(rounds)} rounds",
+            ok,
+            "",
+        ))
+    elif host and peer:
         r = rps(host) / rps(peer)
         ok = r >= 1.5 and float(host["p99_us"]) <= float(peer["p99_us"])
         out.append((
@@ -711,6 +797,7 @@ def write_doc(target_rows):
         "in the guest instead of wasm-host's codec in the host). `-S cli` links the wasi:cli interfaces Rust's std "
         "imports; instances are reused up to the count, as wasm-host's are.",
         "",
+        rounds_section(),
         "## Density: N instances of a model with 16 MiB of weights",
         "",
         "`examples/big-model` computes y = x·W with W a 1024 × 4096 f32 matrix (16 MiB), generated by its "

@@ -10,7 +10,8 @@
 #      gunicorn + uvicorn + numpy, at each concurrency; on a machine with 2
 #      or more cores each server is pinned alone to core 1 and wrk (one
 #      thread) to core 0, so req/s is the inverse of the server's CPU per
-#      request;
+#      request; then interleaved rounds of wasm-host, the ceiling and the
+#      peer at 64 connections, for issue 15's ratios (rounds(), below);
 #   2. density: wasm-host's memory with 1, 8 and 64 instances of a model with
 #      16 MiB of weights;
 #   3. start-up to ready, with and without the compiled-artifact cache;
@@ -51,6 +52,9 @@
 #   BENCH_PIN=auto           pin the throughput runs: the server to core BENCH_SERVER_CPU, wrk (-t1) to
 #                            BENCH_WRK_CPU; auto = when nproc >= 2; 0: unpinned, wrk -t2 on every core
 #   BENCH_SERVER_CPU=1, BENCH_WRK_CPU=0
+#   BENCH_ROUNDS=7           interleaved rounds of wasm-host, the native ceiling and `wasmtime serve` at
+#                            the top connection count, whose median ratios issue 15's targets read (0: skip)
+#   BENCH_ROUND_SECONDS=3    seconds per server per round
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
 #   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge instructions"   run only some parts (the report
@@ -75,6 +79,8 @@ DENSITY=${BENCH_DENSITY:-"1 8 64"}
 STARTUP_RUNS=${BENCH_STARTUP_RUNS:-5}
 MICRO_SAMPLES=${BENCH_MICRO_SAMPLES:-201}
 SCALAR=${BENCH_SCALAR:-1}
+ROUNDS=${BENCH_ROUNDS:-7}
+ROUND_SECONDS=${BENCH_ROUND_SECONDS:-3}
 GUNICORN=${BENCH_GUNICORN:-1}
 WASMTIME=${BENCH_WASMTIME:-1}
 WASMTIME_REUSE=${BENCH_WASMTIME_REUSE:-1000000}
@@ -409,6 +415,74 @@ throughput() {
         load "gunicorn (4 workers)" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
         stop
     fi
+
+    ((ROUNDS > 0)) && rounds
+    return 0
+}
+
+# Issue 15's ratios, interleaved. One window per server is at the mercy of
+# the minute it ran in: this machine moves by ±20 % from one minute to the
+# next, and two `make bench` runs of the same code read wasm-host at 0.99×
+# and 1.4× the native ceiling's CPU per request. So ROUNDS rounds run
+# wasm-host, the ceiling and `wasmtime serve` in turn, ROUND_SECONDS each at
+# the top connection count, and the report reads the median of the
+# per-round ratios: a round's servers share that round's minute.
+rounds() {
+    local round contender port=$((PORT + 100)) top=${CONNECTIONS##* } url
+    local contenders="wasm-host native"
+    [[ $WASMTIME == 1 ]] && contenders+=" wasmtime"
+    say "interleaved rounds: $contenders, $ROUNDS × ${ROUND_SECONDS} s each at $top connections"
+    printf 'round\tcontender\trequests\tseconds\trps\tp50_us\tp99_us\terrors\tcpu_s\n' >"$OUT/rounds.tsv"
+    local order reversed
+    reversed=$(printf '%s\n' $contenders | tac | tr '\n' ' ')
+    for ((round = 1; round <= ROUNDS; round++)); do
+        # Every other round in the opposite order, so that no server always
+        # runs first (or last) in its minute.
+        order=$contenders
+        ((round % 2 == 0)) && order=$reversed
+        for contender in $order; do
+            port=$((port + 1))
+            url=http://127.0.0.1:$port/v2/models/digits/infer
+            case $contender in
+            wasm-host)
+                start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$HOST" "${CACHE_FLAGS[@]}" \
+                    --instances 2 --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
+                wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/rounds-$contender.log"
+                ;;
+            native)
+                start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$CEILING" --bind "127.0.0.1:$port"
+                wait_ready_post "$url" "$OUT/infer.json" "$OUT/rounds-$contender.log"
+                ;;
+            wasmtime)
+                start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$WASMTIME_BIN" serve \
+                    --addr "127.0.0.1:$port" -S cli --max-instance-reuse-count "$WASMTIME_REUSE" "$PEER"
+                wait_ready_post "$url" "$OUT/infer.json" "$OUT/rounds-$contender.log"
+                ;;
+            esac
+            round_load "$round" "$contender" "$url" "$top"
+            stop
+        done
+    done
+}
+
+round_load() { # round_load ROUND CONTENDER URL CONNECTIONS
+    local log="$OUT/wrk-round-$1-$2.txt" before after line
+    WRK_BODY=$OUT/infer.json "${WRK_PIN[@]}" wrk -t1 -c"$4" -d1s -s "$LUA" "$3" >/dev/null # warm-up
+    before=$(cpu_ticks "$SERVER")
+    WRK_BODY=$OUT/infer.json "${WRK_PIN[@]}" wrk -t1 -c"$4" -d"${ROUND_SECONDS}s" --latency -s "$LUA" "$3" >"$log"
+    after=$(cpu_ticks "$SERVER")
+    line=$(grep '^BENCH ' "$log") || die "no result from wrk; see $log"
+    python3 - "$1" "$2" "$((after - before))" "${line#BENCH }" >>"$OUT/rounds.tsv" <<'PY'
+import json, os, sys
+rnd, contender, ticks, result = sys.argv[1:]
+r = json.loads(result)
+cpu = int(ticks) / os.sysconf("SC_CLK_TCK")
+print("\t".join(map(str, [rnd, contender, r["requests"], r["seconds"], r["rps"], r["p50_us"],
+                          r["p99_us"], r["errors"], f"{cpu:.2f}"])))
+print(f"    round {rnd} {contender:<10} {r['rps']:>9.0f} req/s  cpu/req "
+      f"{cpu / max(r['requests'], 1) * 1e6:5.1f} µs  p99 {r['p99_us']:>6} µs  errors {r['errors']}",
+      file=sys.stderr)
+PY
 }
 
 # The ceiling and gunicorn serve no health route: ready = answers a POST.
@@ -762,6 +836,8 @@ machine() {
         fi
         echo "build_seconds=$BUILD_SECONDS"
         echo "seconds=$SECONDS_PER_RUN"
+        echo "rounds=$ROUNDS"
+        echo "round_seconds=$ROUND_SECONDS"
         echo "connections=$CONNECTIONS"
         echo "instances=$BENCH_INSTANCES"
         echo "density=$DENSITY"
