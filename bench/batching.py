@@ -20,11 +20,11 @@ import http.client
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import process
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(sys.argv[1])
@@ -71,44 +71,16 @@ def body(name, rows, parameters=None):
     return json.dumps(request).encode()
 
 
-class Server:
+class Server(process.Server):
     def __init__(self, model, args, tag):
-        self.log = open(WORK / f"server-{tag}.log", "ab")
-        self.proc = subprocess.Popen(
-            [*SERVER_CPU, HOST, "--bind", f"127.0.0.1:{PORT}", "--instances", "2", *CACHE, *args,
-             str(model)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
-                c.request("GET", "/v2/health/ready")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise SystemExit(f"bench: {model} did not become ready; see {self.log.name}")
+        super().__init__([*SERVER_CPU, HOST, "--bind", f"127.0.0.1:{PORT}", "--instances", "2", *CACHE,
+                          *args, str(model)], WORK / f"server-{tag}.log")
+        self.wait_until(process.health_ready(PORT), 120, str(model))
 
     def stats(self, model):
         c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
         c.request("GET", f"/v2/models/{model}/stats")
         return json.loads(c.getresponse().read())["model_stats"][0]
-
-    def cpu_seconds(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 def wrk(model, request, connections):

@@ -23,11 +23,11 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import time
+
+import process
 
 LISTENING = re.compile(r"listening on http://(\S+)")
 READY_IN = re.compile(r"ready in ([0-9.]+)(ns|µs|us|ms|s) model=")
@@ -47,35 +47,22 @@ def us(value, unit):
     return float(value) * UNITS[unit]
 
 
-class Host:
+class Host(process.Server):
     """One wasm-host on an ephemeral loopback port, pinned to `core` when given."""
 
     def __init__(self, args, log, core=None, timeout=600):
         command = [ARGS.host, "--bind", "127.0.0.1:0", "--cache-dir", CACHE, *args]
         if core is not None:
             command = ["taskset", "-c", str(core), *command]
-        self.log_path = log
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self.log)
-        self.started = time.monotonic()
-        deadline = self.started + timeout
-        while time.monotonic() < deadline:
-            found = LISTENING.search(open(log).read())
-            if found:
-                self.ready_s = time.monotonic() - self.started
-                host, port = found.group(1).rsplit(":", 1)
-                self.port = int(port)
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise SystemExit(f"bench: wasm-host did not start; see {log}")
+        super().__init__(command, log, mode="w")
+        self.wait_until(self.listening, timeout, "wasm-host")
+        self.ready_s = time.monotonic() - self.started
 
-    def pss_kib(self):
-        with open(f"/proc/{self.proc.pid}/smaps_rollup") as f:
-            return int(next(line.split()[1] for line in f if line.startswith("Pss:")))
+    def listening(self):
+        found = LISTENING.search(open(self.log_path).read())
+        if found:
+            self.port = int(found.group(1).rsplit(":", 1)[1])
+        return found is not None
 
     def connect(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -92,14 +79,7 @@ class Host:
         return open(self.log_path).read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        super().stop(timeout=60)
 
 
 def infer(conn, model="digits"):

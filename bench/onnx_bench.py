@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+import process
 
 OUT, HOST, PORT = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,37 +54,12 @@ def pack(name, onnx):
     return out, took
 
 
-class Server:
+class Server(process.Server):
     def __init__(self, model, *args):
         self.port = PORT
-        self.log = open(WORK / f"server-{model.stem}.log", "ab")
-        self.proc = subprocess.Popen([HOST, "--bind", f"127.0.0.1:{self.port}", *CACHE, *args, str(model)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/v2/health/ready")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise SystemExit(f"bench: {model} did not become ready; see {self.log.name}")
-
-    def pss_kib(self):
-        with open(f"/proc/{self.proc.pid}/smaps_rollup") as f:
-            return int(next(line.split()[1] for line in f if line.startswith("Pss:")))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        super().__init__([HOST, "--bind", f"127.0.0.1:{self.port}", *CACHE, *args, str(model)],
+                         WORK / f"server-{model.stem}.log")
+        self.wait_until(process.health_ready(self.port), 120, str(model))
 
 
 def infer_body(model, name, array):
