@@ -416,6 +416,8 @@ throughput() {
         stop
     fi
 
+    # Written afresh below, or not at all: the report must not read an earlier run's rounds.
+    rm -f "$OUT/rounds.tsv"
     ((ROUNDS > 0)) && rounds
     return 0
 }
