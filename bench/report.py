@@ -277,12 +277,14 @@ def round_ratios():
     by_round = {}
     for r in ROUNDS:
         by_round.setdefault(int(r["round"]), {})[r["contender"]] = r
+    def cpu(r):
+        return float(r["cpu_s"]) / max(int(r["requests"]), 1)
+
     rows = []
     for n, got in sorted(by_round.items()):
         host, native, peer = got.get("wasm-host"), got.get("native"), got.get("wasmtime")
         if not (host and native):
             continue
-        cpu = lambda r: float(r["cpu_s"]) / max(int(r["requests"]), 1)
         rows.append({
             "round": n,
             "rps": rps(host) / rps(native),
@@ -297,11 +299,26 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def rounds_summary(rows):
+    """What the rounds' table and the targets read: the medians, the spread of CPU per request,
+    and in how many rounds wasm-host's p99 was no worse than `wasmtime serve`'s (None without
+    the peer)."""
+    peer = all(r["peer"] is not None for r in rows)
+    return {
+        "rps": median([r["rps"] for r in rows]),
+        "cpu": median([r["cpu"] for r in rows]),
+        "cpu_range": (min(r["cpu"] for r in rows), max(r["cpu"] for r in rows)),
+        "peer": median([r["peer"] for r in rows]) if peer else None,
+        "p99_wins": sum(r["p99"][0] <= r["p99"][2] for r in rows) if peer else None,
+    }
+
+
 def rounds_section():
     rows = round_ratios()
     if not rows:
         return ""
-    peer = all(r["peer"] is not None for r in rows)
+    summary = rounds_summary(rows)
+    peer = summary["peer"] is not None
     header = ["round", "wasm-host ÷ native req/s", "wasm-host ÷ native CPU/req"]
     if peer:
         header += ["wasm-host ÷ `wasmtime serve` req/s", "p99: wasm-host / native / `wasmtime serve`"]
@@ -311,20 +328,19 @@ def rounds_section():
         if peer:
             line += [ratio(r["peer"]), " / ".join(us(p) for p in r["p99"])]
         body.append(line)
-    summary = ["**median**", f"**{ratio(median([r['rps'] for r in rows]))}**",
-               f"**{ratio(median([r['cpu'] for r in rows]))}**"]
+    medians = ["**median**", f"**{ratio(summary['rps'])}**", f"**{ratio(summary['cpu'])}**"]
     if peer:
-        wins = sum(r["p99"][0] <= r["p99"][2] for r in rows)
-        summary += [f"**{ratio(median([r['peer'] for r in rows]))}**",
-                    f"wasm-host's p99 no worse than `wasmtime serve`'s in {wins} of {len(rows)}"]
-    body.append(summary)
+        medians += [f"**{ratio(summary['peer'])}**",
+                    f"wasm-host's p99 no worse than `wasmtime serve`'s in {summary['p99_wins']} of {len(rows)}"]
+    body.append(medians)
     return "\n".join([
         "## Interleaved rounds (issue 15)",
         "",
         f"One window per server, as above, is at the mercy of the minute it ran in. Here each round ran "
         f"wasm-host (2 instances), the native ceiling{' and `wasmtime serve`' if peer else ''} one after the "
-        f"other (every other round in the opposite order), pinned as above, {len(rows)} rounds of {M.get('round_seconds', '?')} s each at {TOP_C} "
-        "connections (after a 1 s warm-up), and a ratio is taken within a round. Issue 15's targets read "
+        f"other (every other round in the opposite order), pinned as above, {len(rows)} rounds of "
+        f"{M.get('round_seconds', '?')} s each at {TOP_C} connections (after a 1 s warm-up), and a ratio "
+        "is taken within a round. Issue 15's targets read "
         "the medians.",
         "",
         table(header, body),
@@ -390,16 +406,17 @@ def targets():
             )
         out.append((f"p99 at {TOP_C} connections ≤ 2 ms", f"{us(p99)} (p50 {us(host['p50_us'])})", met, bound))
     rounds = round_ratios()
+    summary = rounds_summary(rounds) if rounds else None
     if host and native:
         # Issue 15: pinned, CPU per request close to native's; the lead over wasmtime serve kept.
         # Read from the interleaved rounds' medians when there are any: one window each is noise.
         single = (f"{ratio(rps(host) / rps(native))} req/s, {ratio(cpu_us(host) / cpu_us(native))} CPU/req "
                   f"({cpu_us(host):.1f} µs vs {cpu_us(native):.1f} µs)")
-        if rounds:
-            r, c = median([x["rps"] for x in rounds]), median([x["cpu"] for x in rounds])
-            cpus = [x["cpu"] for x in rounds]
+        if summary:
+            r, c = summary["rps"], summary["cpu"]
+            low, high = summary["cpu_range"]
             measured = (f"{ratio(r)} req/s, {ratio(c)} CPU/req: medians of {len(rounds)} interleaved rounds "
-                        f"(CPU/req {ratio(min(cpus))}–{ratio(max(cpus))}); the one window above: {single}")
+                        f"(CPU/req {ratio(low)}–{ratio(high)}); the one window above: {single}")
         else:
             r, c = rps(host) / rps(native), cpu_us(host) / cpu_us(native)
             measured = single
@@ -410,9 +427,8 @@ def targets():
             "" if r >= 0.87 and c <= 1.15 else "see *Where wasm-host loses time against native* below",
         ))
     peer = find("wasmtime serve", INFER, TOP_C)
-    if rounds and all(x["peer"] is not None for x in rounds):
-        r = median([x["peer"] for x in rounds])
-        wins = sum(x["p99"][0] <= x["p99"][2] for x in rounds)
+    if summary and summary["peer"] is not None:
+        r, wins = summary["peer"], summary["p99_wins"]
         ok = r >= 1.5 and wins == len(rounds)
         out.append((
             f"/v2 infer at {TOP_C} connections ≥ 1.5× `wasmtime serve` req/s, p99 no worse (issue 15)",
