@@ -219,3 +219,33 @@ impl Drop for InferenceGuard<'_> {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// A new inference request that a refusing drain turns away: the
+/// connection is closed before any answer, which a balancer retries on its
+/// next host (nginx's `proxy_next_upstream error`) and counts against this
+/// one. Never a 503: that is how overload answers, and a balancer that
+/// retried and counted 503s would take busy hosts out one after another.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("draining: a new inference request was refused")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl App {
+    /// The gate every protocol's inference request passes first: a
+    /// refusing drain turns it away (counted), else it counts as in flight
+    /// until the guard is dropped, from before its body is read, so a drain
+    /// waits for it whichever protocol it came by.
+    pub fn admit_inference(&self) -> Result<InferenceGuard<'_>, Refused> {
+        if self.refusing() {
+            self.refused_one();
+            return Err(Refused);
+        }
+        Ok(self.inference_begins())
+    }
+}

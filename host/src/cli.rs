@@ -485,8 +485,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if seconds <= 0.0 {
         return Err(format!("{text:?} must be more than zero"));
     }
+    if seconds.is_nan() || seconds > LONGEST_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{text:?} is longer than the {} days wasm-host accepts for any duration",
+            LONGEST_DURATION.as_secs() / 86_400
+        ));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+/// The longest duration any flag or setting takes: a week is longer than
+/// any sensible timeout, and a clock plus it can never overflow (a timeout
+/// of 1e20 s once panicked the host computing a deadline).
+pub const LONGEST_DURATION: Duration = Duration::from_secs(7 * 86_400);
 
 /// Parses `--max-queue-delay`: a number of microseconds (as Triton's
 /// `max_queue_delay_microseconds`), or a duration with a unit (500us, 2ms);
@@ -662,6 +673,18 @@ mod tests {
         assert_eq!(parse_size("512Ki"), Ok(512 << 10));
         assert_eq!(parse_size("2Gi"), Ok(2 << 30));
         assert_eq!(parse_size("1Ti"), Ok(1 << 40));
+        assert_eq!(parse_duration("7 m"), Ok(Duration::from_secs(420)));
+        for huge in [
+            "1e20",
+            "100000000000000000000",
+            "604801",
+            "1e19s",
+            "inf",
+            "NaN",
+        ] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("604800"), Ok(LONGEST_DURATION));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));

@@ -30,6 +30,7 @@ use crate::body::{self, BodyLimits};
 use crate::cli::ModelControl;
 use crate::error::{Error, Kind};
 use crate::http_error::ApiError;
+use crate::name::ModelName;
 use crate::registry::{IndexEntry, LoadRequest, State};
 use crate::repository;
 use crate::routes::{empty, json};
@@ -60,6 +61,7 @@ pub fn index(app: &App, ready_only: bool) -> Vec<IndexEntry> {
 /// from its repository folder.
 pub async fn load(app: &App, name: &str, parameters: LoadParameters) -> Result<(), Error> {
     may_change(app)?;
+    let name = &ModelName::parse(name).map_err(Error::bad_input)?;
     let config = match parameters.config {
         None => ModelSettings::default(),
         Some(Value::String(text)) => ModelSettings::from_json(&text)
@@ -122,7 +124,12 @@ pub async fn http_load(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     use base64::Engine as _;
-    let body = admit(app, request, true).await?;
+    authorize(app, bearer(&request))?;
+    may_change(app)?;
+    // The body's share of the upload budget is held until the load is done
+    // with the decoded component, not only while the body arrives: else
+    // concurrent uploads would hold more than the budget.
+    let (body, _held) = read(app, request).await?;
     let mut parameters = LoadParameters::default();
     let given = body.get("parameters").and_then(Value::as_object);
     for (key, value) in given.into_iter().flatten() {
@@ -162,7 +169,7 @@ async fn admit(app: &App, request: Request<Incoming>, changes: bool) -> Result<V
     if changes {
         may_change(app)?;
     }
-    read(app, request).await
+    Ok(read(app, request).await?.0)
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -207,7 +214,7 @@ pub async fn drain(
 /// request's config.
 async fn from_repository(
     app: &App,
-    name: &str,
+    name: &ModelName,
     config: ModelSettings,
 ) -> Result<LoadRequest, Error> {
     let Some(dir) = &app.control.repository else {
@@ -216,7 +223,9 @@ async fn from_repository(
              with --model-repository to load from a folder"
         )));
     };
-    let found = repository::find(dir, name).map_err(Error::not_found)?;
+    let found = repository::find(dir, name)
+        .await
+        .map_err(Error::not_found)?;
     let mut request = found
         .load_request(&app.registry)
         .await
@@ -228,7 +237,7 @@ async fn from_repository(
 /// A load of a component sent in the request: `file:<path>` parameters,
 /// base64. Exactly one must be a component.
 fn uploaded(
-    name: &str,
+    name: &ModelName,
     files: Vec<(String, Vec<u8>)>,
     config: ModelSettings,
 ) -> Result<LoadRequest, Error> {
@@ -265,7 +274,7 @@ fn uploaded(
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && path.contains('/'))
         .map(str::to_owned);
     Ok(LoadRequest {
-        name: Some(name.to_owned()),
+        name: Some(name.clone()),
         version,
         bytes,
         path: None,
@@ -306,12 +315,11 @@ async fn resize_only(app: &App, name: &str, request: &LoadRequest) -> Result<boo
     if count > served.settings.pool.max_instances {
         return Ok(false);
     }
-    let now = served.pool.resize(count).await.map_err(|err| {
-        Error::bad_input(format!(
-            "cannot resize {name}: {}",
-            crate::model::root_cause(&err)
-        ))
-    })?;
+    let now = app
+        .registry
+        .resize(&served, count)
+        .await
+        .map_err(|why| Error::bad_input(format!("cannot resize {name}: {why}")))?;
     tracing::info!("model {name}: resized to {now} instances");
     Ok(true)
 }
@@ -329,12 +337,13 @@ fn may_change(app: &App) -> Result<(), Error> {
 }
 
 /// A repository call's JSON body (empty is `{}`), within the upload limits.
-async fn read(app: &App, request: Request<Incoming>) -> Result<Value, ApiError> {
-    let (bytes, _held) = body::read(request, &app.uploads, std::time::Instant::now()).await?;
+async fn read(app: &App, request: Request<Incoming>) -> Result<(Value, body::Held), ApiError> {
+    let (bytes, held) = body::read(request, &app.uploads, std::time::Instant::now()).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Default::default()));
+        return Ok((Value::Object(Default::default()), held));
     }
-    Ok(crate::protocol::parse_json(&bytes, "repository request")?)
+    let value = crate::protocol::parse_json(&bytes, "repository request")?;
+    Ok((value, held))
 }
 
 /// The limits for repository calls' bodies: large (components), few.
@@ -342,8 +351,15 @@ pub fn upload_limits(timeout: std::time::Duration) -> BodyLimits {
     BodyLimits::new(MAX_UPLOAD, timeout, MAX_UPLOAD)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares a given token with the host's in time that depends on neither:
+/// both are hashed first, so neither the length nor the first differing
+/// byte shows in how long the answer takes.
+fn constant_time_eq(given: &[u8], token: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(token));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// `WWW-Authenticate` for a 401.

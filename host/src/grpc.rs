@@ -57,6 +57,20 @@ pub struct Service {
 
 type Answered<T> = Result<Response<T>, Status>;
 
+/// Whether a gRPC path is an inference call (the one a drain refuses).
+pub fn is_infer(path: &str) -> bool {
+    path == "/inference.GRPCInferenceService/ModelInfer"
+}
+
+/// The answer to an inference call that a refusing drain turns away:
+/// UNAVAILABLE, the code gRPC clients and balancers retry on another host.
+pub fn refused() -> hyper::Response<tonic::body::Body> {
+    Status::unavailable(
+        "this host is draining and refuses new inference requests; retry on another host",
+    )
+    .into_http()
+}
+
 impl Service {
     /// The served model a call names; an empty version is the one served.
     fn model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Error> {

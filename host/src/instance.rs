@@ -222,7 +222,11 @@ impl Instance {
         // The cap's flag is about this call: a refused grow that an earlier
         // call survived must not turn this call's trap into a 507.
         self.store.data_mut().memory.hit = false;
-        let deadline = now + timeout;
+        // Settings are bounded (a week at most), but a deadline is never
+        // allowed to overflow into a panic.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         self.store.data_mut().deadline = deadline;
         self.store.data().resumed.set(now);
         self.store.set_epoch_deadline(1);

@@ -12,6 +12,12 @@
 //! [`pack`] turns an ONNX model into a
 //! pre-initialised model component. [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
 //! flags, environment and a TOML file into settings.
+//!
+//! What comes from outside is checked where it enters: [`name`] makes every
+//! model name and version (URL, upload, repository folder, `metadata()`),
+//! [`files`] reads every model, settings and ONNX file (regular, bounded, off
+//! the runtime), and [`supervise`] keeps the background tasks (repository
+//! poll, elastic reaper) from dying silently.
 
 pub mod access;
 pub mod app;
@@ -26,12 +32,14 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod escape;
+pub mod files;
 pub mod grpc;
 pub mod http_error;
 pub mod infer;
 pub mod instance;
 pub mod metrics;
 pub mod model;
+pub mod name;
 pub mod pack;
 pub mod pool;
 pub mod protocol;
@@ -44,6 +52,7 @@ pub mod server;
 pub mod settings;
 pub mod signals;
 pub mod status;
+pub mod supervise;
 pub mod triton;
 
 use std::process::ExitCode;

@@ -50,6 +50,11 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     model: String,
     instance: String,
@@ -106,6 +111,7 @@ pub struct Metrics {
     boot_failures: Family<ModelLabels, Counter>,
     instance_memory: Family<InstanceLabels, Gauge>,
     body_timeouts: Counter,
+    task_restarts: Family<TaskLabels, Counter>,
     busy_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pending_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
@@ -234,6 +240,13 @@ impl Metrics {
             "Connections closed because a request body did not arrive within --body-timeout",
             body_timeouts.clone(),
         );
+        let task_restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "background_task_restarts",
+            "Background tasks (the repository poll, an elastic pool's reaper) that panicked and \
+             were restarted: each is a bug worth a report, logged with its message",
+            task_restarts.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -248,6 +261,7 @@ impl Metrics {
             boot_failures,
             instance_memory,
             body_timeouts,
+            task_restarts,
             busy_seconds,
             pending_seconds,
             batch_size,
@@ -281,6 +295,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut openmetrics, &self.registry)
             .expect("writing to a String cannot fail");
         to_prometheus_text(&openmetrics)
+    }
+
+    /// Counts a background task that died and was restarted.
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
     pub fn body_timed_out(&self) {
@@ -557,6 +576,11 @@ impl ModelHandles {
     /// Instance-seconds spent serving requests so far.
     pub fn busy_seconds(&self) -> f64 {
         self.busy_time.seconds()
+    }
+
+    /// The host's registry these handles belong to.
+    pub fn host(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Records an event for the status page.

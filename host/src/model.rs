@@ -12,6 +12,8 @@ use wasmtime::component::{Component, Linker};
 
 use crate::cache::CompileCache;
 use crate::contract::{self, Metadata, PredictorPre};
+use crate::files::{self, FileError};
+use crate::name::{self, ModelName};
 use crate::sandbox::GuestState;
 
 /// A compiled model, ready to be instantiated any number of times.
@@ -78,77 +80,17 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn read(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display().to_string();
     let owned = path.to_owned();
-    let bytes = off_runtime(READ_TIMEOUT, move || read_file(&owned))
-        .await
-        .map_err(|why| anyhow::anyhow!("reading model file {shown} {why}"))??;
-    check_kind(&bytes, &shown)?;
-    Ok(bytes)
-}
-
-/// Runs blocking work on tokio's blocking threads, and gives up waiting for
-/// it after `timeout`.
-async fn off_runtime<T: Send + 'static>(
-    timeout: Duration,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(err)) => Err(format!("failed: {err}")),
-        Err(_) => Err(format!(
-            "took longer than {timeout:?} and was abandoned (a FIFO, a device, a hung mount?)"
-        )),
-    }
-}
-
-/// Opens the model path (following symlinks: pointing a stable path at a
-/// versioned file is normal practice) without blocking, checks that what
-/// it opened is a regular file, and reads at most [`MAX_MODEL_FILE`] bytes.
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let shown = path.display();
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        // Opening a FIFO for reading would wait for a writer; with
-        // O_NONBLOCK it returns at once, and the check below refuses it.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+    let read = move || files::read_regular(&owned, MAX_MODEL_FILE, "model file");
+    let bytes = match files::off_runtime(READ_TIMEOUT, read).await {
+        Err(why) => bail!("reading model file {shown} {why}"),
+        Ok(Err(FileError::NotFound)) => bail!(
             "model file {shown} does not exist: pass the path of a model component \
              (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
         ),
-        Err(err) => bail!("cannot read model file {shown}: {err}"),
+        Ok(Err(FileError::Refused(why))) => bail!("{why}: pass the path of a .wasm component"),
+        Ok(Ok(bytes)) => bytes,
     };
-    let meta = file
-        .metadata()
-        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
-    if !meta.is_file() {
-        bail!(
-            "model file {shown} is not a regular file (a directory, FIFO, socket or device): \
-             pass the path of a .wasm component"
-        );
-    }
-    if meta.len() > MAX_MODEL_FILE {
-        bail!(
-            "model file {shown} is {} MiB, larger than the {} MiB wasm-host reads: \
-             is it really a model component?",
-            meta.len() >> 20,
-            MAX_MODEL_FILE >> 20
-        );
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_MODEL_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| anyhow::anyhow!("cannot read model file {shown}: {err}"))?;
-    if bytes.len() as u64 > MAX_MODEL_FILE {
-        bail!(
-            "model file {shown} grew past the {} MiB wasm-host reads while it was read",
-            MAX_MODEL_FILE >> 20
-        );
-    }
+    check_kind(&bytes, &shown)?;
     Ok(bytes)
 }
 
@@ -359,20 +301,20 @@ pub async fn prepare(
     Ok((pre, metadata))
 }
 
-/// The longest model name, version or tensor name accepted, in bytes.
-pub const MAX_LABEL: usize = 128;
+pub use crate::name::MAX_LABEL;
 
 /// The host trusts metadata to validate requests, so it must be coherent;
 /// and names end up in URLs, logs and metrics, so they must be safe there.
 fn check_metadata(metadata: &Metadata) -> Result<(), String> {
-    check_label("model name", &metadata.name, false)?;
-    check_label("model version", &metadata.version, true)?;
+    let said = |why: String| format!("metadata() returned a bad name: {why}");
+    ModelName::parse(&metadata.name).map_err(said)?;
+    name::check_version(&metadata.version).map_err(said)?;
     if metadata.inputs.is_empty() || metadata.outputs.is_empty() {
         return Err("metadata() must declare at least one input and one output".into());
     }
     for (kind, specs) in [("input", &metadata.inputs), ("output", &metadata.outputs)] {
         for (i, spec) in specs.iter().enumerate() {
-            check_text(&format!("{kind} name"), &spec.name)?;
+            name::check_text(&format!("{kind} name"), &spec.name).map_err(said)?;
             if specs[..i].iter().any(|other| other.name == spec.name) {
                 return Err(format!("metadata() declares {kind} {:?} twice", spec.name));
             }
@@ -385,64 +327,6 @@ fn check_metadata(metadata: &Metadata) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A model's name or version: a path segment of `/v2/models/{name}` (and
-/// `/versions/{version}`), so no `/`, `\`, `?` or `#`, not `.` or `..`, and
-/// nothing [`check_text`] refuses. Spaces inside are fine (`a%20b`).
-fn check_label(what: &str, text: &str, may_be_empty: bool) -> Result<(), String> {
-    if text.is_empty() {
-        return if may_be_empty {
-            Ok(())
-        } else {
-            Err(format!("metadata() returned an empty {what}"))
-        };
-    }
-    check_text(what, text)?;
-    if let Some(c) = text.chars().find(|c| matches!(c, '/' | '\\' | '?' | '#')) {
-        return Err(format!(
-            "{what} {text:?} cannot be a URL path segment: it contains {c:?}"
-        ));
-    }
-    if text == "." || text == ".." {
-        return Err(format!(
-            "{what} {text:?} cannot be a URL path segment: clients remove it"
-        ));
-    }
-    Ok(())
-}
-
-/// Any name the host prints or matches: not empty, at most [`MAX_LABEL`]
-/// bytes, no control characters (a newline would forge log lines), no
-/// Unicode bidirectional controls (they make a name read as another), and
-/// no whitespace at either end (invisible, and lost by tools that trim).
-fn check_text(what: &str, text: &str) -> Result<(), String> {
-    let shown: String = text.chars().take(40).collect();
-    if text.is_empty() {
-        return Err(format!("metadata() returned an empty {what}"));
-    }
-    if text.len() > MAX_LABEL {
-        return Err(format!(
-            "{what} {shown:?}... is {} bytes long; at most {MAX_LABEL} are accepted",
-            text.len()
-        ));
-    }
-    if let Some(c) = text.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
-        return Err(format!(
-            "{what} {text:?} contains the control character {:?} (U+{:04X}); \
-             names must be printable",
-            c, c as u32
-        ));
-    }
-    if text.trim() != text {
-        return Err(format!("{what} {text:?} starts or ends with whitespace"));
-    }
-    Ok(())
-}
-
-/// Characters that reorder how text is displayed (Trojan Source).
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The innermost message of an error chain, without the host backtrace that
@@ -489,7 +373,7 @@ mod tests {
             ("a\\b", "'\\\\'"),
             ("a?b", "'?'"),
             ("a#b", "'#'"),
-            ("..", "clients remove it"),
+            ("..", "names a folder"),
             ("bad\nname", "control character"),
             ("bad\rname", "control character"),
             ("bad\tname", "control character"),
@@ -529,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_blocking_read_that_hangs_is_abandoned_after_its_timeout() {
         let started = Instant::now();
-        let result = off_runtime(Duration::from_millis(50), || {
+        let result = files::off_runtime(Duration::from_millis(50), || {
             std::thread::sleep(Duration::from_secs(2))
         })
         .await;

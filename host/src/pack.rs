@@ -40,6 +40,21 @@ pub const SECTION: &str = "wasm-host-onnx";
 /// a minute is generous, and bounds a hostile file.
 const LOAD_DEADLINE: Duration = Duration::from_secs(120);
 
+/// The largest ONNX file read: protobuf's own limit for one message. A
+/// bigger (or sparse) file is refused before a byte of it is read.
+pub const MAX_ONNX_FILE: u64 = 2 << 30;
+
+/// The most nodes a graph may have. Real exports have hundreds to a few
+/// thousand (ResNet-50 about 180, a BERT-base encoder under 2,000); tract's
+/// optimiser is superlinear in them, and a 20,000-node chain of Relu took
+/// 95 s of CPU and 730 MB to pack: a cheap file must not buy that.
+pub const MAX_ONNX_NODES: usize = 10_000;
+
+/// Packs run one at a time: each takes a core and up to the memory limit
+/// plus the runner's compile, so concurrent uploads or poll rounds queue
+/// here instead of multiplying that.
+static PACKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// True for a path the host should pack before serving.
 pub fn is_onnx(path: &Path) -> bool {
     path.extension()
@@ -127,14 +142,31 @@ pub async fn pack(
     options: &PackOptions,
     cache: &CompileCache,
 ) -> Result<Packed> {
+    let onnx = read_onnx(path).await?;
+    pack_bytes(engine, path, onnx, runner, options, cache).await
+}
+
+/// [`pack`] of an ONNX file's bytes, already read from `path`.
+async fn pack_bytes(
+    engine: &Engine,
+    path: &Path,
+    onnx: Vec<u8>,
+    runner: &[u8],
+    options: &PackOptions,
+    cache: &CompileCache,
+) -> Result<Packed> {
     let shown = path.display();
-    let onnx = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            bail!("ONNX file {shown} does not exist")
-        }
-        Err(err) => bail!("cannot read ONNX file {shown}: {err}"),
-    };
+    let nodes = graph_nodes(&onnx).map_err(|why| anyhow!("{shown} is not an ONNX model: {why}"))?;
+    if nodes > MAX_ONNX_NODES {
+        bail!(
+            "{shown} has {nodes} nodes; wasm-host packs graphs of at most {MAX_ONNX_NODES} \
+             (simplify it, e.g. with onnx-simplifier, or split it)"
+        );
+    }
+    let _packing = PACKING
+        .acquire()
+        .await
+        .expect("the pack semaphore is never closed");
     let name = options.name.clone().unwrap_or_else(|| default_name(path));
     if name.is_empty() || name.contains('/') {
         bail!("model name {name:?} cannot be used in a URL: pass --name without '/'");
@@ -328,10 +360,7 @@ pub async fn packed_for_serving(
     cache: &CompileCache,
 ) -> Result<Vec<u8>> {
     let (_, runner) = find_runner()?;
-    let onnx = std::fs::read(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("ONNX file {} does not exist", path.display()),
-        _ => anyhow!("cannot read ONNX file {}: {err}", path.display()),
-    })?;
+    let onnx = read_onnx(path).await?;
     let mut key = Sha256::new();
     key.update(concat!("wasm-host ", env!("CARGO_PKG_VERSION"), "\0").as_bytes());
     key.update(Sha256::digest(&runner));
@@ -351,7 +380,7 @@ pub async fn packed_for_serving(
         version: None,
         memory_limit,
     };
-    let packed = pack(engine, path, &runner, &options, cache).await?;
+    let packed = pack_bytes(engine, path, onnx, &runner, &options, cache).await?;
     tracing::info!(
         "packed {} into a model component ({} KiB) in {:.1?}",
         path.display(),
@@ -367,6 +396,111 @@ pub async fn packed_for_serving(
         );
     }
     Ok(packed.wasm)
+}
+
+/// Reads an ONNX file: a regular file of at most [`MAX_ONNX_FILE`], off the
+/// runtime's threads and within [`crate::model::READ_TIMEOUT`].
+async fn read_onnx(path: &Path) -> Result<Vec<u8>> {
+    use crate::files::{self, FileError};
+    let shown = path.display().to_string();
+    let owned = path.to_owned();
+    let read = move || files::read_regular(&owned, MAX_ONNX_FILE, "ONNX file");
+    match files::off_runtime(crate::model::READ_TIMEOUT, read).await {
+        Err(why) => bail!("reading ONNX file {shown} {why}"),
+        Ok(Err(FileError::NotFound)) => bail!("ONNX file {shown} does not exist"),
+        Ok(Err(FileError::Refused(why))) => bail!("{why}"),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// How many nodes an ONNX model's main graph has, read straight off the
+/// protobuf wire format (ModelProto field 7 is the graph, GraphProto field
+/// 1 its nodes) without decoding anything else: cheap enough to refuse a
+/// hostile graph before the runner spends a second on it.
+pub fn graph_nodes(onnx: &[u8]) -> Result<usize, String> {
+    let mut graph = None;
+    for field in Fields::new(onnx) {
+        let (number, value) = field?;
+        if number == 7 {
+            graph = value;
+        }
+    }
+    let graph = graph.ok_or("it has no graph")?;
+    let mut nodes = 0;
+    for field in Fields::new(graph) {
+        if field?.0 == 1 {
+            nodes += 1;
+        }
+    }
+    Ok(nodes)
+}
+
+/// The fields of one protobuf message: each field's number and, for a
+/// length-delimited field, its bytes.
+struct Fields<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(message: &'a [u8]) -> Self {
+        Fields {
+            rest: message,
+            failed: false,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, tail) = self.rest.split_first().ok_or("a varint is cut short")?;
+            self.rest = tail;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a varint is longer than 10 bytes".into())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let n = usize::try_from(n).map_err(|_| "a field is too long")?;
+        if n > self.rest.len() {
+            return Err("a field runs past the end of the file".into());
+        }
+        let (taken, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(taken)
+    }
+
+    fn field(&mut self) -> Result<(u64, Option<&'a [u8]>), String> {
+        let key = self.varint()?;
+        let number = key >> 3;
+        let value = match key & 7 {
+            0 => self.varint().map(|_| None)?,
+            1 => self.skip(8).map(|_| None)?,
+            2 => {
+                let n = self.varint()?;
+                Some(self.skip(n)?)
+            }
+            5 => self.skip(4).map(|_| None)?,
+            other => return Err(format!("wire type {other} is not used by ONNX")),
+        };
+        Ok((number, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u64, Option<&'a [u8]>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let field = self.field();
+        self.failed = field.is_err();
+        Some(field)
+    }
 }
 
 /// Writes `bytes` to `path` whole or not at all: a temporary file renamed
@@ -495,5 +629,52 @@ mod tests {
         assert_eq!(default_name(Path::new("my model.onnx")), "my-model");
         assert!(is_onnx(Path::new("x.ONNX")));
         assert!(!is_onnx(Path::new("x.wasm")));
+    }
+
+    /// A protobuf field: its key, then its value.
+    fn field(number: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let varint = |mut v: u64, out: &mut Vec<u8>| loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        };
+        varint(number << 3 | 2, &mut out);
+        varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn graph_nodes_are_counted_off_the_wire_and_broken_files_refused() {
+        let node = field(4, b"Relu");
+        let graph: Vec<u8> = (0..3)
+            .flat_map(|_| field(1, &node))
+            .chain(field(2, b"g"))
+            .collect();
+        // ir_version (field 1, a varint), then the graph.
+        let mut model = vec![0x08, 0x07];
+        model.extend(field(7, &graph));
+        assert_eq!(graph_nodes(&model), Ok(3));
+        assert_eq!(graph_nodes(&[0x08, 0x07]), Err("it has no graph".into()));
+        assert!(graph_nodes(&model[..model.len() - 2]).is_err(), "cut short");
+        assert!(graph_nodes(&[0x0b]).unwrap_err().contains("wire type 3"));
+        assert!(
+            graph_nodes(&[0x3a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err(),
+            "a huge length"
+        );
+        assert!(graph_nodes(&[0x80; 12]).is_err(), "an endless varint");
+    }
+
+    #[test]
+    fn the_digits_export_counts_its_nodes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guest-model/weights/digits_mlp.onnx");
+        let nodes = graph_nodes(&std::fs::read(path).unwrap()).unwrap();
+        assert!((2..50).contains(&nodes), "{nodes}");
     }
 }

@@ -318,7 +318,7 @@ impl<B: Boot> Pool<B> {
         let recycle_after = self
             .config
             .max_requests
-            .map(|n| n + jitter(id, self.config.max_requests_jitter));
+            .map(|n| n.saturating_add(jitter(id, self.config.max_requests_jitter)));
         self.boot.boot(id, recycle_after).await
     }
 
@@ -668,16 +668,20 @@ impl<B: Boot> Drop for Pool<B> {
 fn spawn_reaper<B: Boot>(pool: &Arc<Pool<B>>, idle_timeout: Duration) {
     let weak = Arc::downgrade(pool);
     let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(pool) = weak.upgrade() else {
-                return;
-            };
-            if pool.retire_idle() > 0 {
-                release_free_memory();
+    let metrics = Arc::clone(pool.metrics.host());
+    crate::supervise::spawn("elastic-reaper", metrics, move || {
+        let weak = weak.clone();
+        async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                if pool.retire_idle() > 0 {
+                    release_free_memory();
+                }
             }
         }
     });
@@ -738,7 +742,7 @@ fn jitter(id: u64, max: u64) -> u64 {
     let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) % (max + 1)
+    (z ^ (z >> 31)) % max.saturating_add(1)
 }
 
 /// A place in the bounded wait queue, released when dropped (including when

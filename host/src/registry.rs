@@ -28,6 +28,7 @@ use crate::batch::{self, BatchConfig, Batcher};
 use crate::cache::CompileCache;
 use crate::metrics::Metrics;
 use crate::model::{self, Model};
+use crate::name::ModelName;
 use crate::pool::{ModelBoot, Pool, PoolConfig};
 use crate::sandbox::GuestState;
 use crate::served::{ServedModel, Source};
@@ -137,7 +138,7 @@ impl std::fmt::Display for Lookup {
 /// A model to load: its bytes, where they came from, and what to call it.
 pub struct LoadRequest {
     /// The name to serve it under; `None` takes the model's own.
-    pub name: Option<String>,
+    pub name: Option<ModelName>,
     /// The version to report; `None` takes the model's own.
     pub version: Option<String>,
     pub bytes: Vec<u8>,
@@ -165,7 +166,16 @@ pub struct Registry {
     slots: Arc<RwLock<BTreeMap<String, Slot>>>,
     /// Serialises loads and unloads.
     changing: tokio::sync::Mutex<()>,
+    /// Names whose slots never served, oldest first: a failed load under a
+    /// fresh name leaves an UNAVAILABLE entry (so the index says why), and
+    /// past [`MAX_NEVER_SERVED`] of them the oldest go, so a client that
+    /// fails loads under ever new names cannot grow the index for ever.
+    never_served: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// The most index entries kept for names that failed to load and never
+/// served.
+pub const MAX_NEVER_SERVED: usize = 256;
 
 impl Registry {
     pub fn new(
@@ -185,11 +195,17 @@ impl Registry {
             ids: Arc::new(AtomicU64::new(1)),
             slots: Arc::new(RwLock::new(BTreeMap::new())),
             changing: tokio::sync::Mutex::new(()),
+            never_served: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The metrics registry, for tasks that outlive a borrow of this one.
+    pub fn shared_metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A model file's component: read as it is, or, for an `.onnx` file,
@@ -293,6 +309,24 @@ impl Registry {
             slot.reason = reason.to_owned();
             slot.version = version.to_owned();
         }
+        if slot.served.is_some() || slot.reason == UNLOADED {
+            return;
+        }
+        let mut never_served = self.never_served.lock().unwrap();
+        if !never_served.iter().any(|n| n == name) {
+            never_served.push_back(name.to_owned());
+        }
+        while never_served.len() > MAX_NEVER_SERVED {
+            let Some(oldest) = never_served.pop_front() else {
+                break;
+            };
+            if slots
+                .get(&oldest)
+                .is_some_and(|s| s.served.is_none() && s.state == State::Unavailable)
+            {
+                slots.remove(&oldest);
+            }
+        }
     }
 
     fn set_loading(&self, name: &str) {
@@ -365,7 +399,10 @@ impl Registry {
         )
         .await
         .map_err(|err| format!("{err:#}"))?;
-        let name = request.name.clone().unwrap_or(metadata.name.clone());
+        let name = request
+            .name
+            .clone()
+            .map_or_else(|| metadata.name.clone(), ModelName::into_string);
         let version = request.version.clone().unwrap_or(metadata.version.clone());
         self.check_budget(&name, &settings)?;
         if let Some(batching) = &settings.batching {
@@ -500,28 +537,54 @@ impl Registry {
             (m + s.reserved_memory(), i + s.reserved_instances())
         });
         let pool = &settings.pool;
-        let wanted = pool.instances as u64 * pool.memory_limit as u64;
+        // An elastic pool may grow to its maximum at any moment: that is
+        // what it reserves, so no growth under load passes the budget.
+        let (count, grows) = match pool.min_instances {
+            Some(_) => (
+                pool.max_instances,
+                " (an elastic pool reserves its max-instances)",
+            ),
+            None => (pool.instances, ""),
+        };
+        let wanted = (count as u64).saturating_mul(pool.memory_limit as u64);
         let mib = |bytes: u64| bytes >> 20;
-        if memory + wanted > self.budget.memory {
+        if memory.saturating_add(wanted) > self.budget.memory {
             return Err(format!(
-                "model {name} needs {} instances × {} MiB = {} MiB, but the models served hold \
-                 {} MiB of the {} MiB --memory-budget; unload a model, give this one fewer \
-                 instances or a lower memory-limit, or raise --memory-budget",
-                pool.instances,
+                "model {name} needs {count} instances × {} MiB = {} MiB{grows}, but the models \
+                 served hold {} MiB of the {} MiB --memory-budget; unload a model, give this one \
+                 fewer instances or a lower memory-limit, or raise --memory-budget",
                 mib(pool.memory_limit as u64),
                 mib(wanted),
                 mib(memory),
                 mib(self.budget.memory)
             ));
         }
-        if instances + pool.instances > self.budget.instances {
+        if instances.saturating_add(count) > self.budget.instances {
             return Err(format!(
-                "model {name} needs {} instances, but the models served hold {instances} of the \
-                 {} this host has room for; unload a model or give this one fewer instances",
-                pool.instances, self.budget.instances
+                "model {name} needs {count} instances{grows}, but the models served hold \
+                 {instances} of the {} this host has room for; unload a model or give this one \
+                 fewer instances",
+                self.budget.instances
             ));
         }
         Ok(())
+    }
+
+    /// Resizes a served model's pool to `wanted` instances if they fit the
+    /// budget beside the other models: a resize (the repository API, TTIN)
+    /// never overcommits the host.
+    pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
+        let _changing = self.changing.lock().await;
+        let mut settings = served.settings.clone();
+        if settings.pool.min_instances.is_none() {
+            settings.pool.instances = wanted.min(settings.pool.max_instances);
+        }
+        self.check_budget(&served.name, &settings)?;
+        served
+            .pool
+            .resize(wanted)
+            .await
+            .map_err(|err| model::root_cause(&err))
     }
 
     /// Stops serving `name`: new requests get a 404 that says it is
@@ -651,8 +714,11 @@ impl Registry {
 
     /// The name a model was loaded under when it is not the model's own
     /// (a repository folder's name); `None` when the model names itself.
-    fn fixed_name(&self, served: &ServedModel) -> Option<String> {
-        (served.name != served.model.metadata.name).then(|| served.name.clone())
+    fn fixed_name(&self, served: &ServedModel) -> Option<ModelName> {
+        if served.name == served.model.metadata.name {
+            return None;
+        }
+        ModelName::parse(&served.name).ok()
     }
 
     /// The path of a file-backed model, for messages.

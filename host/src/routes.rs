@@ -150,21 +150,7 @@ fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(bytes).ok().map(Cow::Owned)
 }
 
-/// A new inference request that a refusing drain turns away: the
-/// connection is closed before any answer, which a balancer retries on its
-/// next host (nginx's `proxy_next_upstream error`) and counts against this
-/// one. Never a 503: that is how overload answers, and a balancer that
-/// retried and counted 503s would take busy hosts out one after another.
-#[derive(Debug)]
-pub struct Refused;
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("draining: a new inference request was refused")
-    }
-}
-
-impl std::error::Error for Refused {}
+pub use crate::app::Refused;
 
 pub(crate) async fn handle(
     app: &App,

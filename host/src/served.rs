@@ -45,14 +45,20 @@ pub enum Source {
 }
 
 impl ServedModel {
-    /// Memory this model may take at most: its instances times its cap.
+    /// Memory this model may take at most: its reserved instances times its
+    /// cap.
     pub fn reserved_memory(&self) -> u64 {
-        let target = self.pool.status().target.max(self.settings.pool.instances);
-        target as u64 * self.settings.pool.memory_limit as u64
+        self.reserved_instances() as u64 * self.settings.pool.memory_limit as u64
     }
 
-    /// Instances this model holds slots for in the engine's pool.
+    /// Instances this model holds room for: an elastic pool its maximum
+    /// (it grows with demand, and no growth may pass the budget), a fixed
+    /// pool what it has now (a resize is checked against the budget first).
     pub fn reserved_instances(&self) -> usize {
-        self.pool.status().target.max(self.settings.pool.instances)
+        let pool = &self.settings.pool;
+        match pool.min_instances {
+            Some(_) => pool.max_instances,
+            None => self.pool.status().target.max(pool.instances),
+        }
     }
 }

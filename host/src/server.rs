@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::codegen::Service as _;
 
-use crate::app::{App, Plane};
+use crate::app::{App, Plane, Refused};
 use crate::grpc;
 use crate::routes::handle;
 
@@ -175,9 +175,21 @@ impl Connection {
                     // The body's share of --body-budget, kept until the
                     // call is answered (see grpc::Bounded).
                     let share = grpc::Share::default();
+                    let infers = grpc::is_infer(request.uri().path());
                     let request = request
                         .map(|body| grpc::Bounded::new(body, Arc::clone(&app), Arc::clone(&share)));
+                    let app = Arc::clone(&app);
                     async move {
+                        // Inference passes the same gate as over HTTP: a
+                        // refusing drain turns it away (UNAVAILABLE, which
+                        // gRPC clients and balancers retry elsewhere), and
+                        // it counts as in flight from its first byte, so a
+                        // drain waits for it.
+                        let _admitted = match infers.then(|| app.admit_inference()) {
+                            Some(Err(Refused)) => return Ok(grpc::refused()),
+                            Some(Ok(admitted)) => Some(admitted),
+                            None => None,
+                        };
                         let response = grpc.call(request).await;
                         drop(share);
                         drop(busy);

@@ -182,6 +182,19 @@ impl ModelSettings {
                 "idle-timeout = {idle_timeout:?}: use 10ms or more (e.g. \"30s\")"
             ));
         }
+        let max_queue = self.max_queue.unwrap_or(d.max_queue);
+        if max_queue > MOST_QUEUED {
+            return Err(format!(
+                "max-queue = {max_queue}: use at most {MOST_QUEUED} (requests waiting for an \
+                 instance)"
+            ));
+        }
+        let jitter = self.max_requests_jitter.unwrap_or(d.max_requests_jitter);
+        if jitter > MOST_REQUESTS_JITTER {
+            return Err(format!(
+                "max-requests-jitter = {jitter}: use at most {MOST_REQUESTS_JITTER}"
+            ));
+        }
         Ok(Settings {
             pool: PoolConfig {
                 instances,
@@ -190,9 +203,9 @@ impl ModelSettings {
                 idle_timeout,
                 memory_limit,
                 queue_timeout: self.queue_timeout.unwrap_or(d.queue_timeout),
-                max_queue: self.max_queue.unwrap_or(d.max_queue),
+                max_queue,
                 max_requests: self.max_requests.or(d.max_requests),
-                max_requests_jitter: self.max_requests_jitter.unwrap_or(d.max_requests_jitter),
+                max_requests_jitter: jitter,
             },
             timeout: self.timeout.unwrap_or(defaults.timeout),
             batching: self.batching(defaults.batching.as_ref())?,
@@ -308,6 +321,12 @@ impl ModelSettings {
 /// The most instances one model may have (the host's budget decides how
 /// many fit).
 const MOST_INSTANCES: usize = 16384;
+
+/// The most requests one model may keep waiting for an instance.
+const MOST_QUEUED: usize = 1 << 20;
+
+/// The most extra requests `max-requests-jitter` may add.
+const MOST_REQUESTS_JITTER: u64 = 1 << 40;
 
 /// The most rows one batched call may have.
 const MOST_BATCH_ROWS: usize = 4096;
@@ -587,6 +606,123 @@ mod tests {
         ] {
             let err = ModelSettings::from_toml(toml).unwrap().resolve(&defaults());
             assert!(err.as_ref().unwrap_err().contains(says), "{toml}: {err:?}");
+        }
+    }
+
+    /// A property test over generated `model.toml`s (fixed seed, so a
+    /// failure reproduces): hostile numbers, floats, units and types never
+    /// panic, and whatever resolves is bounded, so no arithmetic on it can
+    /// overflow later (a deadline, a queue, a pool's growth).
+    #[test]
+    fn any_model_toml_resolves_to_bounded_settings_or_a_message_never_a_panic() {
+        let keys = [
+            "instances",
+            "min-instances",
+            "max-instances",
+            "idle-timeout",
+            "memory-limit",
+            "timeout",
+            "max-queue",
+            "queue-timeout",
+            "max-requests",
+            "max-requests-jitter",
+            "version",
+            "max-batch-size",
+            "max-queue-delay",
+        ];
+        let values = [
+            "0",
+            "1",
+            "2",
+            "-1",
+            "1e19",
+            "1e20",
+            "1e308",
+            "-1e20",
+            "nan",
+            "inf",
+            "0.0000001",
+            "18446744073709551615",
+            "9223372036854775807",
+            "4294967296",
+            "\"1e20s\"",
+            "\"9999999999m\"",
+            "\"64MiB\"",
+            "\"16EiB\"",
+            "\"99999999999TiB\"",
+            "\"2s\"",
+            "\"500us\"",
+            "\"\"",
+            "true",
+            "[1, 2]",
+            "{}",
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut resolved, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut toml = String::new();
+            let mut used = std::collections::HashSet::new();
+            for _ in 0..(next() % 4 + 1) {
+                let key = keys[(next() % keys.len() as u64) as usize];
+                if used.insert(key) {
+                    let value = values[(next() % values.len() as u64) as usize];
+                    toml.push_str(&format!("{key} = {value}\n"));
+                }
+            }
+            let Ok(parsed) = ModelSettings::from_toml(&toml) else {
+                refused += 1;
+                continue;
+            };
+            let Ok(settings) = parsed.resolve(&defaults()) else {
+                refused += 1;
+                continue;
+            };
+            resolved += 1;
+            let week = crate::cli::LONGEST_DURATION;
+            assert!(settings.timeout <= week, "{toml}");
+            assert!(settings.pool.queue_timeout <= week, "{toml}");
+            assert!(settings.pool.idle_timeout <= week, "{toml}");
+            assert!(
+                std::time::Instant::now()
+                    .checked_add(settings.timeout)
+                    .is_some()
+            );
+            assert!(settings.pool.max_instances <= MOST_INSTANCES, "{toml}");
+            assert!(settings.pool.max_queue <= MOST_QUEUED, "{toml}");
+            assert!(settings.pool.memory_limit <= 4 << 30, "{toml}");
+            assert!(
+                settings.pool.max_requests_jitter <= MOST_REQUESTS_JITTER,
+                "{toml}"
+            );
+        }
+        assert!(
+            resolved > 100 && refused > 100,
+            "{resolved} resolved, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn durations_too_long_to_add_to_a_clock_are_refused_at_load() {
+        for toml in [
+            "timeout = 1e19",
+            "timeout = 1e20",
+            "queue-timeout = \"1e20\"",
+            "idle-timeout = 99999999999\nmax-instances = 2",
+        ] {
+            let err = match ModelSettings::from_toml(toml) {
+                Err(err) => err,
+                Ok(parsed) => parsed.resolve(&defaults()).unwrap_err(),
+            };
+            assert!(
+                err.contains("days") || err.contains("duration"),
+                "{toml}: {err}"
+            );
         }
     }
 }

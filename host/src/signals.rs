@@ -104,7 +104,17 @@ pub fn spawn_control(registry: Arc<Registry>) -> std::io::Result<()> {
                     registry.reload_changed().await;
                 }
                 Control::Grow | Control::Shrink => match registry.only() {
-                    Ok(served) if control == Control::Grow => served.pool.grow().await,
+                    Ok(served) if control == Control::Grow => {
+                        let wanted = served.pool.status().target + 1;
+                        if wanted > served.settings.pool.max_instances {
+                            served.pool.grow().await;
+                        } else {
+                            match registry.resize(&served, wanted).await {
+                                Ok(n) => tracing::info!("TTIN: {n} instances"),
+                                Err(why) => tracing::warn!("TTIN refused: {why}"),
+                            }
+                        }
+                    }
                     Ok(served) => served.pool.shrink().await,
                     Err(_) => tracing::warn!(
                         "{} ignored: it resizes a host that serves one model; resize a model \

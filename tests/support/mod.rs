@@ -477,3 +477,26 @@ pub const FAULT_INFER: &str = "/v2/models/fault/infer";
 pub fn fault_result(response: &Response) -> i64 {
     response.json()["outputs"][0]["data"][0].as_i64().unwrap()
 }
+
+/// Waits until `condition` holds, checking every 20 ms, and panics with
+/// `what` if it does not within `within`: a test waits for an event, never
+/// for a fixed time.
+pub fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {within:?} for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Host {
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        eventually(&format!("a log line with {needle:?}"), within, || {
+            self.log().iter().any(|line| line.contains(needle))
+        });
+    }
+}
