@@ -486,3 +486,50 @@ def test_perf_analyzer_runs_over_grpc(hosts):
         assert f"Concurrency: {concurrency}, throughput:" in run.stdout, run.stdout
     # Server-side figures come from the statistics call.
     assert "Server:" in run.stdout and "Inference count:" in run.stdout, run.stdout
+
+
+def test_a_draining_host_refuses_new_grpc_inferences_and_waits_for_those_in_flight():
+    """gRPC inference passes the same admission gate as HTTP: calls in flight are counted from
+    their first byte and finish; once the drain refuses, a new call gets UNAVAILABLE (which
+    clients and balancers retry elsewhere) and is counted as refused."""
+    args = ["--instances", "2", "--model-control", "explicit", str(FAULT)]
+    env = {"WASM_HOST_ADMIN_TOKEN": ADMIN_TOKEN}
+    with conftest.host_process(args, env, grpc=True) as ((http, grpc_addr), _proc):
+        client = grpcclient.InferenceServerClient(url=grpc_addr)
+        answers = []
+
+        def slow_call():
+            answers.append(int(client.infer("fault", [fault_input(4, 1_500)]).as_numpy("result")[0]))
+
+        calls = [threading.Thread(target=slow_call) for _ in range(2)]
+        for call in calls:
+            call.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until both calls hold an instance
+            with urllib.request.urlopen(f"http://{http}/health") as health:
+                if json.load(health)["models"]["fault"]["instances"]["busy"] == 2:
+                    break
+            time.sleep(0.01)
+
+        def drain(path, body):
+            request = urllib.request.Request(
+                f"http://{http}/v2/repository/{path}", data=json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                         "Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request) as response:
+                return json.load(response)
+
+        traffic = drain("drain", {"refuse": True})
+        assert traffic["refusing"] and traffic["in_flight"] == 2, traffic
+        status, message = grpc_error(lambda: client.infer("fault", [fault_input(4, 1)]))
+        assert status == "StatusCode.UNAVAILABLE", (status, message)
+        assert "draining" in message, message
+        for call in calls:
+            call.join(timeout=10)
+        assert answers == [1_500, 1_500]
+        traffic = drain("drain", {"refuse": True})
+        assert traffic["in_flight"] == 0 and traffic["refused"] >= 1, traffic
+        # Undrained, gRPC inference is served again.
+        drain("undrain", {})
+        assert client.infer("fault", [fault_input(4, 1)]).as_numpy("result")[0] == 1
+        client.close()
