@@ -17,8 +17,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasm_host::contract::{Datatype, Metadata, Tensor, TensorSpec};
-use wasm_host::protocol::{self, Inference, RequestedOutput};
+use wasm_host::core::protocol::{self, Inference, RequestedOutput};
+use wasm_host::runtime::contract::{Datatype, Metadata, Tensor, TensorSpec};
 
 /// xorshift64*: small, fast and reproducible from its seed.
 struct Rng(u64);
@@ -189,7 +189,8 @@ fn check_decoded(inference: &Inference, metadata: &Metadata) {
     }
 }
 
-type Decoder = fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::error::Error>;
+type Decoder =
+    fn(&[u8], Option<usize>, &Metadata) -> Result<Inference, wasm_host::core::error::Error>;
 
 /// A request with its binary tail: the JSON header's length, and the body.
 fn binary_seed() -> (usize, Vec<u8>) {
@@ -269,7 +270,7 @@ fn fuzz(name: &str, binary: bool, decode: Decoder) {
                     check_decoded(&inference, &metadata);
                 }
                 Err(err) => assert!(
-                    err.kind == wasm_host::error::Kind::BadInput && !err.message.is_empty(),
+                    err.kind == wasm_host::core::error::Kind::BadInput && !err.message.is_empty(),
                     "{name}: {:?} for {:?}",
                     err.kind,
                     String::from_utf8_lossy(&input)

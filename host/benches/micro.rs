@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasm_host::cache::CompileCache;
-use wasm_host::contract::{Datatype, Tensor};
-use wasm_host::engine;
-use wasm_host::instance::Instance;
 use wasm_host::model::{self, Model};
+use wasm_host::runtime::cache::CompileCache;
+use wasm_host::runtime::contract::{Datatype, Tensor};
+use wasm_host::runtime::engine;
+use wasm_host::runtime::instance::Instance;
 
 /// The digits model's math, natively: the same crate the guest is built
 /// from, so the comparison is the same code on both sides of the sandbox.

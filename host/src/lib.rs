@@ -1,59 +1,42 @@
-//! wasm-host serves an ML model from N sandboxed WebAssembly instances.
+//! wasm-host serves ML models from sandboxed WebAssembly instances.
 //!
-//! A request travels through one module per concept:
-//! [`server`] (connections) → [`routes`] (HTTP) or [`grpc`] → [`protocol`] (JSON or protobuf ↔
-//! tensors, checked against the model's metadata) → [`infer`] (the core both protocols share;
-//! [`batch`] joins concurrent requests into one call for a model that batches) →
-//! [`pool`] (a free instance, or a fair wait) → [`instance`] (the guest call, its deadline and
-//! faults) → back out through [`protocol`]. Failures are an [`error::Error`], which each edge
-//! maps once: [`http_error`] to a status, [`grpc`] to a status code. [`model`] loads and compiles a component once (through the
-//! [`cache`]), [`engine`] configures wasmtime, [`sandbox`] decides what a
-//! guest can reach, and [`contract`] is the host side of `wit/model.wit`.
-//! [`pack`] turns an ONNX model into a
-//! pre-initialised model component. [`commands`] has one file per subcommand; [`cli`] and [`config`] turn
-//! flags, environment and a TOML file into settings.
+//! One folder per layer; a request flows down through them and its answer
+//! back up, and nothing imports from a layer above its own:
 //!
-//! What comes from outside is checked where it enters: [`name`] makes every
-//! model name and version (URL, upload, repository folder, `metadata()`),
-//! [`files`] reads every model, settings and ONNX file (regular, bounded, off
-//! the runtime), and [`supervise`] keeps the background tasks (repository
-//! poll, elastic reaper) from dying silently.
+//! ```text
+//! edge/       connections, HTTP and gRPC, the admission gate, the repository API, status page
+//! core/       the protocol-neutral inference API: the request, batching, the domain error
+//! lifecycle/  which models serve: registry, settings, repository (explicit, poll), signals
+//! pool/       a model's instances: a free one for each request, a fair queue, replacement
+//! runtime/    WebAssembly: engine, instance (deadline, faults), sandbox, contract, cache
+//! model/      model files: reading them safely, compiling, ONNX packing
+//! commands/   serve, pack, inspect, compile, plan: flags in, the library called
+//! ```
+//!
+//! An inference over HTTP: [`edge::server`] accepts the connection →
+//! [`edge::http`] routes it, passes the drain gate on [`edge::app::App`] and
+//! reads the body within its limits → [`core::protocol`] decodes it into an
+//! `Inference` checked against the model's metadata → [`lifecycle::registry`]
+//! resolves the served model → [`core::infer`] runs it alone or in a
+//! [`core::batch`] → [`pool`] leases a free instance → [`runtime::instance`]
+//! calls the guest under its deadline and memory cap → back out through
+//! [`core::protocol`]'s encoders. Over gRPC, [`edge::grpc`] takes the place of
+//! [`edge::http`] and everything below is the same. Failures are a
+//! [`core::error::Error`], mapped once per edge.
+//!
+//! What comes from outside is checked where it enters: [`core::name`] makes
+//! every model name and version (URL, upload, repository folder,
+//! `metadata()`), [`model::files`] reads every model, settings and ONNX file
+//! (regular, bounded, off the runtime), and [`core::supervise`] keeps the
+//! background tasks (repository poll, elastic reaper) from dying silently.
 
-pub mod access;
-pub mod app;
-pub mod batch;
-pub mod body;
-pub mod cache;
-pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod contract;
-pub mod control;
-pub mod engine;
-pub mod error;
-pub mod escape;
-pub mod files;
-pub mod grpc;
-pub mod http_error;
-pub mod infer;
-pub mod instance;
-pub mod metrics;
+pub mod core;
+pub mod edge;
+pub mod lifecycle;
 pub mod model;
-pub mod name;
-pub mod pack;
 pub mod pool;
-pub mod protocol;
-pub mod registry;
-pub mod repository;
-pub mod routes;
-pub mod sandbox;
-pub mod served;
-pub mod server;
-pub mod settings;
-pub mod signals;
-pub mod status;
-pub mod supervise;
-pub mod triton;
+pub mod runtime;
 
 use std::process::ExitCode;
 

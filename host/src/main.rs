@@ -4,11 +4,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
-use wasm_host::cli::{Command, LogFormat};
 use wasm_host::commands;
+use wasm_host::commands::cli::{Command, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = match wasm_host::config::parse_cli() {
+    let cli = match wasm_host::commands::config::parse_cli() {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };

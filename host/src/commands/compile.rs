@@ -4,9 +4,10 @@
 use std::time::Instant;
 
 use crate::Failure;
-use crate::cache::CompileCache;
-use crate::cli::CompileArgs;
-use crate::{engine, model};
+use crate::commands::cli::CompileArgs;
+use crate::model;
+use crate::runtime::cache::CompileCache;
+use crate::runtime::engine;
 
 pub async fn run(args: CompileArgs) -> Result<(), Failure> {
     let memory_limit = usize::try_from(args.memory_limit).unwrap_or(usize::MAX);

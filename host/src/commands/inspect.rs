@@ -6,10 +6,10 @@ use std::fmt::Write;
 use wasmtime::component::types::ComponentItem;
 
 use crate::Failure;
-use crate::cache::CompileCache;
-use crate::cli::InspectArgs;
-use crate::contract::{self, TensorSpec};
+use crate::commands::cli::InspectArgs;
 use crate::model;
+use crate::runtime::cache::CompileCache;
+use crate::runtime::contract::{self, TensorSpec};
 
 const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 
@@ -20,7 +20,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         .await
         .map_err(super::model_failure)?;
     let size = bytes.len();
-    let onnx = crate::pack::provenance(&bytes);
+    let onnx = crate::model::pack::provenance(&bytes);
     let cache = CompileCache::from_args(&args.code);
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await

@@ -1,5 +1,8 @@
 //! One file per subcommand, each taking its own arguments.
 
+pub mod cli;
+pub mod config;
+
 pub mod compile;
 pub mod inspect;
 pub mod pack;
@@ -10,16 +13,16 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::Failure;
-use crate::sandbox::GuestState;
+use crate::runtime::sandbox::GuestState;
 
 /// An engine and linker for tools that run one instance at a time: the
 /// same configuration as `serve`, so what they measure and compile is what
 /// `serve` runs.
 fn tool_engine(memory_limit: usize) -> Result<(Engine, Linker<GuestState>), Failure> {
     let fail = |err: anyhow::Error| Failure::new(Failure::OTHER, format!("{err:#}"));
-    let (engine, _, why) = crate::engine::build(8, memory_limit).map_err(fail)?;
+    let (engine, _, why) = crate::runtime::engine::build(8, memory_limit).map_err(fail)?;
     tracing::debug!("{why}");
-    crate::engine::start_epoch_ticker(&engine);
+    crate::runtime::engine::start_epoch_ticker(&engine);
     let linker = crate::model::linker(&engine).map_err(fail)?;
     Ok((engine, linker))
 }

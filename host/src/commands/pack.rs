@@ -1,13 +1,13 @@
 //! `wasm-host pack`: an ONNX model in, a pre-initialised model component out
-//! (see [`crate::pack`]).
+//! (see [`crate::model::pack`]).
 
 use std::time::Instant;
 
 use crate::Failure;
-use crate::cache::CompileCache;
-use crate::cli::PackArgs;
+use crate::commands::cli::PackArgs;
 use crate::model;
-use crate::pack::{self, PackOptions};
+use crate::model::pack::{self, PackOptions};
+use crate::runtime::cache::CompileCache;
 
 pub async fn run(args: PackArgs) -> Result<(), Failure> {
     let started = Instant::now();

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Failure;
-use crate::cache::CompileCache;
-use crate::cli::PlanArgs;
-use crate::contract::{Metadata, Tensor};
-use crate::instance::Instance;
+use crate::commands::cli::PlanArgs;
+use crate::core::protocol;
 use crate::model::Model;
-use crate::protocol;
+use crate::runtime::cache::CompileCache;
+use crate::runtime::contract::{Metadata, Tensor};
+use crate::runtime::instance::Instance;
 
 const MEMORY_LIMIT: usize = 256 << 20;
 

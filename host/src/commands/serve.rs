@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Failure;
-use crate::app::{App, ControlConfig, Plane, ServerConfig};
-use crate::cache::CompileCache;
-use crate::cli::{ModelControl, ServeArgs};
+use crate::commands::cli::{ModelControl, ServeArgs};
+use crate::edge::app::{App, ControlConfig, Plane, ServerConfig};
+use crate::edge::server;
+use crate::lifecycle::registry::{Budget, LoadRequest, Registry};
+use crate::lifecycle::settings::{ModelSettings, Settings};
+use crate::lifecycle::{repository, signals};
+use crate::model;
 use crate::pool::PoolConfig;
-use crate::registry::{Budget, LoadRequest, Registry};
-use crate::settings::{ModelSettings, Settings};
-use crate::{engine, model, repository, server, signals};
+use crate::runtime::cache::CompileCache;
+use crate::runtime::engine;
 
 /// How many instances the memory budget makes room for: one per memory limit,
 /// counting at most this much each (an instance rarely uses its whole cap),

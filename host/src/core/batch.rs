@@ -1,0 +1,871 @@
+//! Dynamic batching: requests to one model that wait for an instance at the
+//! same time run as one guest call, their inputs concatenated along
+//! dimension 0, and each gets its own rows of the outputs back.
+//!
+//! There is no scheduler task. Every request joins its model's list of
+//! waiting requests and then waits for an instance exactly as it would
+//! unbatched, in the pool's FIFO queue. The request that gets an instance
+//! leads: it takes the compatible requests still waiting, up to
+//! `max-batch-size` rows, and while its batch is short of a preferred size
+//! and `max-queue-delay` allows, keeps the instance and lets new arrivals
+//! join. The requests it takes stop waiting for an instance and wait for
+//! their rows. So under load, when every instance is busy, batches form by
+//! themselves from the queue; with instances free and no delay, a request
+//! runs at once, alone, as it would unbatched.
+//!
+//! The promise that one request's fault never fails another: a batch that
+//! fails in any way (a trap, its deadline, the memory cap, an error the
+//! model returns, outputs that break the contract) answers none of its
+//! requests. Each is re-run alone on an instance of its own, so only the
+//! request that causes the fault fails, with its own status. A batch's
+//! call runs in a task of its own, so a leader whose client leaves does
+//! not take its batch-mates' answers with it, and a request whose client
+//! leaves before its batch runs is left out of it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::core::error::Error;
+use crate::core::infer::{self, Answer, Deadline};
+use crate::core::protocol::{self, Inference};
+use crate::lifecycle::served::ServedModel;
+use crate::pool::{Lease, ModelBoot};
+use crate::runtime::contract::{Datatype, Metadata, Tensor};
+use crate::runtime::instance::InstanceId;
+
+/// A model's batching settings (`max-batch-size`, `max-queue-delay`,
+/// `preferred-batch-sizes` in model.toml, or the flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Most rows (the sum of the requests' dimension 0) in one call.
+    pub max_batch_size: usize,
+    /// How long a batch that holds an instance may wait for more requests
+    /// (Triton's `max_queue_delay_microseconds`); 0: batch only what is
+    /// already waiting.
+    pub max_queue_delay: Duration,
+    /// Sizes at which a batch goes at once, without waiting out the delay
+    /// (Triton's `preferred_batch_size`).
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+impl BatchConfig {
+    /// Whether a batch of `rows` should go now rather than wait for more.
+    fn complete(&self, rows: usize) -> bool {
+        rows >= self.max_batch_size || self.preferred_batch_sizes.contains(&rows)
+    }
+}
+
+/// Checks at load that a model can be batched: every input and output has
+/// a leading -1 (any size), the dimension requests are joined along and
+/// outputs split along.
+pub fn check_batchable(metadata: &Metadata, config: &BatchConfig) -> Result<(), String> {
+    for (kind, specs) in [("input", &metadata.inputs), ("output", &metadata.outputs)] {
+        if let Some(spec) = specs.iter().find(|s| s.shape.first() != Some(&-1)) {
+            return Err(format!(
+                "max-batch-size = {} needs every input and output to have a leading -1 (batch) \
+                 dimension, and {kind} {:?} has shape {:?}; leave max-batch-size out (or set it \
+                 to 0) for this model",
+                config.max_batch_size, spec.name, spec.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A model's batcher: its waiting requests and the batches being formed.
+pub struct Batcher {
+    pub config: BatchConfig,
+    queue: Mutex<Queue>,
+    ids: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Requests waiting for an instance and not yet in a batch, oldest first.
+    waiting: VecDeque<Member>,
+    /// Batches whose leader holds an instance while it waits for more
+    /// requests (`max-queue-delay`).
+    forming: Vec<Forming>,
+}
+
+impl Queue {
+    /// Takes a request out of the waiting list; `false` if a leader took it.
+    fn withdraw(&mut self, id: u64) -> bool {
+        let at = self.waiting.iter().position(|m| m.id == id);
+        at.and_then(|at| self.waiting.remove(at)).is_some()
+    }
+}
+
+struct Forming {
+    leader: u64,
+    key: Key,
+    rows: usize,
+    joined: Vec<Member>,
+    /// Wakes the leader when the batch is complete.
+    complete: Arc<Notify>,
+}
+
+/// A request in a batch, or waiting for one.
+struct Member {
+    id: u64,
+    key: Key,
+    rows: usize,
+    inputs: Arc<[Tensor]>,
+    arrived: Instant,
+    /// Dropped when a leader takes the request into its batch: the request
+    /// then stops waiting for an instance.
+    taken: Option<oneshot::Sender<()>>,
+    /// Its rows of the outputs. Dropped unsent when the batch fails: the
+    /// request then runs alone.
+    reply: oneshot::Sender<Rows>,
+}
+
+/// A request's share of a batch's outputs.
+struct Rows {
+    outputs: Vec<Tensor>,
+    instance: InstanceId,
+}
+
+/// What requests must agree on to share a call: everything but dimension 0.
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    inner_shapes: Vec<Vec<u64>>,
+    /// Requested outputs: name, binary, classification.
+    outputs: Option<Vec<(String, bool, Option<usize>)>>,
+    binary_outputs: bool,
+    parameters: Map<String, Value>,
+}
+
+impl Key {
+    fn of(inference: &Inference) -> Key {
+        Key {
+            inner_shapes: inference
+                .inputs
+                .iter()
+                .map(|t| t.shape[1..].to_vec())
+                .collect(),
+            outputs: inference.outputs.as_ref().map(|wanted| {
+                wanted
+                    .iter()
+                    .map(|o| (o.name.clone(), o.binary, o.classification))
+                    .collect()
+            }),
+            binary_outputs: inference.binary_outputs,
+            parameters: inference.parameters.clone(),
+        }
+    }
+}
+
+impl Batcher {
+    pub fn new(config: BatchConfig) -> Batcher {
+        Batcher {
+            config,
+            queue: Mutex::default(),
+            ids: AtomicU64::new(0),
+        }
+    }
+
+    /// The rows a request brings to a batch: its inputs' common dimension
+    /// 0, from 1 to `max-batch-size`. `None`: it runs alone (inputs that
+    /// disagree on dimension 0, no rows, or more than a batch holds).
+    fn rows(&self, inference: &Inference) -> Option<usize> {
+        let mut leading = inference.inputs.iter().map(|t| t.shape.first().copied());
+        let rows = leading.next()??;
+        let rows = usize::try_from(rows).ok()?;
+        let agree = leading.all(|r| r == Some(rows as u64));
+        (agree && (1..=self.config.max_batch_size).contains(&rows)).then_some(rows)
+    }
+
+    /// Adds a request: into a forming batch it fits (`true`), or to the
+    /// waiting list.
+    fn enqueue(&self, mut member: Member) -> bool {
+        let max = self.config.max_batch_size;
+        let mut queue = self.queue.lock().unwrap();
+        let forming = queue
+            .forming
+            .iter_mut()
+            .find(|f| f.key == member.key && f.rows + member.rows <= max);
+        match forming {
+            Some(forming) => {
+                forming.rows += member.rows;
+                if self.config.complete(forming.rows) {
+                    forming.complete.notify_one();
+                }
+                member.taken = None;
+                forming.joined.push(member);
+                true
+            }
+            None => {
+                queue.waiting.push_back(member);
+                false
+            }
+        }
+    }
+
+    /// Takes a request out of the waiting list; `false` if a leader took it.
+    fn withdraw(&self, id: u64) -> bool {
+        self.queue.lock().unwrap().withdraw(id)
+    }
+
+    /// Removes a request that leaves (its client gone, or done) from
+    /// wherever it still is, under one lock.
+    fn leave(&self, id: u64) {
+        let mut queue = self.queue.lock().unwrap();
+        if queue.withdraw(id) {
+            return;
+        }
+        for forming in &mut queue.forming {
+            if let Some(at) = forming.joined.iter().position(|m| m.id == id) {
+                let member = forming.joined.remove(at);
+                forming.rows -= member.rows;
+                return;
+            }
+        }
+    }
+
+    /// The leader `id`, holding an instance, takes itself and the
+    /// compatible waiting requests: up to `max-batch-size` rows, cut to the
+    /// largest preferred size they reach if the whole is not one. If the
+    /// batch is short and its delay not up, it is registered as forming in
+    /// the same step, so that no request arriving meanwhile can miss it:
+    /// the third value wakes its leader. `None`: another leader took `id`
+    /// first.
+    fn gather(&self, id: u64) -> Option<(Vec<Member>, usize, Option<Arc<Notify>>)> {
+        let config = &self.config;
+        let mut queue = self.queue.lock().unwrap();
+        let at = queue.waiting.iter().position(|m| m.id == id)?;
+        let leader = queue.waiting.remove(at).expect("found above");
+        let mut rows = leader.rows;
+        let mut picked = Vec::new();
+        let mut sizes = Vec::new();
+        for (i, member) in queue.waiting.iter().enumerate() {
+            if rows >= config.max_batch_size {
+                break;
+            }
+            let fits = rows + member.rows <= config.max_batch_size;
+            if fits && member.key == leader.key && !member.reply.is_closed() {
+                rows += member.rows;
+                picked.push(i);
+                sizes.push(rows);
+            }
+        }
+        if !config.preferred_batch_sizes.is_empty() && !config.complete(rows) {
+            let preferred = |n: &usize| config.preferred_batch_sizes.contains(n);
+            if let Some(last) = sizes.iter().rposition(preferred) {
+                picked.truncate(last + 1);
+                rows = sizes[last];
+            } else if preferred(&leader.rows) {
+                picked.clear();
+                rows = leader.rows;
+            }
+        }
+        let mut batch = Vec::with_capacity(picked.len() + 1);
+        batch.push(leader);
+        let first_taken = batch.len();
+        for &i in picked.iter().rev() {
+            let mut member = queue.waiting.remove(i).expect("picked above");
+            member.taken = None;
+            batch.push(member);
+        }
+        batch[first_taken..].reverse();
+        let until = batch[0].arrived + config.max_queue_delay;
+        let forming = (!config.complete(rows) && Instant::now() < until).then(|| {
+            let complete = Arc::new(Notify::new());
+            queue.forming.push(Forming {
+                leader: id,
+                key: batch[0].key.clone(),
+                rows,
+                joined: Vec::new(),
+                complete: Arc::clone(&complete),
+            });
+            complete
+        });
+        Some((batch, rows, forming))
+    }
+
+    /// Holds the leader's instance while requests join its forming batch,
+    /// until the batch is complete (`complete` notified) or `until`.
+    async fn wait_for_mates(
+        &self,
+        batch: &mut Vec<Member>,
+        rows: &mut usize,
+        until: Instant,
+        complete: Arc<Notify>,
+    ) {
+        let leader = batch[0].id;
+        // If the leader's client leaves now, its forming batch goes with
+        // it and those who joined run alone.
+        let _abandon = Abandon {
+            batcher: self,
+            leader,
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        let fire_at = until - wake_up().min(left);
+        wake_at(fire_at, Arc::clone(&complete));
+        complete.notified().await;
+        woke_up_after(fire_at);
+        let formed = self
+            .take_forming(leader)
+            .expect("only its leader removes it");
+        batch.extend(formed.joined);
+        *rows = formed.rows;
+    }
+
+    fn take_forming(&self, leader: u64) -> Option<Forming> {
+        let mut queue = self.queue.lock().unwrap();
+        let at = queue.forming.iter().position(|f| f.leader == leader)?;
+        Some(queue.forming.swap_remove(at))
+    }
+}
+
+/// How long waking a leader takes (the timer thread, then a runtime worker
+/// picking the task up), learnt from the wake-ups so far: the timer is set
+/// this much early, so that a batch goes when its delay is up rather than a
+/// wake-up later. Starts at 50 µs; kept within 0 to 250 µs.
+static WAKE_UP_NS: AtomicU64 = AtomicU64::new(50_000);
+
+fn wake_up() -> Duration {
+    Duration::from_nanos(WAKE_UP_NS.load(Ordering::Relaxed))
+}
+
+/// A leader runs again after its timer was set for `fire_at`: if the timer
+/// woke it (not a complete batch, earlier), moves the estimate an eighth of
+/// the way to how late it ran.
+fn woke_up_after(fire_at: Instant) {
+    let now = Instant::now();
+    if now < fire_at {
+        return;
+    }
+    let late = (now - fire_at).as_nanos().min(250_000) as u64;
+    let _ = WAKE_UP_NS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(old - old / 8 + late / 8)
+    });
+}
+
+/// Wakes a forming batch's leader at `at`, to the microsecond rather than
+/// on tokio's timer, which counts whole milliseconds and would stretch a
+/// 500 µs queue delay to 1–2 ms. One thread for the host sleeps until the
+/// earliest deadline (a futex wait, which wakes within tens of µs).
+fn wake_at(at: Instant, leader: Arc<Notify>) {
+    type Due = (std::time::Instant, Arc<Notify>);
+    static TIMER: OnceLock<mpsc::Sender<Due>> = OnceLock::new();
+    let timer = TIMER.get_or_init(|| {
+        let (sender, due) = mpsc::channel::<Due>();
+        std::thread::Builder::new()
+            .name("batch-timer".into())
+            .spawn(move || {
+                // Wake at the deadline, not up to the default 50 µs of
+                // timer slack after it.
+                // SAFETY: PR_SET_TIMERSLACK takes a number and changes
+                // only this thread's timers.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+                let mut waiting: Vec<Due> = Vec::new();
+                loop {
+                    let next = waiting.iter().map(|(at, _)| *at).min();
+                    let received = match next {
+                        None => due.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(at) => due
+                            .recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+                    };
+                    match received {
+                        Ok(entry) => waiting.push(entry),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    let now = std::time::Instant::now();
+                    waiting.retain(|(at, leader)| {
+                        let due = *at <= now;
+                        if due {
+                            leader.notify_one();
+                        }
+                        !due
+                    });
+                }
+            })
+            .expect("start the batch timer thread");
+        sender
+    });
+    if timer.send((at.into_std(), Arc::clone(&leader))).is_err() {
+        // No timer: go at once rather than wait without one.
+        leader.notify_one();
+    }
+}
+
+/// Removes a request from the batcher when it leaves.
+struct Leave<'a> {
+    batcher: &'a Batcher,
+    id: u64,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.batcher.leave(self.id);
+    }
+}
+
+/// Removes a forming batch whose leader left; its members run alone.
+struct Abandon<'a> {
+    batcher: &'a Batcher,
+    leader: u64,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        drop(self.batcher.take_forming(self.leader));
+    }
+}
+
+/// Runs a request as part of a batch, or alone if it cannot join one.
+pub async fn run(
+    served: &Arc<ServedModel>,
+    batcher: &Batcher,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let Some(rows) = batcher.rows(inference) else {
+        return infer::run_alone(served, inference, deadline).await;
+    };
+    // With no queue delay, a request that finds an instance idle would lead
+    // a batch of itself alone: nobody waits while an instance is free. It
+    // runs at once, without the batcher's bookkeeping.
+    if batcher.config.max_queue_delay.is_zero()
+        && let Some(lease) = served.pool.try_acquire()
+    {
+        return call_alone(served, lease, rows, inference, deadline).await;
+    }
+    let (reply, answer) = oneshot::channel();
+    let (taken, taken_rx) = oneshot::channel();
+    let id = batcher.ids.fetch_add(1, Ordering::Relaxed);
+    let member = Member {
+        id,
+        key: Key::of(inference),
+        rows,
+        inputs: Arc::clone(&inference.inputs),
+        arrived: Instant::now(),
+        taken: Some(taken),
+        reply,
+    };
+    let _leave = Leave { batcher, id };
+    if batcher.enqueue(member) {
+        return answered(answer, served, inference, deadline).await;
+    }
+    tokio::select! {
+        biased;
+        _ = taken_rx => answered(answer, served, inference, deadline).await,
+        lease = infer::acquire(served, deadline) => match lease {
+            Ok(lease) => lead(served, batcher, lease, id, answer, inference, deadline).await,
+            // No instance in time, unless a leader took it meanwhile.
+            Err(err) if batcher.withdraw(id) => Err(err),
+            Err(_) => answered(answer, served, inference, deadline).await,
+        },
+    }
+}
+
+/// The request `id` holds an instance: it forms a batch and runs it.
+async fn lead(
+    served: &Arc<ServedModel>,
+    batcher: &Batcher,
+    lease: Lease<ModelBoot>,
+    id: u64,
+    answer: oneshot::Receiver<Rows>,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let Some((mut batch, mut rows, forming)) = batcher.gather(id) else {
+        drop(lease);
+        return answered(answer, served, inference, deadline).await;
+    };
+    if let Some(complete) = forming {
+        let until = batch[0].arrived + batcher.config.max_queue_delay;
+        batcher
+            .wait_for_mates(&mut batch, &mut rows, until, complete)
+            .await;
+    }
+    if batch.len() == 1 {
+        return call_alone(served, lease, rows, inference, deadline).await;
+    }
+    let parameters = inference.model_parameters();
+    tokio::spawn(execute(Arc::clone(served), lease, batch, parameters));
+    answered(answer, served, inference, deadline).await
+}
+
+/// Runs a request that found no batch-mates, as a batch of its own rows.
+async fn call_alone(
+    served: &ServedModel,
+    lease: Lease<ModelBoot>,
+    rows: usize,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let started = Instant::now();
+    let answer = infer::call(served, lease, inference, deadline).await;
+    served.metrics.batch_executed(rows, started.elapsed());
+    answer
+}
+
+/// A request's answer from its batch, within its deadline; if the batch
+/// failed or was abandoned, the request runs alone.
+async fn answered(
+    answer: oneshot::Receiver<Rows>,
+    served: &Arc<ServedModel>,
+    inference: &Inference,
+    deadline: Option<Deadline>,
+) -> Result<Answer, Error> {
+    let rows = match deadline {
+        None => answer.await,
+        Some(d) => tokio::time::timeout_at(d.at, answer)
+            .await
+            .map_err(|_| d.passed("while its batch waited or ran"))?,
+    };
+    match rows {
+        Ok(Rows { outputs, instance }) => Ok(Answer {
+            outputs: protocol::classify_requested(outputs, inference, &served.model.metadata),
+            instance,
+        }),
+        Err(_) => infer::run_alone(served, inference, deadline).await,
+    }
+}
+
+/// Runs a batch of two or more requests in one call and hands each its
+/// rows; on any failure, hands none, so each runs alone.
+async fn execute(
+    served: Arc<ServedModel>,
+    mut lease: Lease<ModelBoot>,
+    batch: Vec<Member>,
+    parameters: Vec<(String, String)>,
+) {
+    let leader = batch[0].id;
+    // Requests whose clients left (or whose deadlines passed) cost nothing.
+    let batch: Vec<Member> = batch.into_iter().filter(|m| !m.reply.is_closed()).collect();
+    if batch.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    for member in batch.iter().filter(|m| m.id != leader) {
+        served.metrics.queued(started - member.arrived);
+    }
+    let rows: Vec<usize> = batch.iter().map(|m| m.rows).collect();
+    let inputs = concat(&batch);
+    let instance = lease.instance_id();
+    let result = lease
+        .predict(&inputs, &parameters, served.settings.timeout)
+        .await;
+    drop(lease);
+    drop(inputs);
+    served
+        .metrics
+        .batch_executed(rows.iter().sum(), started.elapsed());
+    let model = &served.model.metadata;
+    let split = result
+        .map_err(|fault| fault.to_string())
+        .and_then(|outputs| {
+            protocol::check_outputs(&outputs, model)?;
+            split(outputs, &rows, model)
+        });
+    match split {
+        Ok(parts) => {
+            for (member, outputs) in batch.into_iter().zip(parts) {
+                let _ = member.reply.send(Rows { outputs, instance });
+            }
+        }
+        Err(why) => tracing::info!(
+            model = %served.name,
+            instance,
+            "a batch of {} requests ({} rows) failed on instance {instance}: {why}; each \
+             request is run again alone",
+            rows.len(),
+            rows.iter().sum::<usize>()
+        ),
+    }
+}
+
+/// The batch's inputs: each member's tensors joined along dimension 0
+/// (members agree on every other dimension and, by the metadata, on the
+/// datatypes). `BYTES` data joins the same way: its elements are
+/// length-prefixed in row-major order.
+fn concat(batch: &[Member]) -> Vec<Tensor> {
+    let first = &batch[0].inputs;
+    (0..first.len())
+        .map(|i| {
+            let rows: u64 = batch.iter().map(|m| m.inputs[i].shape[0]).sum();
+            let bytes = batch.iter().map(|m| m.inputs[i].data.len()).sum();
+            let mut data = Vec::with_capacity(bytes);
+            for member in batch {
+                data.extend_from_slice(&member.inputs[i].data);
+            }
+            let mut shape = first[i].shape.clone();
+            shape[0] = rows;
+            Tensor {
+                datatype: first[i].datatype,
+                shape,
+                data,
+            }
+        })
+        .collect()
+}
+
+/// Splits a batch's outputs (checked against the metadata, so output i is the
+/// one it declares i-th) into each request's rows, in order. An output whose
+/// dimension 0 is not the batch's rows cannot be split, which fails the batch.
+fn split(
+    outputs: Vec<Tensor>,
+    rows: &[usize],
+    metadata: &Metadata,
+) -> Result<Vec<Vec<Tensor>>, String> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for (output, spec) in outputs.into_iter().zip(&metadata.outputs) {
+        let name = &spec.name;
+        if output.shape.first().copied() != Some(total as u64) {
+            return Err(format!(
+                "output {name:?} has shape {:?}, not {total} rows, so it cannot be split among \
+                 the batch's requests",
+                output.shape
+            ));
+        }
+        let per_row = protocol::element_count(&output.shape[1..])
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("output {name:?} is too large to split"))?;
+        let ends = row_ends(&output, per_row, total);
+        let mut start = 0;
+        let mut row = 0;
+        for (part, &n) in parts.iter_mut().zip(rows) {
+            row += n;
+            let end = ends[row];
+            let mut shape = output.shape.clone();
+            shape[0] = n as u64;
+            part.push(Tensor {
+                datatype: output.datatype,
+                shape,
+                data: output.data[start..end].to_vec(),
+            });
+            start = end;
+        }
+    }
+    Ok(parts)
+}
+
+/// The byte offset where each row of a checked output ends (`[0]` = 0).
+fn row_ends(output: &Tensor, per_row: usize, rows: usize) -> Vec<usize> {
+    match output.datatype.element_size() {
+        Some(size) => (0..=rows).map(|r| r * per_row * size).collect(),
+        None => {
+            debug_assert_eq!(output.datatype, Datatype::Bytes);
+            let mut ends = Vec::with_capacity(rows + 1);
+            ends.push(0);
+            let mut offset = 0;
+            for (i, element) in protocol::bytes_elements(&output.data).enumerate() {
+                offset += 4 + element.map_or(0, <[u8]>::len);
+                if (i + 1) % per_row.max(1) == 0 {
+                    ends.push(offset);
+                }
+            }
+            // Rows of no elements end where they start.
+            ends.resize(rows + 1, offset);
+            ends
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(datatype: Datatype, shape: &[u64], data: Vec<u8>) -> Tensor {
+        Tensor {
+            datatype,
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// Metadata that declares these outputs, as `split` reads them: by
+    /// position, for their names.
+    fn declaring(outputs: &[(&str, Datatype)]) -> Metadata {
+        Metadata {
+            name: "m".into(),
+            version: "1".into(),
+            inputs: vec![],
+            outputs: outputs
+                .iter()
+                .map(|&(name, datatype)| crate::runtime::contract::TensorSpec {
+                    name: name.into(),
+                    datatype,
+                    shape: vec![-1],
+                })
+                .collect(),
+        }
+    }
+
+    fn bytes(elements: &[&str]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for e in elements {
+            data.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            data.extend_from_slice(e.as_bytes());
+        }
+        data
+    }
+
+    /// A batcher whose waiting list holds requests of these (columns,
+    /// rows), in order; with the receivers each request waits on.
+    /// What each waiting request listens on: its answer, and being taken.
+    type Listening = Vec<(oneshot::Receiver<Rows>, oneshot::Receiver<()>)>;
+
+    fn waiting(config: BatchConfig, requests: &[(u64, usize)]) -> (Batcher, Listening) {
+        let batcher = Batcher::new(config);
+        let mut receivers = Vec::new();
+        for (id, &(columns, rows)) in requests.iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            let (taken, taken_rx) = oneshot::channel();
+            let member = Member {
+                id: id as u64,
+                key: Key {
+                    inner_shapes: vec![vec![columns]],
+                    outputs: None,
+                    binary_outputs: false,
+                    parameters: Map::new(),
+                },
+                rows,
+                inputs: Arc::from(Vec::new()),
+                arrived: Instant::now(),
+                taken: Some(taken),
+                reply,
+            };
+            assert!(!batcher.enqueue(member));
+            receivers.push((answer, taken_rx));
+        }
+        (batcher, receivers)
+    }
+
+    fn config(max_batch_size: usize, preferred_batch_sizes: Vec<usize>) -> BatchConfig {
+        BatchConfig {
+            max_batch_size,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes,
+        }
+    }
+
+    fn ids(batch: &[Member]) -> Vec<u64> {
+        batch.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn a_leader_takes_the_compatible_waiting_requests_in_order_up_to_the_max() {
+        // 0 leads; 2 has other columns; 3 would pass the max of 4 rows.
+        let (batcher, mut receivers) =
+            waiting(config(4, vec![]), &[(3, 1), (3, 2), (4, 1), (3, 2), (3, 1)]);
+        let (batch, rows, _) = batcher.gather(0).unwrap();
+        assert_eq!((ids(&batch), rows), (vec![0, 1, 4], 4));
+        // Those taken stop waiting for an instance; the others still wait.
+        assert!(
+            receivers[1]
+                .1
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
+        );
+        assert!(
+            receivers[2]
+                .1
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        let left: Vec<u64> = batcher
+            .queue
+            .lock()
+            .unwrap()
+            .waiting
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(left, vec![2, 3]);
+        // A request already taken cannot lead.
+        assert!(batcher.gather(1).is_none());
+    }
+
+    #[test]
+    fn a_batch_is_cut_to_the_largest_preferred_size_it_reaches() {
+        let (batcher, _receivers) = waiting(config(8, vec![2, 4]), &[(3, 1); 5]);
+        let (batch, rows, _) = batcher.gather(0).unwrap();
+        assert_eq!((ids(&batch), rows), (vec![0, 1, 2, 3], 4));
+        // Without a preferred size in reach, it takes what fits.
+        let (batcher, _receivers) = waiting(config(8, vec![4]), &[(3, 2), (3, 1)]);
+        assert_eq!(batcher.gather(0).unwrap().1, 3);
+    }
+
+    #[test]
+    fn a_waiting_request_whose_client_left_is_not_taken() {
+        let (batcher, mut receivers) = waiting(config(8, vec![]), &[(3, 1), (3, 1), (3, 1)]);
+        drop(receivers.remove(1));
+        let (batch, _, _) = batcher.gather(0).unwrap();
+        assert_eq!(ids(&batch), vec![0, 2]);
+        // And one that leaves is removed from the list.
+        batcher.leave(1);
+        assert!(batcher.queue.lock().unwrap().waiting.is_empty());
+    }
+
+    #[test]
+    fn outputs_split_back_into_each_requests_rows() {
+        let floats: Vec<u8> = (0u8..24).collect();
+        let outputs = vec![
+            tensor(Datatype::Fp32, &[3, 2], floats.clone()),
+            tensor(Datatype::Bytes, &[3], bytes(&["zero", "", "two"])),
+        ];
+        let metadata = declaring(&[("p", Datatype::Fp32), ("label", Datatype::Bytes)]);
+        let parts = split(outputs, &[1, 2], &metadata).unwrap();
+        assert_eq!(parts[0][0].shape, vec![1, 2]);
+        assert_eq!(parts[0][0].data, floats[..8]);
+        assert_eq!(parts[1][0].shape, vec![2, 2]);
+        assert_eq!(parts[1][0].data, floats[8..]);
+        assert_eq!(parts[0][1].data, bytes(&["zero"]));
+        assert_eq!(parts[1][1].shape, vec![2]);
+        assert_eq!(parts[1][1].data, bytes(&["", "two"]));
+    }
+
+    #[test]
+    fn an_output_without_the_batchs_rows_cannot_be_split() {
+        let outputs = vec![tensor(Datatype::Uint8, &[1], vec![7])];
+        let metadata = declaring(&[("sum", Datatype::Uint8)]);
+        let err = split(outputs, &[1, 1], &metadata).unwrap_err();
+        assert!(
+            err.contains("output \"sum\" has shape [1], not 2 rows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_models_with_a_leading_batch_dimension_can_batch() {
+        let spec = |name: &str, shape: &[i64]| crate::runtime::contract::TensorSpec {
+            name: name.into(),
+            datatype: Datatype::Fp32,
+            shape: shape.to_vec(),
+        };
+        let config = BatchConfig {
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: vec![],
+        };
+        let mut metadata = Metadata {
+            name: "m".into(),
+            version: "1".into(),
+            inputs: vec![spec("x", &[-1, 4])],
+            outputs: vec![spec("y", &[-1, 4])],
+        };
+        assert!(check_batchable(&metadata, &config).is_ok());
+        metadata.outputs[0].shape = vec![4];
+        let err = check_batchable(&metadata, &config).unwrap_err();
+        assert!(err.contains("output \"y\" has shape [4]"), "{err}");
+        metadata.inputs[0].shape = vec![2, 4];
+        let err = check_batchable(&metadata, &config).unwrap_err();
+        assert!(err.contains("input \"x\""), "{err}");
+    }
+}

@@ -1,0 +1,800 @@
+//! The registry: which models this host serves, by name and version, and
+//! the one place models are loaded, swapped and unloaded.
+//!
+//! It owns what every model shares: the engine (one pooling allocator for
+//! the host, sized from its budget), the linker, the compile cache, the
+//! metrics registry and the host-wide instance ids. Each name maps to a
+//! slot with Triton's states (READY, LOADING, UNLOADING, UNAVAILABLE with a
+//! reason) and, when it serves, an `Arc<ServedModel>` that a request takes
+//! once and keeps to its end.
+//!
+//! Loading a name that already serves swaps atomically, Triton's way: the
+//! new version compiles and boots beside the old one, takes every request
+//! that arrives after the swap, and the old one finishes what it has and is
+//! dropped (its instances and memory with it). Loads and unloads happen one
+//! at a time, so budget checks see a settled host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::core::batch::{self, BatchConfig, Batcher};
+use crate::core::metrics::Metrics;
+use crate::core::name::ModelName;
+use crate::lifecycle::served::{ServedModel, Source};
+use crate::lifecycle::settings::{ModelSettings, Settings};
+use crate::model::{self, Model};
+use crate::pool::{ModelBoot, Pool, PoolConfig};
+use crate::runtime::cache::CompileCache;
+use crate::runtime::sandbox::GuestState;
+
+/// A model's state, as Triton's repository index reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    Ready,
+    Loading,
+    Unloading,
+    Unavailable,
+}
+
+/// One model name: what it serves, and its state.
+#[derive(Clone)]
+struct Slot {
+    served: Option<Arc<ServedModel>>,
+    state: State,
+    /// Why it is unavailable (or what is loading), empty when ready.
+    reason: String,
+    version: String,
+}
+
+/// One line of the repository index.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    pub state: State,
+    pub reason: String,
+}
+
+/// What the host may hold across all models: a model whose instances ×
+/// memory limit would pass it is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes of linear memory, summed over every model's instances × cap.
+    pub memory: u64,
+    /// Instances the engine's pooling allocator has slots for (a few are
+    /// kept back for replacements in flight).
+    pub instances: usize,
+    /// The largest memory limit a model may have: the engine's memory layout
+    /// reserves no more per instance (4 GiB, or less on a small address space).
+    pub memory_cap: u64,
+}
+
+/// Why a request found no model to serve it: the registry's own words,
+/// turned into a 404 or 503 at the HTTP edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Unknown {
+        name: String,
+        served: Vec<String>,
+    },
+    Unloaded {
+        name: String,
+    },
+    Unavailable {
+        name: String,
+        state: State,
+        reason: String,
+    },
+    Version {
+        name: String,
+        wanted: String,
+        served: String,
+    },
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::Unknown { name, served } => write!(
+                f,
+                "unknown model {name:?}; this host serves {}",
+                if served.is_empty() {
+                    "no models".to_owned()
+                } else {
+                    served.join(", ")
+                }
+            ),
+            Lookup::Unloaded { name } => write!(
+                f,
+                "model {name:?} is unloaded; load it again (POST /v2/repository/models/{name}/load) \
+                 to serve it"
+            ),
+            Lookup::Unavailable {
+                name,
+                state,
+                reason,
+            } => write!(f, "model {name:?} is {state:?}: {reason}"),
+            Lookup::Version {
+                name,
+                wanted,
+                served,
+            } => write!(
+                f,
+                "model {name:?} version {wanted:?} is not served; it serves version {served:?} \
+                 (/v2/models/{name}/versions/{served}/...)"
+            ),
+        }
+    }
+}
+
+/// A model to load: its bytes, where they came from, and what to call it.
+pub struct LoadRequest {
+    /// The name to serve it under; `None` takes the model's own.
+    pub name: Option<ModelName>,
+    /// The version to report; `None` takes the model's own.
+    pub version: Option<String>,
+    pub bytes: Vec<u8>,
+    /// The file it was read from, for logs and reloads; `None` if uploaded.
+    pub path: Option<PathBuf>,
+    pub settings: ModelSettings,
+    /// A model this one takes the place of under another name (a file that
+    /// now holds a model with a new name): it stops taking requests at the
+    /// same instant the new one starts.
+    pub replaces: Option<String>,
+}
+
+pub struct Registry {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: CompileCache,
+    metrics: Arc<Metrics>,
+    /// The host's flags: what a model's unset settings become.
+    defaults: Settings,
+    budget: Budget,
+    /// Host-wide instance ids, never reused.
+    ids: Arc<AtomicU64>,
+    /// Shared with drain tasks, which settle a slot once its old version
+    /// has finished.
+    slots: Arc<RwLock<BTreeMap<String, Slot>>>,
+    /// Serialises loads and unloads.
+    changing: tokio::sync::Mutex<()>,
+    /// Names whose slots never served, oldest first: a failed load under a
+    /// fresh name leaves an UNAVAILABLE entry (so the index says why), and
+    /// past [`MAX_NEVER_SERVED`] of them the oldest go, so a client that
+    /// fails loads under ever new names cannot grow the index for ever.
+    never_served: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+/// The most index entries kept for names that failed to load and never
+/// served.
+pub const MAX_NEVER_SERVED: usize = 256;
+
+impl Registry {
+    pub fn new(
+        engine: Engine,
+        linker: Linker<GuestState>,
+        cache: CompileCache,
+        defaults: Settings,
+        budget: Budget,
+    ) -> Arc<Registry> {
+        Arc::new(Registry {
+            engine,
+            linker,
+            cache,
+            metrics: Arc::new(Metrics::new()),
+            defaults,
+            budget,
+            ids: Arc::new(AtomicU64::new(1)),
+            slots: Arc::new(RwLock::new(BTreeMap::new())),
+            changing: tokio::sync::Mutex::new(()),
+            never_served: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics registry, for tasks that outlive a borrow of this one.
+    pub fn shared_metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// A model file's component: read as it is, or, for an `.onnx` file,
+    /// packed on the fly (and cached by content hash).
+    pub async fn read_model(&self, path: &Path) -> Result<Vec<u8>, String> {
+        let read = if crate::model::pack::is_onnx(path) {
+            let limit = self.defaults.pool.memory_limit;
+            crate::model::pack::packed_for_serving(&self.engine, path, limit, &self.cache).await
+        } else {
+            model::read(path).await
+        };
+        read.map_err(|err| format!("{err:#}"))
+    }
+
+    /// The host's flags, as settings.
+    pub fn defaults(&self) -> &Settings {
+        &self.defaults
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// The served model for a request: by name, and by version when the
+    /// path names one.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>, Lookup> {
+        let slots = self.slots.read().unwrap();
+        let Some(slot) = slots.get(name) else {
+            return Err(Lookup::Unknown {
+                name: name.to_owned(),
+                served: served_names(&slots),
+            });
+        };
+        match &slot.served {
+            Some(served) => match version {
+                Some(wanted) if wanted != served.version => Err(Lookup::Version {
+                    name: name.to_owned(),
+                    wanted: wanted.to_owned(),
+                    served: served.version.clone(),
+                }),
+                _ => Ok(Arc::clone(served)),
+            },
+            // Unloading takes no new requests either: the model is gone
+            // for clients from the moment the unload was asked for.
+            None if slot.reason == UNLOADED || slot.state == State::Unloading => {
+                Err(Lookup::Unloaded {
+                    name: name.to_owned(),
+                })
+            }
+            None => Err(Lookup::Unavailable {
+                name: name.to_owned(),
+                state: slot.state,
+                reason: slot.reason.clone(),
+            }),
+        }
+    }
+
+    /// The only model served, for `/predict`; `None` if there are more or none.
+    pub fn only(&self) -> Result<Arc<ServedModel>, Vec<String>> {
+        let slots = self.slots.read().unwrap();
+        let mut served = slots.values().filter_map(|s| s.served.as_ref());
+        match (served.next(), served.next()) {
+            (Some(one), None) => Ok(Arc::clone(one)),
+            _ => Err(served_names(&slots)),
+        }
+    }
+
+    /// Every model serving now, by name.
+    pub fn served(&self) -> Vec<Arc<ServedModel>> {
+        let slots = self.slots.read().unwrap();
+        slots.values().filter_map(|s| s.served.clone()).collect()
+    }
+
+    /// Triton's repository index: every model the host knows, with its state.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let slots = self.slots.read().unwrap();
+        slots
+            .iter()
+            .map(|(name, slot)| IndexEntry {
+                name: name.clone(),
+                version: slot.version.clone(),
+                state: slot.state,
+                reason: slot.reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Records that `name` could not be loaded (a bad file, a trap in
+    /// `metadata`, over the budget): UNAVAILABLE with the reason, unless an
+    /// older version still serves, which keeps serving.
+    pub fn failed(&self, name: &str, version: &str, reason: &str) {
+        let mut slots = self.slots.write().unwrap();
+        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
+            served: None,
+            state: State::Unavailable,
+            reason: String::new(),
+            version: version.to_owned(),
+        });
+        if slot.served.is_none() {
+            slot.state = State::Unavailable;
+            slot.reason = reason.to_owned();
+            slot.version = version.to_owned();
+        }
+        if slot.served.is_some() || slot.reason == UNLOADED {
+            return;
+        }
+        let mut never_served = self.never_served.lock().unwrap();
+        if !never_served.iter().any(|n| n == name) {
+            never_served.push_back(name.to_owned());
+        }
+        while never_served.len() > MAX_NEVER_SERVED {
+            let Some(oldest) = never_served.pop_front() else {
+                break;
+            };
+            if slots
+                .get(&oldest)
+                .is_some_and(|s| s.served.is_none() && s.state == State::Unavailable)
+            {
+                slots.remove(&oldest);
+            }
+        }
+    }
+
+    fn set_loading(&self, name: &str) {
+        let mut slots = self.slots.write().unwrap();
+        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
+            served: None,
+            state: State::Loading,
+            reason: String::new(),
+            version: String::new(),
+        });
+        if slot.served.is_none() {
+            slot.state = State::Loading;
+            slot.reason = "loading".into();
+        }
+    }
+
+    /// Loads a model and serves it, swapping out the version it replaces.
+    /// On failure nothing changes but the slot's reason; the error says why,
+    /// in one line for the operator.
+    pub async fn load(&self, request: LoadRequest) -> Result<Arc<ServedModel>, String> {
+        let _changing = self.changing.lock().await;
+        if let Some(name) = &request.name {
+            self.set_loading(name);
+        }
+        let result = self.load_locked(&request).await;
+        if let Err(reason) = &result
+            && let Some(name) = &request.name
+        {
+            self.failed(name, request.version.as_deref().unwrap_or(""), reason);
+        }
+        result
+    }
+
+    async fn load_locked(&self, request: &LoadRequest) -> Result<Arc<ServedModel>, String> {
+        let started = Instant::now();
+        let shown = match &request.path {
+            Some(path) => path.display().to_string(),
+            None => format!(
+                "the uploaded model {}",
+                request.name.as_deref().unwrap_or("")
+            ),
+        };
+        tracing::info!("loading {shown}");
+        let settings = request
+            .settings
+            .resolve(&self.defaults)
+            .map_err(|why| format!("{shown}: bad settings: {why}"))?;
+        if settings.pool.memory_limit as u64 > self.budget.memory_cap {
+            return Err(format!(
+                "{shown}: memory-limit {} MiB is more than the {} MiB this host reserves per \
+                 instance (its memory layout is sized to --memory-limit where the address space \
+                 is small, and on aarch64): start the host with --memory-limit {}MiB or more",
+                settings.pool.memory_limit >> 20,
+                self.budget.memory_cap >> 20,
+                settings.pool.memory_limit >> 20
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
+        let file_size = request.bytes.len();
+        let (component, compiled) =
+            model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
+                .await
+                .map_err(|err| format!("{err:#}"))?;
+        let (pre, metadata) = model::prepare(
+            &self.engine,
+            &self.linker,
+            &component,
+            settings.pool.memory_limit,
+            &shown,
+        )
+        .await
+        .map_err(|err| format!("{err:#}"))?;
+        let name = request
+            .name
+            .clone()
+            .map_or_else(|| metadata.name.clone(), ModelName::into_string);
+        let version = request.version.clone().unwrap_or(metadata.version.clone());
+        self.check_budget(&name, &settings)?;
+        if let Some(batching) = &settings.batching {
+            batch::check_batchable(&metadata, batching).map_err(|why| format!("{shown}: {why}"))?;
+        }
+
+        let model = Arc::new(Model {
+            path: request.path.clone().unwrap_or_default(),
+            metadata,
+            pre,
+            file_size,
+            compiled,
+        });
+        let metrics = self
+            .metrics
+            .for_model(&name, &version, settings.batching.is_some());
+        let boot = ModelBoot {
+            engine: self.engine.clone(),
+            model: Arc::clone(&model),
+            memory_limit: settings.pool.memory_limit,
+        };
+        let pool = Pool::start(
+            boot,
+            settings.pool.clone(),
+            metrics.clone(),
+            Arc::clone(&self.ids),
+        )
+        .await
+        .map_err(|err| {
+            format!(
+                "{shown} failed to start: {} ({})",
+                model::root_cause(&err),
+                out_of_memory_hint()
+            )
+        })?;
+        let source = match &request.path {
+            Some(path) => Source::File {
+                path: path.clone(),
+                digest,
+            },
+            None => Source::Uploaded { digest },
+        };
+        let batcher = settings.batching.clone().map(Batcher::new);
+        let served = Arc::new(ServedModel {
+            name: name.clone(),
+            version: version.clone(),
+            settings,
+            given: request.settings.clone(),
+            model,
+            pool,
+            batcher,
+            metrics,
+            source,
+            loaded_at: Instant::now(),
+        });
+        let meta = &served.model.metadata;
+        tracing::info!(
+            model = %name,
+            "loaded model {name} v{version} from {shown} ({} KiB), {}; {}{}, memory limit \
+             {} MiB, timeout {:?}; inputs: {}; outputs: {}; ready in {:?}",
+            file_size / 1024,
+            served.model.compiled,
+            describe_pool(&served.settings.pool),
+            describe_batching(served.settings.batching.as_ref()),
+            served.settings.pool.memory_limit >> 20,
+            served.settings.timeout,
+            describe(&meta.inputs),
+            describe(&meta.outputs),
+            started.elapsed()
+        );
+        let old = {
+            let mut slots = self.slots.write().unwrap();
+            let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
+                served: None,
+                state: State::Ready,
+                reason: String::new(),
+                version: version.clone(),
+            });
+            slot.state = State::Ready;
+            slot.reason.clear();
+            slot.version = version;
+            let old = slot.served.replace(Arc::clone(&served));
+            let superseded = request
+                .replaces
+                .as_ref()
+                .filter(|old_name| **old_name != name)
+                .and_then(|old_name| slots.remove(old_name))
+                .and_then(|slot| slot.served);
+            if let Some(superseded) = superseded {
+                tracing::warn!(
+                    "model {} is replaced by {name}: clients must use /v2/models/{name}/...",
+                    superseded.name
+                );
+                self.drain(superseded, false);
+            }
+            old
+        };
+        if let Some(old) = old {
+            tracing::info!(
+                "model {name}: v{} takes new requests; v{} finishes its {} in flight and goes",
+                served.version,
+                old.version,
+                old.pool.in_flight()
+            );
+            served.metrics.event(format!(
+                "v{} replaced v{} ({} in flight finish on v{})",
+                served.version,
+                old.version,
+                old.pool.in_flight(),
+                old.version
+            ));
+            self.drain(old, false);
+        } else {
+            served.metrics.event(format!(
+                "loaded with {} instances",
+                served.settings.pool.instances
+            ));
+        }
+        Ok(served)
+    }
+
+    /// A model's instances × memory limit must fit in what the other models
+    /// leave of the budget (a model being replaced does not count: its
+    /// memory goes when it drains).
+    fn check_budget(&self, name: &str, settings: &Settings) -> Result<(), String> {
+        let slots = self.slots.read().unwrap();
+        let others = slots
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .filter_map(|(_, s)| s.served.as_ref());
+        let (memory, instances) = others.fold((0u64, 0usize), |(m, i), s| {
+            (m + s.reserved_memory(), i + s.reserved_instances())
+        });
+        let pool = &settings.pool;
+        // An elastic pool may grow to its maximum at any moment: that is
+        // what it reserves, so no growth under load passes the budget.
+        let (count, grows) = match pool.min_instances {
+            Some(_) => (
+                pool.max_instances,
+                " (an elastic pool reserves its max-instances)",
+            ),
+            None => (pool.instances, ""),
+        };
+        let wanted = (count as u64).saturating_mul(pool.memory_limit as u64);
+        let mib = |bytes: u64| bytes >> 20;
+        if memory.saturating_add(wanted) > self.budget.memory {
+            return Err(format!(
+                "model {name} needs {count} instances × {} MiB = {} MiB{grows}, but the models \
+                 served hold {} MiB of the {} MiB --memory-budget; unload a model, give this one \
+                 fewer instances or a lower memory-limit, or raise --memory-budget",
+                mib(pool.memory_limit as u64),
+                mib(wanted),
+                mib(memory),
+                mib(self.budget.memory)
+            ));
+        }
+        if instances.saturating_add(count) > self.budget.instances {
+            return Err(format!(
+                "model {name} needs {count} instances{grows}, but the models served hold \
+                 {instances} of the {} this host has room for; unload a model or give this one \
+                 fewer instances",
+                self.budget.instances
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resizes a served model's pool to `wanted` instances if they fit the
+    /// budget beside the other models: a resize (the repository API, TTIN)
+    /// never overcommits the host.
+    pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
+        let _changing = self.changing.lock().await;
+        let mut settings = served.settings.clone();
+        if settings.pool.min_instances.is_none() {
+            settings.pool.instances = wanted.min(settings.pool.max_instances);
+        }
+        self.check_budget(&served.name, &settings)?;
+        served
+            .pool
+            .resize(wanted)
+            .await
+            .map_err(|err| model::root_cause(&err))
+    }
+
+    /// Stops serving `name`: new requests get a 404 that says it is
+    /// unloaded; requests in flight and queued finish first, then its
+    /// instances and memory are freed.
+    pub async fn unload(&self, name: &str) -> Result<(), Lookup> {
+        let _changing = self.changing.lock().await;
+        let old = {
+            let mut slots = self.slots.write().unwrap();
+            let Some(slot) = slots.get_mut(name) else {
+                return Err(Lookup::Unknown {
+                    name: name.to_owned(),
+                    served: served_names(&slots),
+                });
+            };
+            let Some(old) = slot.served.take() else {
+                return Ok(());
+            };
+            slot.state = State::Unloading;
+            slot.reason = format!("unloading: {} requests in flight", old.pool.in_flight());
+            old
+        };
+        tracing::info!(
+            "unloading model {name} v{}: it takes no new requests and finishes its {} in flight",
+            old.version,
+            old.pool.in_flight()
+        );
+        old.metrics.event(format!(
+            "unloading; {} in flight finish first",
+            old.pool.in_flight()
+        ));
+        self.drain(old, true);
+        Ok(())
+    }
+
+    /// Waits, off the caller's path, until a served model that no longer
+    /// takes requests has finished the ones it has; then drops it.
+    fn drain(&self, old: Arc<ServedModel>, unloading: bool) {
+        let slots = Arc::clone(&self.slots);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while old.pool.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let (name, version) = (old.name.clone(), old.version.clone());
+            // Its series go, unless the version that replaced it has the
+            // same labels and so the same series.
+            let mut slots = slots.write().unwrap();
+            let slot = slots.get_mut(&name);
+            let same_labels = slot
+                .as_ref()
+                .and_then(|s| s.served.as_ref())
+                .is_some_and(|s| s.version == version);
+            if !same_labels {
+                old.metrics.remove();
+            }
+            if unloading
+                && let Some(slot) = slot
+                && slot.served.is_none()
+            {
+                slot.state = State::Unavailable;
+                slot.reason = UNLOADED.into();
+            }
+            drop(slots);
+            tracing::info!(
+                "model {name} v{version} drained in {:?}; its instances are freed",
+                started.elapsed()
+            );
+            drop(old);
+            crate::pool::release_free_memory();
+        });
+    }
+
+    /// Reloads every file-backed model whose file changed since it was
+    /// loaded (HUP). A file that cannot be loaded leaves its model serving.
+    pub async fn reload_changed(&self) {
+        let mut changed = 0;
+        for served in self.served() {
+            let Source::File { path, digest } = &served.source else {
+                continue;
+            };
+            let bytes = match self.read_model(path).await {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::error!(
+                        "reload failed, still serving the previous model {} v{}: {err:#}",
+                        served.name,
+                        served.version
+                    );
+                    changed += 1;
+                    continue;
+                }
+            };
+            if Sha256::digest(&bytes).as_slice() == digest.as_slice() {
+                continue;
+            }
+            changed += 1;
+            tracing::info!("reloading model {} from {}", served.name, path.display());
+            let request = LoadRequest {
+                name: self.fixed_name(&served),
+                version: None,
+                bytes,
+                path: Some(path.clone()),
+                settings: served.given.clone(),
+                replaces: Some(served.name.clone()),
+            };
+            match self.load(request).await {
+                Ok(new) => tracing::info!(
+                    "reloaded {}: model {} v{} serves in place of {} v{}",
+                    path.display(),
+                    new.name,
+                    new.version,
+                    served.name,
+                    served.version
+                ),
+                Err(err) => tracing::error!(
+                    "reload failed, still serving the previous model {} v{}: {err}",
+                    served.name,
+                    served.version
+                ),
+            }
+        }
+        if changed == 0 {
+            tracing::info!("HUP: no model file changed since it was loaded, nothing reloaded");
+        }
+    }
+
+    /// The name a model was loaded under when it is not the model's own
+    /// (a repository folder's name); `None` when the model names itself.
+    fn fixed_name(&self, served: &ServedModel) -> Option<ModelName> {
+        if served.name == served.model.metadata.name {
+            return None;
+        }
+        ModelName::parse(&served.name).ok()
+    }
+
+    /// The path of a file-backed model, for messages.
+    pub fn path_of(served: &ServedModel) -> Option<&Path> {
+        match &served.source {
+            Source::File { path, .. } => Some(path),
+            Source::Uploaded { .. } => None,
+        }
+    }
+}
+
+/// The reason an unloaded model's slot keeps.
+const UNLOADED: &str = "unloaded";
+
+fn served_names(slots: &BTreeMap<String, Slot>) -> Vec<String> {
+    slots
+        .iter()
+        .filter(|(_, s)| s.served.is_some())
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn describe(specs: &[crate::runtime::contract::TensorSpec]) -> String {
+    let described: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
+        .collect();
+    described.join(", ")
+}
+
+/// "8 instances", or for an elastic pool "elastic, 0 to 8 instances (idle
+/// timeout 60s)".
+fn describe_pool(pool: &PoolConfig) -> String {
+    match pool.min_instances {
+        None => format!("{} instances", pool.instances),
+        Some(min) => format!(
+            "elastic, {min} to {} instances (idle timeout {:?})",
+            pool.max_instances, pool.idle_timeout
+        ),
+    }
+}
+
+/// ", batches of up to 16 rows (queue delay 500µs, preferred 4, 8)", or
+/// nothing for a model that does not batch.
+fn describe_batching(batching: Option<&BatchConfig>) -> String {
+    let Some(b) = batching else {
+        return String::new();
+    };
+    let mut text = format!(
+        ", batches of up to {} rows (queue delay {:?}",
+        b.max_batch_size, b.max_queue_delay
+    );
+    if !b.preferred_batch_sizes.is_empty() {
+        let sizes: Vec<String> = b
+            .preferred_batch_sizes
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        text.push_str(&format!(", preferred {}", sizes.join(", ")));
+    }
+    text.push(')');
+    text
+}
+
+/// What to try when instances cannot be made: usually the model's memory
+/// limit, but with thousands of instances the kernel's cap on a process's
+/// memory mappings (each instance maps a few regions; the pool's stacks two
+/// per slot) runs out first, and then the mmap fails with ENOMEM too.
+fn out_of_memory_hint() -> String {
+    let mappings = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count());
+    let most = crate::runtime::engine::max_map_count();
+    match (mappings, most) {
+        (Ok(mappings), Some(most)) if mappings * 10 >= most * 9 => format!(
+            "this process has {mappings} memory mappings of the kernel's vm.max_map_count \
+             {most}: raise it (sysctl -w vm.max_map_count=262144) or serve fewer instances"
+        ),
+        _ => "if it ran out of memory, raise its memory-limit".into(),
+    }
+}

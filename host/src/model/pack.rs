@@ -1,0 +1,680 @@
+//! Packing an ONNX model into a model component: the ONNX runner (tract built
+//! for wasm32-wasip2, the workspace's `onnx-runner` crate), pre-initialised
+//! with wasmtime-wizer so that the parsed, type-checked and optimised plan is
+//! in the component's data segments.
+//!
+//! The packer instantiates the runner once, in a store with the serving
+//! memory cap and a deadline (an ONNX file is untrusted input), calls its
+//! `load` export with the file's bytes, and lets wizer snapshot the instance.
+//! Every instance of the result maps that plan copy-on-write, so N instances
+//! cost about one copy of the weights, and the first request parses nothing.
+//! Where the model came from (producer, opset, operators, the file's SHA-256)
+//! goes into a custom section, [`SECTION`], which `wasm-host inspect` prints:
+//! a custom section rather than an exported function because it can be read
+//! without instantiating anything and leaves the contract untouched.
+//!
+//! [`packed_for_serving`] is what `wasm-host serve model.onnx` (and anything
+//! else that loads a model by path) uses: it packs on the fly and keeps the
+//! result in the compile cache's `onnx/` folder, keyed by content.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Instance, Lift, WasmList};
+use wasmtime::{Engine, Store};
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+use crate::model::root_cause;
+use crate::runtime::cache::CompileCache;
+use crate::runtime::sandbox::GuestState;
+
+/// Overrides where the runner component is found.
+pub const RUNNER_ENV: &str = "WASM_HOST_ONNX_RUNNER";
+/// The runner's file name beside the `wasm-host` executable.
+pub const RUNNER_FILE: &str = "onnx-runner.wasm";
+/// The custom section that records a packed model's provenance (JSON).
+pub const SECTION: &str = "wasm-host-onnx";
+/// Longest the runner may take to load a model. Big graphs take seconds;
+/// a minute is generous, and bounds a hostile file.
+const LOAD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The largest ONNX file read: protobuf's own limit for one message. A
+/// bigger (or sparse) file is refused before a byte of it is read.
+pub const MAX_ONNX_FILE: u64 = 2 << 30;
+
+/// The most nodes a graph may have. Real exports have hundreds to a few
+/// thousand (ResNet-50 about 180, a BERT-base encoder under 2,000); tract's
+/// optimiser is superlinear in them, and a 20,000-node chain of Relu took
+/// 95 s of CPU and 730 MB to pack: a cheap file must not buy that.
+pub const MAX_ONNX_NODES: usize = 10_000;
+
+/// Packs run one at a time: each takes a core and up to the memory limit
+/// plus the runner's compile, so concurrent uploads or poll rounds queue
+/// here instead of multiplying that.
+static PACKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// True for a path the host should pack before serving.
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("onnx"))
+}
+
+/// The runner component: `$WASM_HOST_ONNX_RUNNER`, else `onnx-runner.wasm`
+/// beside the executable (where `make` puts it), else cargo's build output
+/// next to the executable's folder (a developer's `target/`).
+pub fn find_runner() -> Result<(PathBuf, Vec<u8>)> {
+    if let Some(path) = std::env::var_os(RUNNER_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read the ONNX runner {} (from ${RUNNER_ENV})",
+                path.display()
+            )
+        })?;
+        return Ok((path, bytes));
+    }
+    let exe = std::env::current_exe().context("cannot find the wasm-host executable")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join(RUNNER_FILE),
+        dir.join("../wasm32-wasip2/release/onnx_runner.wasm"),
+    ];
+    for path in candidates {
+        if let Ok(bytes) = std::fs::read(&path) {
+            return Ok((path, bytes));
+        }
+    }
+    bail!(
+        "the ONNX runner ({RUNNER_FILE}) is not installed beside {}: build it with \
+         `make onnx-runner`, or set {RUNNER_ENV} to its path",
+        exe.display()
+    )
+}
+
+/// What the packer needs besides the file.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// The model name; `None` takes the file name without `.onnx`.
+    pub name: Option<String>,
+    /// The model version; `None` means "1".
+    pub version: Option<String>,
+    /// The memory cap the model is loaded (and will be served) under.
+    pub memory_limit: usize,
+}
+
+/// A packed component and what was recorded about it.
+pub struct Packed {
+    pub wasm: Vec<u8>,
+    pub provenance: serde_json::Value,
+}
+
+/// A model name from a file name: what a URL path segment can carry.
+pub fn default_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "model".into()
+    } else {
+        name
+    }
+}
+
+/// Packs the ONNX model at `path` with `runner`. Errors are one line each,
+/// naming the file and what is wrong with it.
+pub async fn pack(
+    engine: &Engine,
+    path: &Path,
+    runner: &[u8],
+    options: &PackOptions,
+    cache: &CompileCache,
+) -> Result<Packed> {
+    let onnx = read_onnx(path).await?;
+    pack_bytes(engine, path, onnx, runner, options, cache).await
+}
+
+/// [`pack`] of an ONNX file's bytes, already read from `path`.
+async fn pack_bytes(
+    engine: &Engine,
+    path: &Path,
+    onnx: Vec<u8>,
+    runner: &[u8],
+    options: &PackOptions,
+    cache: &CompileCache,
+) -> Result<Packed> {
+    let shown = path.display();
+    let nodes = graph_nodes(&onnx).map_err(|why| anyhow!("{shown} is not an ONNX model: {why}"))?;
+    if nodes > MAX_ONNX_NODES {
+        bail!(
+            "{shown} has {nodes} nodes; wasm-host packs graphs of at most {MAX_ONNX_NODES} \
+             (simplify it, e.g. with onnx-simplifier, or split it)"
+        );
+    }
+    let _packing = PACKING
+        .acquire()
+        .await
+        .expect("the pack semaphore is never closed");
+    let name = options.name.clone().unwrap_or_else(|| default_name(path));
+    if name.is_empty() || name.contains('/') {
+        bail!("model name {name:?} cannot be used in a URL: pass --name without '/'");
+    }
+    let version = options.version.clone().unwrap_or_else(|| "1".into());
+
+    let mut wizer = Wizer::new();
+    // `load` is never called by wizer itself (the packer calls it with the
+    // bytes), but must survive the rewrite: wizer drops its init function
+    // from the output unless told to keep it.
+    wizer.init_func("load").keep_init_func(true);
+    let (context, instrumented) = wizer.instrument_component(runner).map_err(|err| {
+        anyhow!(
+            "the ONNX runner is not a valid component: {}",
+            root_cause(&err)
+        )
+    })?;
+    let component = compile_cached(engine, &instrumented, cache).await?;
+
+    let mut store = crate::runtime::instance::new_store(engine, options.memory_limit);
+    store.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
+    let linker = crate::model::linker(engine)?;
+    let instance = match linker.instantiate_async(&mut store, &component).await {
+        Ok(instance) => instance,
+        Err(_) if store.data().memory.hit => bail!(
+            "the ONNX runner alone needs more than the memory limit of {} MiB: raise --memory-limit",
+            options.memory_limit >> 20
+        ),
+        Err(err) => bail!("the ONNX runner failed to start: {}", root_cause(&err)),
+    };
+    let load = instance
+        .get_typed_func::<(&[u8], &str, &str), (Result<String, String>,)>(&mut store, "load")
+        .map_err(|err| anyhow!("the ONNX runner has no usable `load`: {}", root_cause(&err)))?;
+    let loaded = load
+        .call_async(
+            &mut store,
+            (onnx.as_slice(), name.as_str(), version.as_str()),
+        )
+        .await;
+    let guest_provenance = match loaded {
+        Ok((Ok(provenance),)) => provenance,
+        // A refused grow can also come back as an error from the guest (a
+        // fallible allocation), not only as a trap.
+        Ok((Err(_),)) if store.data().memory.hit => bail!(
+            "{shown} needs more than the memory limit of {} MiB to load: raise --memory-limit",
+            options.memory_limit >> 20
+        ),
+        Ok((Err(why),)) => bail!("{shown}: {why}"),
+        Err(err) => {
+            let state = store.data();
+            if state.memory.hit {
+                bail!(
+                    "{shown} needs more than the memory limit of {} MiB to load: raise \
+                     --memory-limit",
+                    state.memory.limit >> 20
+                );
+            }
+            if Instant::now() >= state.deadline {
+                bail!("{shown} took longer than {LOAD_DEADLINE:?} to load");
+            }
+            let said = state
+                .stderr
+                .take()
+                .map(|(text, _)| {
+                    format!(
+                        " ({})",
+                        text.split_whitespace().collect::<Vec<_>>().join(" ")
+                    )
+                })
+                .unwrap_or_default();
+            bail!(
+                "{shown}: the ONNX runner crashed while loading it: {}{said}",
+                root_cause(&err)
+            );
+        }
+    };
+
+    let snapshot = wizer
+        .snapshot_component(
+            &context,
+            &mut Snapshotting {
+                store: &mut store,
+                instance,
+            },
+        )
+        .await
+        .map_err(|err| anyhow!("cannot snapshot the loaded model: {}", root_cause(&err)))?;
+    drop(store);
+
+    let mut provenance: serde_json::Value =
+        serde_json::from_str(&guest_provenance).context("the ONNX runner's provenance")?;
+    let extra = serde_json::json!({
+        "format": "wasm-host-onnx/v1",
+        "source": path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        "source_sha256": hex(&Sha256::digest(&onnx)),
+        "source_bytes": onnx.len(),
+        "runner_sha256": hex(&Sha256::digest(runner)),
+        "packed_by": concat!("wasm-host ", env!("CARGO_PKG_VERSION")),
+        "name": name,
+        "version": version,
+    });
+    if let (Some(map), serde_json::Value::Object(extra)) = (provenance.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    let mut wasm = snapshot;
+    append_custom_section(&mut wasm, SECTION, provenance.to_string().as_bytes());
+    Ok(Packed { wasm, provenance })
+}
+
+/// Compiling the instrumented runner (16 MB of tract) takes Cranelift seconds;
+/// it is the same for every model, so it goes through the compile cache.
+async fn compile_cached(engine: &Engine, wasm: &[u8], cache: &CompileCache) -> Result<Component> {
+    if let Some(component) = cache.load(engine, wasm) {
+        return Ok(component);
+    }
+    let (engine, cache, wasm) = (engine.clone(), cache.clone(), wasm.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let component = Component::new(&engine, &wasm)
+            .map_err(|err| anyhow!("the ONNX runner failed to compile: {}", root_cause(&err)))?;
+        cache.store(&engine, &wasm, &component);
+        Ok(component)
+    })
+    .await
+    .expect("the compile task panicked")
+}
+
+/// What wizer reads the loaded instance's state through: its instrumentation
+/// exports, each a function without parameters.
+struct Snapshotting<'a> {
+    store: &'a mut Store<GuestState>,
+    instance: Instance,
+}
+
+impl Snapshotting<'_> {
+    async fn call<R: Lift + Send + Sync + 'static>(&mut self, instance: &str, func: &str) -> R {
+        let (_, exported) = self
+            .instance
+            .get_export(&mut *self.store, None, instance)
+            .expect("wizer instruments the component with this instance");
+        let (_, func) = self
+            .instance
+            .get_export(&mut *self.store, Some(&exported), func)
+            .expect("wizer instruments the component with this function");
+        let func = self
+            .instance
+            .get_typed_func::<(), (R,)>(&mut *self.store, func)
+            .expect("wizer's instrumentation has this type");
+        func.call_async(&mut *self.store, ())
+            .await
+            .expect("reading state does not trap")
+            .0
+    }
+}
+
+impl ComponentInstanceState for Snapshotting<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        let list: WasmList<u8> = self.call(instance, func).await;
+        contents(list.as_le_slice(&*self.store));
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func).await.to_bits()
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func).await.to_bits()
+    }
+}
+
+/// The packed component for an ONNX file, for serving: from the pack cache
+/// (`<cache dir>/onnx/`, keyed by the SHA-256 of the file, the runner and
+/// this wasm-host's version) or packed now and saved there. With no cache
+/// dir it packs every time.
+pub async fn packed_for_serving(
+    engine: &Engine,
+    path: &Path,
+    memory_limit: usize,
+    cache: &CompileCache,
+) -> Result<Vec<u8>> {
+    let (_, runner) = find_runner()?;
+    let onnx = read_onnx(path).await?;
+    let mut key = Sha256::new();
+    key.update(concat!("wasm-host ", env!("CARGO_PKG_VERSION"), "\0").as_bytes());
+    key.update(Sha256::digest(&runner));
+    key.update(Sha256::digest(&onnx));
+    key.update(default_name(path).as_bytes());
+    let cached = cache.dir().map(|dir| {
+        dir.join("onnx")
+            .join(format!("{}.wasm", hex(&key.finalize())))
+    });
+    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        tracing::info!("packed {} found in the pack cache", path.display());
+        return Ok(bytes);
+    }
+    let started = Instant::now();
+    let options = PackOptions {
+        name: None,
+        version: None,
+        memory_limit,
+    };
+    let packed = pack_bytes(engine, path, onnx, &runner, &options, cache).await?;
+    tracing::info!(
+        "packed {} into a model component ({} KiB) in {:.1?}",
+        path.display(),
+        packed.wasm.len() / 1024,
+        started.elapsed()
+    );
+    if let Some(cached) = cached
+        && let Err(err) = write_private(&cached, &packed.wasm)
+    {
+        tracing::warn!(
+            "cannot save the packed model to {}: {err:#}",
+            cached.display()
+        );
+    }
+    Ok(packed.wasm)
+}
+
+/// Reads an ONNX file: a regular file of at most [`MAX_ONNX_FILE`], off the
+/// runtime's threads and within [`crate::model::READ_TIMEOUT`].
+async fn read_onnx(path: &Path) -> Result<Vec<u8>> {
+    use crate::model::files::{self, FileError};
+    let shown = path.display().to_string();
+    let owned = path.to_owned();
+    let read = move || files::read_regular(&owned, MAX_ONNX_FILE, "ONNX file");
+    match files::off_runtime(crate::model::READ_TIMEOUT, read).await {
+        Err(why) => bail!("reading ONNX file {shown} {why}"),
+        Ok(Err(FileError::NotFound)) => bail!("ONNX file {shown} does not exist"),
+        Ok(Err(FileError::Refused(why))) => bail!("{why}"),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// How many nodes an ONNX model's main graph has, read straight off the
+/// protobuf wire format (ModelProto field 7 is the graph, GraphProto field
+/// 1 its nodes) without decoding anything else: cheap enough to refuse a
+/// hostile graph before the runner spends a second on it.
+pub fn graph_nodes(onnx: &[u8]) -> Result<usize, String> {
+    let mut graph = None;
+    for field in Fields::new(onnx) {
+        let (number, value) = field?;
+        if number == 7 {
+            graph = value;
+        }
+    }
+    let graph = graph.ok_or("it has no graph")?;
+    let mut nodes = 0;
+    for field in Fields::new(graph) {
+        if field?.0 == 1 {
+            nodes += 1;
+        }
+    }
+    Ok(nodes)
+}
+
+/// The fields of one protobuf message: each field's number and, for a
+/// length-delimited field, its bytes.
+struct Fields<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(message: &'a [u8]) -> Self {
+        Fields {
+            rest: message,
+            failed: false,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, tail) = self.rest.split_first().ok_or("a varint is cut short")?;
+            self.rest = tail;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("a varint is longer than 10 bytes".into())
+    }
+
+    fn skip(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let n = usize::try_from(n).map_err(|_| "a field is too long")?;
+        if n > self.rest.len() {
+            return Err("a field runs past the end of the file".into());
+        }
+        let (taken, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(taken)
+    }
+
+    fn field(&mut self) -> Result<(u64, Option<&'a [u8]>), String> {
+        let key = self.varint()?;
+        let number = key >> 3;
+        let value = match key & 7 {
+            0 => self.varint().map(|_| None)?,
+            1 => self.skip(8).map(|_| None)?,
+            2 => {
+                let n = self.varint()?;
+                Some(self.skip(n)?)
+            }
+            5 => self.skip(4).map(|_| None)?,
+            other => return Err(format!("wire type {other} is not used by ONNX")),
+        };
+        Ok((number, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u64, Option<&'a [u8]>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let field = self.field();
+        self.failed = field.is_err();
+        Some(field)
+    }
+}
+
+/// Writes `bytes` to `path` whole or not at all: a temporary file renamed
+/// into place, in a folder only this user can read (0700).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_file(path, bytes)
+}
+
+/// Writes `bytes` to `path` whole or not at all (a temporary file beside it,
+/// renamed into place), so a failed or concurrent write never leaves a
+/// truncated component behind.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&temp, bytes).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot move {} into place", temp.display())
+    })
+}
+
+/// Appends a custom section (id 0) at the end of a component or module;
+/// custom sections may appear anywhere, and engines ignore them.
+fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
+    let mut contents = Vec::with_capacity(name.len() + data.len() + 5);
+    leb128(&mut contents, name.len() as u64);
+    contents.extend_from_slice(name.as_bytes());
+    contents.extend_from_slice(data);
+    wasm.push(0);
+    leb128(wasm, contents.len() as u64);
+    wasm.extend_from_slice(&contents);
+}
+
+fn leb128(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_leb128(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The provenance a packed component carries, if it was packed from ONNX:
+/// the top-level custom section [`SECTION`], found by walking the sections.
+pub fn provenance(wasm: &[u8]) -> Option<serde_json::Value> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return None;
+    }
+    let mut at = 8;
+    while at < wasm.len() {
+        let id = wasm[at];
+        at += 1;
+        let size = usize::try_from(read_leb128(wasm, &mut at)?).ok()?;
+        let end = at.checked_add(size).filter(|&end| end <= wasm.len())?;
+        if id == 0 {
+            let mut name_at = at;
+            let len = usize::try_from(read_leb128(wasm, &mut name_at)?).ok()?;
+            let name_end = name_at.checked_add(len).filter(|&e| e <= end)?;
+            if &wasm[name_at..name_end] == SECTION.as_bytes() {
+                return serde_json::from_slice(&wasm[name_end..end]).ok();
+            }
+        }
+        at = end;
+    }
+    None
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_custom_section_appended_is_found_again() {
+        // The smallest component: the preamble alone.
+        let mut wasm = b"\0asm\x0d\0\x01\0".to_vec();
+        assert!(provenance(&wasm).is_none());
+        let record = serde_json::json!({"producer": "skl2onnx", "operators": ["Add"]});
+        append_custom_section(&mut wasm, SECTION, record.to_string().as_bytes());
+        assert_eq!(provenance(&wasm), Some(record));
+    }
+
+    #[test]
+    fn names_come_from_file_names() {
+        assert_eq!(default_name(Path::new("a/digits_mlp.onnx")), "digits_mlp");
+        assert_eq!(default_name(Path::new("my model.onnx")), "my-model");
+        assert!(is_onnx(Path::new("x.ONNX")));
+        assert!(!is_onnx(Path::new("x.wasm")));
+    }
+
+    /// A protobuf field: its key, then its value.
+    fn field(number: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let varint = |mut v: u64, out: &mut Vec<u8>| loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        };
+        varint(number << 3 | 2, &mut out);
+        varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn graph_nodes_are_counted_off_the_wire_and_broken_files_refused() {
+        let node = field(4, b"Relu");
+        let graph: Vec<u8> = (0..3)
+            .flat_map(|_| field(1, &node))
+            .chain(field(2, b"g"))
+            .collect();
+        // ir_version (field 1, a varint), then the graph.
+        let mut model = vec![0x08, 0x07];
+        model.extend(field(7, &graph));
+        assert_eq!(graph_nodes(&model), Ok(3));
+        assert_eq!(graph_nodes(&[0x08, 0x07]), Err("it has no graph".into()));
+        assert!(graph_nodes(&model[..model.len() - 2]).is_err(), "cut short");
+        assert!(graph_nodes(&[0x0b]).unwrap_err().contains("wire type 3"));
+        assert!(
+            graph_nodes(&[0x3a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err(),
+            "a huge length"
+        );
+        assert!(graph_nodes(&[0x80; 12]).is_err(), "an endless varint");
+    }
+
+    #[test]
+    fn the_digits_export_counts_its_nodes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../guest-model/weights/digits_mlp.onnx");
+        let nodes = graph_nodes(&std::fs::read(path).unwrap()).unwrap();
+        assert!((2..50).contains(&nodes), "{nodes}");
+    }
+}
