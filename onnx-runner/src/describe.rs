@@ -30,7 +30,7 @@ fn graph(proto: &pb::ModelProto) -> &pb::GraphProto {
 /// Fails on the first node tract cannot run, naming the operator and the
 /// node; a ZipMap (scikit-learn's dictionary output) gets its own advice.
 pub fn check_operators(proto: &pb::ModelProto) -> Result<(), String> {
-    let known = tract_onnx::onnx().op_register;
+    let known = crate::ml::onnx().op_register;
     for node in &graph(proto).node {
         let shown = if node.name.is_empty() {
             node.output.first().cloned().unwrap_or_default()

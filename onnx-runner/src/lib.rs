@@ -16,6 +16,7 @@
 
 mod alloc;
 mod describe;
+mod ml;
 
 use std::sync::OnceLock;
 
@@ -65,7 +66,7 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
     let provenance = describe::provenance(&proto);
     let (input_names, output_names) = describe::io_names(&proto)?;
 
-    let mut model = tract_onnx::onnx()
+    let mut model = ml::onnx()
         .model_for_proto_model(&proto)
         .map_err(|err| format!("cannot read the graph: {}", one_line(&err)))?;
     drop(proto);
