@@ -19,6 +19,7 @@ mod attrs;
 mod linear;
 mod scale;
 mod transform;
+mod tree;
 
 use std::fmt;
 
@@ -35,6 +36,7 @@ pub fn onnx() -> tract_onnx::Onnx {
 fn register(reg: &mut OnnxOpRegister) {
     scale::register(reg);
     linear::register(reg);
+    tree::register(reg);
 }
 
 /// What one output looks like, for tract's shape inference.
