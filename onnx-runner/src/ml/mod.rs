@@ -18,6 +18,7 @@
 mod attrs;
 mod linear;
 mod scale;
+mod svm;
 mod transform;
 mod tree;
 
@@ -37,6 +38,7 @@ fn register(reg: &mut OnnxOpRegister) {
     scale::register(reg);
     linear::register(reg);
     tree::register(reg);
+    svm::register(reg);
 }
 
 /// What one output looks like, for tract's shape inference.
