@@ -16,6 +16,7 @@
 //! tract's inference, typing and planning.
 
 mod attrs;
+mod features;
 mod linear;
 mod scale;
 mod svm;
@@ -39,6 +40,7 @@ fn register(reg: &mut OnnxOpRegister) {
     linear::register(reg);
     tree::register(reg);
     svm::register(reg);
+    features::register(reg);
 }
 
 /// What one output looks like, for tract's shape inference.
