@@ -181,6 +181,55 @@ def random_forest_as_tensor():
     return onx, test
 
 
+def random_forest_multi_target():
+    """Two targets at once: leaves carry one weight per target."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, y, test = regression(seed=24)
+    y2 = np.stack([y, np.sin(y / 50.0) * 10.0], axis=1)
+    model = RandomForestRegressor(n_estimators=6, max_depth=4, random_state=0).fit(x, y2)
+    return skl(model, x, test)
+
+
+def with_attributes(onx, op_type, **values):
+    """The export with some of `op_type`'s attributes replaced: the aggregations and
+    post-transforms onnxruntime implements that the converters do not emit here."""
+    from onnx import helper
+
+    for node in onx.graph.node:
+        if node.op_type == op_type:
+            for name, value in values.items():
+                for attr in [a for a in node.attribute if a.name == name]:
+                    node.attribute.remove(attr)
+                node.attribute.append(helper.make_attribute(name, value))
+    return onx
+
+
+def forest_max():
+    onx, test = random_forest_regressor()
+    return with_attributes(onx, "TreeEnsembleRegressor", aggregate_function="MAX"), test
+
+
+def forest_min():
+    onx, test = random_forest_regressor()
+    return with_attributes(onx, "TreeEnsembleRegressor", aggregate_function="MIN"), test
+
+
+def boosting_softmax_zero():
+    onx, test = gradient_boosting_multiclass()
+    return with_attributes(onx, "TreeEnsembleClassifier", post_transform="SOFTMAX_ZERO"), test
+
+
+def tree_probit():
+    """PROBIT of a one-target regressor, trained on values inside (0, 1) where probit is finite."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    x, y, test = regression(seed=25)
+    p = 0.05 + 0.9 / (1.0 + np.exp(-y / 50.0))
+    onx, test = skl(DecisionTreeRegressor(max_depth=5, random_state=0).fit(x, p), x, test)
+    return with_attributes(onx, "TreeEnsembleRegressor", post_transform="PROBIT"), test
+
+
 def gradient_boosting_binary():
     from sklearn.ensemble import GradientBoostingClassifier
 
@@ -333,9 +382,10 @@ MODELS = {f.__name__: f for f in [
     scaler_logreg, logreg_binary, imputer_minmax_linreg, normalizer_linearsvc, normalizer_svc,
     svc_binary, binarizer_logreg, decision_tree_regressor, random_forest_classifier,
     random_forest_binary, random_forest_regressor, random_forest_as_tensor,
+    random_forest_multi_target, forest_max, forest_min, boosting_softmax_zero, tree_probit,
     gradient_boosting_binary, gradient_boosting_multiclass, gradient_boosting_regressor, svr,
-    onehot_logreg, column_transformer_ridge, feature_vectorizer, xgboost_classifier, xgboost_binary, xgboost_regressor, lightgbm_classifier,
-    lightgbm_binary, lightgbm_regressor,
+    onehot_logreg, column_transformer_ridge, feature_vectorizer, xgboost_classifier,
+    xgboost_binary, xgboost_regressor, lightgbm_classifier, lightgbm_binary, lightgbm_regressor,
 ]}
 
 
