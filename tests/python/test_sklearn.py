@@ -233,6 +233,63 @@ def test_hostile_tree_attributes_are_refused_at_pack_time(repository, tmp_path, 
     assert not (tmp_path / "out.wasm").exists()
 
 
+def _single(op_type, outputs, **attrs):
+    """A graph of one ai.onnx.ml node on float rows of 2 features."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op_type, ["x"], [name for name, _ in outputs], domain="ai.onnx.ml",
+                            **attrs)
+    graph = helper.make_graph(
+        [node], op_type,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info(name, dt, None) for name, dt in outputs],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("ai.onnx.ml", 1)])
+
+
+def _classifier_outputs():
+    from onnx import TensorProto
+
+    return [("label", TensorProto.INT64), ("scores", TensorProto.FLOAT)]
+
+
+HOSTILE_OTHERS = {
+    "linear_coefficients_uneven": (
+        lambda: _single("LinearClassifier", _classifier_outputs(), coefficients=[1.0, 2.0, 3.0],
+                        intercepts=[0.0, 0.0], classlabels_ints=[0, 1]),
+        "coefficients has 3 values, not a multiple of the 2"),
+    "scaler_wider_than_rows": (
+        lambda: _single("Scaler", [("y", 1)], offset=[0.0, 0.0, 0.0], scale=[1.0, 1.0, 1.0]),
+        "expects 3 features per row, the input has 2"),
+    "svm_vectors_per_class": (
+        lambda: _single("SVMClassifier", _classifier_outputs(), vectors_per_class=[1, 1, 1],
+                        support_vectors=[0.0] * 6, coefficients=[1.0, 1.0, 1.0], rho=[0.0],
+                        classlabels_ints=[0, 1], kernel_type="RBF"),
+        "vectors_per_class has 3 entries"),
+    "onehot_string_categories": (
+        lambda: _single("OneHotEncoder", [("y", 1)], cats_strings=["a", "b"]),
+        "string categories"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_OTHERS))
+def test_inconsistent_ml_operators_are_refused_at_pack_time(repository, tmp_path, case):
+    import onnx
+
+    build, message = HOSTILE_OTHERS[case]
+    path = tmp_path / f"{case}.onnx"
+    onnx.save(build(), path)
+    env = dict(os.environ, NO_COLOR="1", WASM_HOST_CACHE_DIR=str(repository / "cache"))
+    done = subprocess.run([str(HOST), "pack", str(path), "-o", str(tmp_path / "out.wasm")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert message in lines[0], lines[0]
+    assert "panic" not in done.stderr
+
+
 def test_the_untouched_hostile_tree_template_packs(repository, tmp_path):
     """The template itself is valid, so each refusal above is the change's doing."""
     import onnx
