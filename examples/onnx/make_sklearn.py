@@ -144,21 +144,24 @@ def random_forest_classifier():
     from sklearn.ensemble import RandomForestClassifier
 
     x, y, test = classification(3, seed=7)
-    return skl(RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(x, y), x, test)
+    model = RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def random_forest_binary():
     from sklearn.ensemble import RandomForestClassifier
 
     x, y, test = classification(2, seed=8)
-    return skl(RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(x, y), x, test)
+    model = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def random_forest_regressor():
     from sklearn.ensemble import RandomForestRegressor
 
     x, y, test = regression(seed=9)
-    return skl(RandomForestRegressor(n_estimators=10, max_depth=5, random_state=0).fit(x, y), x, test)
+    model = RandomForestRegressor(n_estimators=10, max_depth=5, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def random_forest_as_tensor():
@@ -234,21 +237,24 @@ def gradient_boosting_binary():
     from sklearn.ensemble import GradientBoostingClassifier
 
     x, y, test = classification(2, seed=11)
-    return skl(GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(x, y), x, test)
+    model = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def gradient_boosting_multiclass():
     from sklearn.ensemble import GradientBoostingClassifier
 
     x, y, test = classification(3, seed=12)
-    return skl(GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(x, y), x, test)
+    model = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def gradient_boosting_regressor():
     from sklearn.ensemble import GradientBoostingRegressor
 
     x, y, test = regression(seed=13)
-    return skl(GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0).fit(x, y), x, test)
+    model = GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0).fit(x, y)
+    return skl(model, x, test)
 
 
 def svr():
@@ -326,7 +332,8 @@ def xgboost_classifier():
 
     x, y, test = classification(3, seed=16)
     model = XGBClassifier(n_estimators=15, max_depth=3, random_state=0).fit(x, y)
-    return convert_xgboost(model, initial_types=onnxmltools_types(x), target_opset=ONNXMLTOOLS_OPSET), test
+    types = onnxmltools_types(x)
+    return convert_xgboost(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET), test
 
 
 def xgboost_binary():
@@ -335,7 +342,8 @@ def xgboost_binary():
 
     x, y, test = classification(2, seed=17)
     model = XGBClassifier(n_estimators=15, max_depth=3, random_state=0).fit(x, y)
-    return convert_xgboost(model, initial_types=onnxmltools_types(x), target_opset=ONNXMLTOOLS_OPSET), test
+    types = onnxmltools_types(x)
+    return convert_xgboost(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET), test
 
 
 def xgboost_regressor():
@@ -344,7 +352,8 @@ def xgboost_regressor():
 
     x, y, test = regression(seed=18)
     model = XGBRegressor(n_estimators=20, max_depth=3, random_state=0).fit(x, y)
-    return convert_xgboost(model, initial_types=onnxmltools_types(x), target_opset=ONNXMLTOOLS_OPSET), test
+    types = onnxmltools_types(x)
+    return convert_xgboost(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET), test
 
 
 def lightgbm_classifier():
@@ -375,7 +384,8 @@ def lightgbm_regressor():
 
     x, y, test = regression(seed=21)
     model = LGBMRegressor(n_estimators=20, num_leaves=8, random_state=0, verbose=-1).fit(x, y)
-    return convert_lightgbm(model, initial_types=onnxmltools_types(x), target_opset=ONNXMLTOOLS_OPSET), test
+    types = onnxmltools_types(x)
+    return convert_lightgbm(model, initial_types=types, target_opset=ONNXMLTOOLS_OPSET), test
 
 
 MODELS = {f.__name__: f for f in [

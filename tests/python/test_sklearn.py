@@ -205,7 +205,8 @@ def _tree(**changes):
 
 HOSTILE_TREES = {
     "lengths_disagree": (dict(nodes_values=[0.5, 0.0]), "nodes_values has 2 entries"),
-    "child_out_of_range": (dict(nodes_falsenodeids=[7, 0, 0]), "false child 7, which does not exist"),
+    "child_out_of_range": (dict(nodes_falsenodeids=[7, 0, 0]),
+                           "false child 7, which does not exist"),
     "cycle": (dict(nodes_modes=["BRANCH_LEQ", "BRANCH_LEQ", "LEAF"],
                    nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 2, 0],
                    target_nodeids=[2, 2]), "has a cycle"),
