@@ -1,6 +1,6 @@
 //! The ceiling wasm-host is benchmarked against: the digits model served with
 //! the same HTTP stack (hyper 1, HTTP/1.1 keep-alive, TCP_NODELAY, a tokio
-//! multi-thread runtime) and the same JSON codec (`wasm_host::protocol`), but
+//! multi-thread runtime) and the same JSON codec (`wasm_host::core::protocol`), but
 //! with the model's math called natively (`guest_model::mlp`) instead of in a
 //! WebAssembly instance. Whatever wasm-host is slower by is the price of the
 //! sandbox and the pool.
@@ -22,10 +22,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use wasm_host::contract::{Datatype, Metadata, Tensor, TensorSpec};
-use wasm_host::protocol::{
+use wasm_host::core::protocol::{
     check_outputs, decode_infer, decode_predict, encode_infer_response, encode_predict_response,
 };
+use wasm_host::runtime::contract::{Datatype, Metadata, Tensor, TensorSpec};
 
 #[tokio::main]
 async fn main() {
@@ -208,7 +208,7 @@ fn fail(message: &str) -> ! {
 }
 
 /// A protocol error as the host's HTTP edge answers it.
-fn fail_with(err: wasm_host::error::Error) -> Response<Full<Bytes>> {
-    let err = wasm_host::http_error::ApiError::from(err);
+fn fail_with(err: wasm_host::core::error::Error) -> Response<Full<Bytes>> {
+    let err = wasm_host::edge::http::error::ApiError::from(err);
     respond(err.status, err.body().into_bytes())
 }
