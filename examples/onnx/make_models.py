@@ -9,6 +9,7 @@ numpy generator, so the same versions write the same bytes. Models (default: all
   cnn          a small convolutional network for 1x28x28 images: conv, relu, max pool, conv, relu,
                average pool, flatten, gemm, relu, gemm, softmax; batch dimension symbolic ("N"). ~0.9 MB
   big          one Gemm with 16 MiB of weights (1024 -> 4096) and a relu: the density benchmark
+  large        one Gemm with 160 MiB of weights: more than one default hostcall copy
   zipmap       a scikit-learn style classifier whose probabilities are a ZipMap: pack must refuse it
   unsupported  a graph with an operator tract lacks (Det, node "determinant"): pack must refuse it
   bad_shapes   a MatMul of [N, 3] by [4, 2]: shapes cannot be resolved, pack must refuse it
@@ -95,6 +96,22 @@ def big():
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def large():
+    """One Gemm with 160 MiB of weights (4096 -> 10240): more than the 128 MiB wasmtime copies
+    out of a guest in one call by default, which once made `pack` panic on any real network."""
+    rng = np.random.default_rng(160)
+    w = (rng.uniform(-1, 1, (4096, 10240)) / 64).astype(np.float32)  # 160 MiB
+    b = rng.uniform(-1, 1, 10240).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="dense")]
+    graph = helper.make_graph(
+        nodes, "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10240])],
+        [init("w", w), init("b", b)],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
 def zipmap():
     """What skl2onnx writes by default for a classifier: probabilities as a list of dicts."""
     w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
@@ -154,7 +171,7 @@ def huge_constant():
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-MODELS = {"cnn": cnn, "big": big, "zipmap": zipmap, "unsupported": unsupported, "bad_shapes": bad_shapes,
+MODELS = {"cnn": cnn, "big": big, "large": large, "zipmap": zipmap, "unsupported": unsupported, "bad_shapes": bad_shapes,
           "huge_constant": huge_constant}
 
 

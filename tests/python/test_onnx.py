@@ -56,10 +56,10 @@ def models(workdir):
 class Served:
     """A `wasm-host` serving one model on an ephemeral loopback port, stopped by PID."""
 
-    def __init__(self, model, env):
+    def __init__(self, model, env, *extra):
         self.log = []
         self.proc = subprocess.Popen(
-            [str(HOST), "--instances", "2", "--bind", "127.0.0.1:0", str(model)],
+            [str(HOST), "--instances", "2", "--bind", "127.0.0.1:0", *extra, str(model)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env=env,
         )
@@ -221,3 +221,28 @@ def test_weights_larger_than_the_memory_limit_are_refused_at_pack_time(models, w
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "needs more than the memory limit of 32 MiB" in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_a_model_with_160_mib_of_weights_packs_and_matches_onnxruntime(workdir, env):
+    """Packing copies the loaded model's memory out of the runner in one call; past wasmtime's
+    default of 128 MiB per call that once panicked `pack` for any real network (ResNet-50)."""
+    spec = importlib.util.spec_from_file_location("make_models", MAKE_MODELS)
+    make_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_models)
+    make_models.main(["make_models.py", str(workdir / "large"), "large"])
+    model = workdir / "large" / "large.onnx"
+    out = workdir / "large.wasm"
+    done = pack(model, out, env, "--memory-limit", "1GiB")
+    assert done.returncode == 0, done.stdout + done.stderr
+    served = Served(out, env, "--memory-limit", "1GiB", "--memory-budget", "4GiB")
+    try:
+        x = np.random.default_rng(7).uniform(-1, 1, (2, 4096)).astype(np.float32)
+        expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+        client = httpclient.InferenceServerClient(served.addr)
+        given = httpclient.InferInput("x", list(x.shape), "FP32")
+        given.set_data_from_numpy(x, binary_data=True)
+        got = client.infer("large", [given]).as_numpy("y")
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        client.close()
+    finally:
+        served.stop()

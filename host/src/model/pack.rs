@@ -244,16 +244,22 @@ async fn pack_bytes(
         }
     };
 
+    // wizer reads the whole linear memory back in one call: allow that call
+    // to copy as much as the memory cap lets the guest hold (wasmtime's
+    // default, 128 MiB, panicked the pack of any model with more weights).
+    store.set_hostcall_fuel(options.memory_limit.saturating_add(1 << 20));
+    let mut reading = Snapshotting {
+        store: &mut store,
+        instance,
+        failed: None,
+    };
     let snapshot = wizer
-        .snapshot_component(
-            &context,
-            &mut Snapshotting {
-                store: &mut store,
-                instance,
-            },
-        )
+        .snapshot_component(&context, &mut reading)
         .await
         .map_err(|err| anyhow!("cannot snapshot the loaded model: {}", root_cause(&err)))?;
+    if let Some(why) = reading.failed {
+        bail!("{shown}: cannot snapshot the loaded model: {why}");
+    }
     drop(store);
 
     let mut provenance: serde_json::Value =
@@ -295,29 +301,58 @@ async fn compile_cached(engine: &Engine, wasm: &[u8], cache: &CompileCache) -> R
 
 /// What wizer reads the loaded instance's state through: its instrumentation
 /// exports, each a function without parameters.
+///
+/// wizer's trait cannot return an error, so a read that fails is recorded
+/// in `failed` (and answered with an empty value); the packer checks it
+/// after the snapshot, and the failure becomes one error line, never a
+/// panic.
 struct Snapshotting<'a> {
     store: &'a mut Store<GuestState>,
     instance: Instance,
+    failed: Option<String>,
 }
 
 impl Snapshotting<'_> {
-    async fn call<R: Lift + Send + Sync + 'static>(&mut self, instance: &str, func: &str) -> R {
+    async fn call<R: Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> Option<R> {
+        if self.failed.is_some() {
+            return None;
+        }
+        match self.try_call(instance, func).await {
+            Ok(value) => Some(value),
+            Err(why) => {
+                self.failed = Some(why);
+                None
+            }
+        }
+    }
+
+    async fn try_call<R: Lift + Send + Sync + 'static>(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> Result<R, String> {
+        let missing = || format!("the runner lacks wizer's export {instance}#{func}");
         let (_, exported) = self
             .instance
             .get_export(&mut *self.store, None, instance)
-            .expect("wizer instruments the component with this instance");
-        let (_, func) = self
+            .ok_or_else(missing)?;
+        let (_, export) = self
             .instance
             .get_export(&mut *self.store, Some(&exported), func)
-            .expect("wizer instruments the component with this function");
-        let func = self
+            .ok_or_else(missing)?;
+        let typed = self
             .instance
-            .get_typed_func::<(), (R,)>(&mut *self.store, func)
-            .expect("wizer's instrumentation has this type");
-        func.call_async(&mut *self.store, ())
+            .get_typed_func::<(), (R,)>(&mut *self.store, export)
+            .map_err(|err| format!("{instance}#{func}: {}", root_cause(&err)))?;
+        let (value,) = typed
+            .call_async(&mut *self.store, ())
             .await
-            .expect("reading state does not trap")
-            .0
+            .map_err(|err| format!("reading {instance}#{func}: {}", root_cause(&err)))?;
+        Ok(value)
     }
 }
 
@@ -328,24 +363,32 @@ impl ComponentInstanceState for Snapshotting<'_> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
-        let list: WasmList<u8> = self.call(instance, func).await;
-        contents(list.as_le_slice(&*self.store));
+        match self.call::<WasmList<u8>>(instance, func).await {
+            Some(list) => contents(list.as_le_slice(&*self.store)),
+            None => contents(&[]),
+        }
     }
 
     async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
-        self.call(instance, func).await
+        self.call(instance, func).await.unwrap_or_default()
     }
 
     async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
-        self.call(instance, func).await
+        self.call(instance, func).await.unwrap_or_default()
     }
 
     async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
-        self.call::<f32>(instance, func).await.to_bits()
+        self.call::<f32>(instance, func)
+            .await
+            .unwrap_or_default()
+            .to_bits()
     }
 
     async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
-        self.call::<f64>(instance, func).await.to_bits()
+        self.call::<f64>(instance, func)
+            .await
+            .unwrap_or_default()
+            .to_bits()
     }
 }
 
