@@ -517,7 +517,7 @@ pub fn parse_queue_delay(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The README's flag table, made from the same definitions as `--help`, so
+/// docs/configuration.md's flag table, made from the same definitions as `--help`, so
 /// the two cannot drift apart (a test compares them).
 pub fn flags_markdown() -> String {
     use clap::CommandFactory;
@@ -569,12 +569,12 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn the_readme_flag_table_is_the_help() {
-        let readme = include_str!("../../../README.md");
+    fn the_documented_flag_table_is_the_help() {
+        let documented = include_str!("../../../docs/configuration.md");
         let table = flags_markdown();
         assert!(
-            readme.contains(&table),
-            "README.md's flag table is out of date; replace it with:\n{table}"
+            documented.contains(&table),
+            "docs/configuration.md's flag table is out of date; replace it with:\n{table}"
         );
     }
 
