@@ -133,13 +133,14 @@ struct Rows {
     instance: InstanceId,
 }
 
-/// What requests must agree on to share a call: everything but dimension 0.
+/// What requests must agree on to share a call: what the model computes
+/// on, that is the inputs' shapes but for dimension 0 and the parameters the
+/// model receives. Which outputs a request wants and how they are encoded
+/// (JSON or binary, HTTP or gRPC, classification) are applied to its own
+/// rows afterwards, so they do not keep requests apart.
 #[derive(Debug, Clone, PartialEq)]
 struct Key {
     inner_shapes: Vec<Vec<u64>>,
-    /// Requested outputs: name, binary, classification.
-    outputs: Option<Vec<(String, bool, Option<usize>)>>,
-    binary_outputs: bool,
     parameters: Map<String, Value>,
 }
 
@@ -151,13 +152,6 @@ impl Key {
                 .iter()
                 .map(|t| t.shape[1..].to_vec())
                 .collect(),
-            outputs: inference.outputs.as_ref().map(|wanted| {
-                wanted
-                    .iter()
-                    .map(|o| (o.name.clone(), o.binary, o.classification))
-                    .collect()
-            }),
-            binary_outputs: inference.binary_outputs,
             parameters: inference.parameters.clone(),
         }
     }
@@ -731,8 +725,6 @@ mod tests {
                 id: id as u64,
                 key: Key {
                     inner_shapes: vec![vec![columns]],
-                    outputs: None,
-                    binary_outputs: false,
                     parameters: Map::new(),
                 },
                 rows,
