@@ -14,7 +14,8 @@ GUEST_BUILD := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000
 
-.PHONY: serve test tools guests model host onnx-runner setup lint bench clean arm-test arm-tools
+.PHONY: serve test tools guests model host onnx-runner setup lint bench conformance clean arm-test \
+        arm-tools
 
 ## Build the example model and the host, then serve the model with 8 instances.
 serve: guests host
@@ -87,6 +88,13 @@ setup:
 ## Knobs (BENCH_SECONDS=1 for a smoke run, ...): see bench/run.sh.
 bench: guests onnx-runner host
 	bench/run.sh
+
+## The ONNX backend operator tests (every case onnxruntime passes) packed, served
+## and asked through the real host; writes the table to docs/onnx-conformance.md.
+## Takes 20 minutes or more: one compile per opset group. Uses tests/python/.venv.
+conformance: onnx-runner host
+	tests/python/.venv/bin/python tests/python/onnx_conformance.py --all \
+	  --write docs/onnx-conformance.md
 
 ## Formatting and lints, as reviewers expect them.
 lint: setup
