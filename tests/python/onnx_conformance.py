@@ -42,6 +42,7 @@ HOST = ROOT / "target" / "release" / "wasm-host"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LISTENING = re.compile(r"listening on http://(\S+)")
 PREFIX = re.compile(r"\bc(\d{4})__")
+UNSUPPORTED = re.compile(r"operator (\S+?)\.(\w+) \(node `[^`]*`\) is not supported")
 # Each group's pack compiles one component (~35-60 s on 2 idle cores; more when loaded).
 PACK_TIMEOUT = 900
 STARTUP_TIMEOUT = 600.0
@@ -332,7 +333,8 @@ def host_env(cache: Path) -> dict:
 def pack_group(host: Path, cases: list[Case], out: Path, cache: Path, log) -> list[Case]:
     """Pack the group into `out`; a case the packer refuses (its error names the case's
     prefix) is dropped, marked refused with the error, and the rest packed again. An error
-    that names no case splits the group in halves. Returns the cases packed."""
+    that names no case (the runner crashed) is traced to its case by halving the group with
+    probe packs that stop before compiling. Returns the cases packed."""
     import onnx
 
     pending = [c for c in cases if not c.status]
@@ -357,23 +359,52 @@ def pack_group(host: Path, cases: list[Case], out: Path, cache: Path, log) -> li
         named = {int(m) for m in PREFIX.findall(error)}
         culprits = [c for c in pending if c.index in named]
         if not culprits:
-            if len(pending) == 1:
-                culprits = pending
-            else:
-                half = len(pending) // 2
-                log(f"  pack failed naming no case ({error[:120]}); splitting")
-                first = pack_group(host, pending[:half], out, cache, log)
-                # Keep the first half's component and pack the second half under its own name.
-                other = out.parent.with_name(out.parent.name + "b") / "model.wasm"
-                other.parent.mkdir(parents=True, exist_ok=True)
-                second = pack_group(host, pending[half:], other, cache, log)
-                return first + second
+            culprits = [_bisect(host, pending, cache, log)]
+            log(f"  pack failed naming no case ({error[:100]}); it was {culprits[0].name}")
+        # The runner checks operators before anything else: every case using an operator it
+        # lacks is refused for the same reason, so they go in one retry, not one each.
+        lacking = UNSUPPORTED.search(error)
+        if lacking:
+            domain = "" if lacking.group(1) == "ai.onnx" else lacking.group(1)
+            op = lacking.group(2)
+            culprits += [c for c in pending if c not in culprits and any(
+                n.op_type == op and (n.domain or "") == domain for n in c.model.graph.node)]
         for case in culprits:
             case.status = "refused"
             case.reason = "pack: " + PREFIX.sub("", error)
         log(f"  pack refused {', '.join(c.name for c in culprits)} ({took:.1f} s)")
         pending = [c for c in pending if not c.status]
     return []
+
+
+# A probe pack still running after this long has loaded the graph and is compiling it: loading
+# fails in ~1-3 s, compiling takes 35 s or more. Only `_bisect` relies on it, to find a case
+# without paying compiles; a wrong guess costs time, never a wrong status.
+PROBE_SECONDS = 15
+
+
+def _loads(host: Path, cases: list[Case], cache: Path) -> bool:
+    """Whether the packer gets past loading these cases (killed once it compiles)."""
+    import onnx
+
+    src = cache.parent / "onnx" / "probe.onnx"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(merged(cases), src)
+    try:
+        subprocess.run([str(host), "pack", str(src), "-o", str(src.with_suffix(".wasm"))],
+                       env=host_env(cache), capture_output=True, timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return True
+    return src.with_suffix(".wasm").exists()
+
+
+def _bisect(host: Path, cases: list[Case], cache: Path, log) -> Case:
+    """The case that makes a pack fail without naming itself (a crash in the runner): halve
+    the cases until one is left, keeping the half that still fails to load."""
+    while len(cases) > 1:
+        half = cases[: len(cases) // 2]
+        cases = cases[len(cases) // 2:] if _loads(host, half, cache) else half
+    return cases[0]
 
 
 @dataclasses.dataclass
@@ -496,8 +527,8 @@ def run(cases: list[Case], host: Path = HOST, workdir: Path | None = None,
         if not case.status and (why := refuse_statically(case)):
             case.status, case.reason = "refused", why
     live = [c for c in cases if not c.status]
-    log(f"{len(cases)} cases, onnxruntime passes {sum(c.status != 'onnxruntime fails' for c in cases)}"
-        f", {len(live)} to pack ({time.monotonic() - started:.0f} s)")
+    reference = sum(c.status != "onnxruntime fails" for c in cases)
+    log(f"{len(cases)} cases, onnxruntime passes {reference}, {len(live)} to pack ({time.monotonic() - started:.0f} s)")
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="conf-")) if own else workdir
     repository, cache = workdir / "repository", workdir / "cache"
