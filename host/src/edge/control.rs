@@ -366,3 +366,23 @@ fn constant_time_eq(given: &[u8], token: &[u8]) -> bool {
 pub fn www_authenticate() -> HeaderValue {
     HeaderValue::from_static("Bearer")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        let token = b"s3cret-token";
+        assert!(constant_time_eq(token, token));
+        for given in [
+            &b""[..],
+            b"s",
+            b"s3cret-toke",
+            b"s3cret-tokeN",
+            b"s3cret-token!",
+        ] {
+            assert!(!constant_time_eq(given, token), "{given:?}");
+        }
+    }
+}
