@@ -50,19 +50,7 @@ fn upload(component: &[u8], config: Option<&str>) -> Value {
 }
 
 fn admin(host: &Host, path: &str, body: &Value, token: Option<&str>) -> support::Response {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("Authorization", auth));
-    }
-    request(
-        host.addr,
-        "POST",
-        path,
-        &headers,
-        &serde_json::to_vec(body).unwrap(),
-    )
-    .unwrap()
+    host.admin(path, body, token)
 }
 
 fn index(host: &Host) -> Vec<Value> {

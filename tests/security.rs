@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::{Host, guest, request};
+use support::{Host, guest};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -54,19 +54,7 @@ fn start(repo: &Path, control: &str, extra: &[&str]) -> Host {
 }
 
 fn admin(host: &Host, path: &str, body: &Value) -> support::Response {
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Authorization", auth.as_str()),
-    ];
-    request(
-        host.addr,
-        "POST",
-        path,
-        &headers,
-        &serde_json::to_vec(body).unwrap(),
-    )
-    .unwrap()
+    host.admin(path, body, Some(TOKEN))
 }
 
 fn index(host: &Host) -> Vec<Value> {

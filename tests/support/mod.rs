@@ -500,3 +500,23 @@ impl Host {
         });
     }
 }
+
+impl Host {
+    /// A repository API call: a JSON POST, with `Authorization: Bearer`
+    /// when a token is given.
+    pub fn admin(&self, path: &str, body: &Value, token: Option<&str>) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth));
+        }
+        request(
+            self.addr,
+            "POST",
+            path,
+            &headers,
+            &serde_json::to_vec(body).unwrap(),
+        )
+        .unwrap()
+    }
+}
