@@ -7,6 +7,7 @@ after the test summary whenever something failed.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -60,15 +61,16 @@ def _drain(stream, ready: threading.Event, found: list, grpc_found: list):
 
 
 @contextlib.contextmanager
-def running_host(args, extra_env=None, grpc=False):
+def running_host(args, extra_env=None, grpc=False, startup_timeout=STARTUP_TIMEOUT):
     """Start `wasm-host ARGS --bind 127.0.0.1:0`; yield "127.0.0.1:PORT"; stop it by PID.
-    With `grpc`, also `--grpc-bind 127.0.0.1:0`, and yield (HTTP address, gRPC address)."""
-    with host_process(args, extra_env, grpc) as (addr, _proc):
+    With `grpc`, also `--grpc-bind 127.0.0.1:0`, and yield (HTTP address, gRPC address).
+    A host that packs an ONNX model on the fly needs a longer `startup_timeout`."""
+    with host_process(args, extra_env, grpc, startup_timeout) as (addr, _proc):
         yield addr
 
 
 @contextlib.contextmanager
-def host_process(args, extra_env=None, grpc=False):
+def host_process(args, extra_env=None, grpc=False, startup_timeout=STARTUP_TIMEOUT):
     """As `running_host`, yielding (its address or addresses, the Popen) for tests that signal
     the host."""
     for path, what in ((HOST, "the host"), (MODEL, "the digits model")):
@@ -97,11 +99,11 @@ def host_process(args, extra_env=None, grpc=False):
     reader.start()
 
     try:
-        if not ready.wait(STARTUP_TIMEOUT) or not found:
+        if not ready.wait(startup_timeout) or not found:
             code = proc.poll()
             state = f"exited with code {code}" if code is not None else "is still silent"
             pytest.fail(
-                f"wasm-host did not announce `listening on http://...` within {STARTUP_TIMEOUT}s "
+                f"wasm-host did not announce `listening on http://...` within {startup_timeout}s "
                 f"(it {state}); its log:\n" + "\n".join(_host_log),
                 pytrace=False,
             )
@@ -170,3 +172,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in _host_log:
             terminalreporter.write_line(line)
 
+
+
+@dataclasses.dataclass
+class Zoo:
+    """The ONNX zoo served (onnx_zoo.py): its address, its members, and the host's answers to
+    one request carrying every member's inputs, by (member, output)."""
+
+    addr: str
+    members: dict
+    answers: dict
+    cache: Path  # the compile cache that holds the ONNX runner
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """scikit-learn exports and whole networks merged into one model, `zoo`, served from a
+    model repository (packed on the fly: one compile of the ONNX runner for all of them)."""
+    import onnx_zoo
+
+    out = tmp_path_factory.mktemp("zoo")
+    repository, members = onnx_zoo.build(out)
+    args = ["--instances", "1", "--model-repository", str(repository)]
+    # Packing compiles the runner: minutes on a loaded 2-core machine.
+    with running_host(args, {"WASM_HOST_CACHE_DIR": str(out / "cache")},
+                      startup_timeout=600.0) as addr:
+        client = httpclient.InferenceServerClient(url=addr)
+        ready = client.is_model_ready("zoo")
+        client.close()
+        if not ready:
+            pytest.fail("the zoo model is not ready; the host's log:\n" + "\n".join(_host_log),
+                        pytrace=False)
+        yield Zoo(addr, members, onnx_zoo.ask(addr, members), out / "cache")

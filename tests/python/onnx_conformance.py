@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_graphs import side_by_side
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST = ROOT / "target" / "release" / "wasm-host"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -263,30 +265,9 @@ def group(cases: list[Case], size: int = GROUP_SIZE) -> list[list[Case]]:
 def merged(cases: list[Case], opset: dict | None = None):
     """One graph holding the cases side by side, every name prefixed `cNNNN__`; nodes and
     attributes untouched, so each case computes what it computes alone."""
-    import onnx
-    from onnx import compose, helper
-
-    nodes, inputs, outputs, inits, infos, functions = [], [], [], [], [], []
-    opsets = dict(opset or {})
-    for case in cases:
-        model = compose.add_prefix(case.model, prefix=case.prefix)
-        g = model.graph
-        nodes += g.node
-        inputs += g.input
-        outputs += g.output
-        inits += g.initializer
-        infos += g.value_info
-        functions += model.functions
-        for domain, version in case.opset.items():
-            opsets[domain] = max(opsets.get(domain, 0), version)
-    graph = helper.make_graph(nodes, "onnx_conformance", inputs, outputs, inits,
-                              value_info=infos)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v)
-                                                    for d, v in sorted(opsets.items())],
-                              functions=functions)
-    model.ir_version = max(c.model.ir_version for c in cases)
-    model.producer_name = "wasm-host tests/python/onnx_conformance.py"
-    return model
+    models = {case.prefix: case.model for case in cases}
+    return side_by_side(models, "onnx_conformance", "wasm-host tests/python/onnx_conformance.py",
+                        opset)
 
 
 def feeds(case: Case) -> dict:
