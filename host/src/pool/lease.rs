@@ -7,17 +7,25 @@ use super::*;
 pub struct Lease<B: Boot> {
     pool: Arc<Pool<B>>,
     instance: Option<B::Worker>,
-    /// Set while a call is in flight and kept if it poisoned the instance, so
-    /// that a lease dropped mid-call replaces its instance instead of
-    /// returning a store in an unknown state.
-    replace_because: Option<(&'static str, String)>,
+    state: State,
+}
+
+/// Where a lease is in its request: what dropping it now must do with the
+/// instance. One enum rather than three fields that had to agree.
+enum State {
+    /// No call yet, or the last one ended cleanly (at `.0`, which serves as
+    /// the time the instance came back: the lease is dropped right after).
+    Ready(Option<Instant>),
     /// A call is in flight: a lease dropped now (its request cancelled)
-    /// replaces its instance. A flag rather than a `replace_because` set in
-    /// advance, which cost an allocation per request.
-    in_call: bool,
-    /// When the last call ended: the lease is dropped right after, and
-    /// this reading serves as the time the instance came back.
-    call_ended: Option<Instant>,
+    /// replaces its instance, whose store is in an unknown state.
+    Calling,
+    /// The last call poisoned the instance (a trap, a deadline, the memory
+    /// cap): it is replaced, not returned.
+    Poisoned {
+        kind: &'static str,
+        why: String,
+        ended: Instant,
+    },
 }
 
 impl<B: Boot> Lease<B> {
@@ -26,9 +34,7 @@ impl<B: Boot> Lease<B> {
         Lease {
             pool,
             instance: Some(instance),
-            replace_because: None,
-            in_call: false,
-            call_ended: None,
+            state: State::Ready(None),
         }
     }
 
@@ -45,7 +51,7 @@ impl<B: Boot> Lease<B> {
         parameters: &[(String, String)],
         timeout: Duration,
     ) -> Result<Vec<Tensor>, Fault> {
-        self.in_call = true;
+        self.state = State::Calling;
         self.pool.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let instance = self
@@ -56,14 +62,16 @@ impl<B: Boot> Lease<B> {
             .predict(inputs, parameters, started.into_std(), timeout)
             .await;
         let ended = Instant::now();
-        self.call_ended = Some(ended);
         self.pool
             .metrics
             .computed(ended.saturating_duration_since(started));
-        self.in_call = false;
-        self.replace_because = match &result {
-            Err(fault) if fault.poisons_instance() => Some((fault.kind(), fault.to_string())),
-            _ => None,
+        self.state = match &result {
+            Err(fault) if fault.poisons_instance() => State::Poisoned {
+                kind: fault.kind(),
+                why: fault.to_string(),
+                ended,
+            },
+            _ => State::Ready(Some(ended)),
         };
         result
     }
@@ -72,11 +80,14 @@ impl<B: Boot> Lease<B> {
 impl<B: Boot> Drop for Lease<B> {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take() {
-            let why = self.replace_because.take().or_else(|| {
-                self.in_call
-                    .then(|| ("cancelled", "the request was cancelled mid-call".into()))
-            });
-            let now = self.call_ended.unwrap_or_else(Instant::now);
+            let (why, now) = match std::mem::replace(&mut self.state, State::Ready(None)) {
+                State::Ready(ended) => (None, ended.unwrap_or_else(Instant::now)),
+                State::Calling => (
+                    Some(("cancelled", "the request was cancelled mid-call".into())),
+                    Instant::now(),
+                ),
+                State::Poisoned { kind, why, ended } => (Some((kind, why)), ended),
+            };
             self.pool.take_back(instance, why, now);
         }
     }

@@ -255,6 +255,25 @@ async fn a_full_queue_refuses_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_instance_whose_call_answered_goes_back_to_the_pool_unreplaced() {
+    let pool = pool(1, 8, vec![]).await;
+    let mut lease = pool.acquire().await.unwrap();
+    let first = lease.instance_id();
+    // A lease dropped before any call, then one after a clean call.
+    drop(lease);
+    let mut lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.instance_id(), first);
+    lease
+        .predict(&input(0), &[], Duration::from_secs(1))
+        .await
+        .unwrap();
+    drop(lease);
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.instance_id(), first);
+    assert_eq!(pool.status().replaced, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_trapped_or_abandoned_instance_is_replaced_with_a_new_id() {
     let pool = pool(1, 8, vec![]).await;
     let mut lease = pool.acquire().await.unwrap();
