@@ -28,10 +28,12 @@ use std::fmt;
 use tract_onnx::model::OnnxOpRegister;
 use tract_onnx::tract_hir::internal::*;
 
-/// tract-onnx with this module's operators registered over its own.
+/// tract-onnx with this module's operators, and the standard ones it gets
+/// wrong ([`crate::corrected`]), registered over its own.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     register(&mut onnx.op_register);
+    crate::corrected::register(&mut onnx.op_register);
     onnx
 }
 
