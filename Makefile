@@ -14,7 +14,8 @@ GUEST_BUILD := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS
 INSTANCES ?= 8
 BIND     ?= 127.0.0.1:8000
 
-.PHONY: serve test tools guests model host onnx-runner setup lint bench conformance clean arm-test \
+.PHONY: serve test tools guests model host onnx-runner setup lint bench conformance networks clean \
+        arm-test \
         arm-tools
 
 ## Build the example model and the host, then serve the model with 8 instances.
@@ -97,6 +98,12 @@ bench: guests onnx-runner host
 conformance: onnx-runner host
 	tests/python/.venv/bin/python tests/python/onnx_conformance.py --all \
 	  --write docs/onnx-conformance.md
+
+## The whole networks of examples/onnx/make_networks.py (ResNet-50, Inception v1,
+## a BERT-style encoder) at their real size, served and checked against
+## onnxruntime: what CI checks at a small size. Takes 5-10 minutes.
+networks: onnx-runner host
+	WASM_HOST_NETWORK_SIZE=real bash tests/python/run.sh -k "test_networks"
 
 ## Formatting and lints, as reviewers expect them.
 lint: setup

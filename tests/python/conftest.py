@@ -192,8 +192,11 @@ def zoo(tmp_path_factory):
     import onnx_zoo
 
     out = tmp_path_factory.mktemp("zoo")
-    repository, members = onnx_zoo.build(out)
-    args = ["--instances", "1", "--model-repository", str(repository)]
+    # `make networks` sets "real": the networks at their real size (245 MB of weights).
+    size = os.environ.get("WASM_HOST_NETWORK_SIZE", "small")
+    repository, members = onnx_zoo.build(out, size)
+    args = ["--instances", "1", "--model-repository", str(repository),
+            "--memory-limit", "2GiB" if size == "real" else "256MiB"]
     # Packing compiles the runner: minutes on a loaded 2-core machine.
     with running_host(args, {"WASM_HOST_CACHE_DIR": str(out / "cache")},
                       startup_timeout=600.0) as addr:
