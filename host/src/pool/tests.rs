@@ -257,7 +257,7 @@ async fn a_full_queue_refuses_at_once() {
 #[tokio::test(start_paused = true)]
 async fn an_instance_whose_call_answered_goes_back_to_the_pool_unreplaced() {
     let pool = pool(1, 8, vec![]).await;
-    let mut lease = pool.acquire().await.unwrap();
+    let lease = pool.acquire().await.unwrap();
     let first = lease.instance_id();
     // A lease dropped before any call, then one after a clean call.
     drop(lease);
