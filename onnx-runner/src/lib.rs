@@ -118,7 +118,7 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
     let input_types = (0..inputs.len())
         .map(|ix| typed.input_fact(ix).map(|f| f.datum_type).map_err(text))
         .collect::<Result<Vec<_>, _>>()?;
-    let zeros = zero_inputs(&typed)?;
+    let zeros = warm_up_inputs(&typed)?;
 
     let plan = typed
         .into_optimized()
@@ -314,8 +314,20 @@ fn datatype(dt: DatumType) -> Option<Datatype> {
     })
 }
 
-/// One input of zeros per model input, every symbolic dimension set to 1.
-fn zero_inputs(typed: &TypedModel) -> Result<TVec<TValue>, String> {
+/// The inputs of the run at pack time: zeros, every symbolic dimension set
+/// to 1. A graph that divides integers gets ones in its integer inputs
+/// instead: tract's integer division by zero panics, which would trap the
+/// pack (a request with a zero divisor traps its instance, which is
+/// replaced, and gets a 500 that says so).
+fn warm_up_inputs(typed: &TypedModel) -> Result<TVec<TValue>, String> {
+    let divides_integers = typed.nodes.iter().any(|node| {
+        let op = node.op.name();
+        (op == "Div" || op == "Rem")
+            && node
+                .outputs
+                .first()
+                .is_some_and(|out| out.fact.datum_type.is_integer())
+    });
     (0..typed.input_outlets().map_err(text)?.len())
         .map(|ix| {
             let fact = typed.input_fact(ix).map_err(text)?;
@@ -324,9 +336,15 @@ fn zero_inputs(typed: &TypedModel) -> Result<TVec<TValue>, String> {
                 .iter()
                 .map(|d| d.to_i64().map_or(1, |n| n as usize))
                 .collect();
-            tract_onnx::prelude::Tensor::zero_dt(fact.datum_type, &shape)
-                .map(TValue::from)
-                .map_err(text)
+            let value = if divides_integers && fact.datum_type.is_integer() {
+                tract_ndarray::ArrayD::from_elem(shape.as_slice(), 1i64)
+                    .into_tensor()
+                    .cast_to_dt(fact.datum_type)
+                    .map(|t| t.into_owned())
+            } else {
+                tract_onnx::prelude::Tensor::zero_dt(fact.datum_type, &shape)
+            };
+            value.map(TValue::from).map_err(text)
         })
         .collect()
 }
