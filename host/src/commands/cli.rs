@@ -199,6 +199,15 @@ pub enum ModelControl {
     Poll,
 }
 
+/// When a repository's models load (design §11: more models than memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadMode {
+    /// Every model loads at start, and a load past --memory-budget is refused.
+    Startup,
+    /// Every model is registered at start without loading; a model loads at its first request, evicting the least recently used idle models when --memory-budget is full.
+    OnDemand,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), or ONNX files (packed on the fly), each served under its own name.
@@ -216,6 +225,10 @@ pub struct ServeArgs {
     /// Who may change the served models: none (those given at start), explicit (the repository API), poll (explicit, and the repository folder is rescanned).
     #[arg(long, env = "WASM_HOST_MODEL_CONTROL", default_value = "none")]
     pub model_control: ModelControl,
+
+    /// When --model-repository's models load: startup (all at start), or on-demand (registered at start, loaded at first request, least recently used evicted to stay under --memory-budget).
+    #[arg(long, env = "WASM_HOST_LOAD", default_value = "startup")]
+    pub load: LoadMode,
 
     /// How often --model-control poll rescans the repository (e.g. 2s).
     #[arg(long, env = "WASM_HOST_REPOSITORY_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Failure;
-use crate::commands::cli::{ModelControl, ServeArgs};
+use crate::commands::cli::{LoadMode, ModelControl, ServeArgs};
 use crate::edge::app::{App, ControlConfig, Plane, ServerConfig};
 use crate::edge::server;
 use crate::lifecycle::registry::{Budget, LoadRequest, Registry};
+use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::lifecycle::{repository, signals};
 use crate::model;
@@ -42,6 +43,13 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         return Err(Failure::new(
             Failure::USAGE,
             "--model-control poll needs --model-repository DIR: the folder to rescan",
+        ));
+    }
+    if cli.load == LoadMode::OnDemand && cli.model_repository.is_none() {
+        return Err(Failure::new(
+            Failure::USAGE,
+            "--load on-demand needs --model-repository DIR: the models to register and load \
+             at their first request",
         ));
     }
     // Bind first: a port in use is found before a long compile, not after.
@@ -121,6 +129,9 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         .resolve(&fixed)
         .map_err(|why| Failure::new(Failure::USAGE, format!("{why} (from the flags)")))?;
     let registry = Registry::new(engine, linker, cache, defaults, budget);
+    if cli.load == LoadMode::OnDemand {
+        registry.enable_on_demand();
+    }
 
     for path in &cli.models {
         let bytes = registry
@@ -136,7 +147,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             replaces: None,
         };
         registry
-            .load(request)
+            .load_as(request, Cause::Startup)
             .await
             .map_err(|why| Failure::new(Failure::MODEL, why))?;
     }
@@ -149,9 +160,11 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     }
     let mut found = Vec::new();
     if let Some(dir) = &cli.model_repository {
-        found = repository::load_all(&registry, dir)
-            .await
-            .map_err(|why| Failure::new(Failure::MODEL, why))?;
+        let loaded = match cli.load {
+            LoadMode::Startup => repository::load_all(&registry, dir).await,
+            LoadMode::OnDemand => repository::register_all(&registry, dir).await,
+        };
+        found = loaded.map_err(|why| Failure::new(Failure::MODEL, why))?;
     }
     if cli.model_control == ModelControl::Poll
         && let Some(dir) = &cli.model_repository
@@ -200,6 +213,10 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         format!("{total} instances")
     };
     let what = match served.as_slice() {
+        _ if cli.load == LoadMode::OnDemand => format!(
+            "{} models registered, loaded on demand",
+            registry.residency().registered
+        ),
         [_] => instances,
         _ => format!("{} models, {instances}", served.len()),
     };

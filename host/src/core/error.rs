@@ -124,7 +124,9 @@ impl From<Lookup> for Error {
     fn from(lookup: Lookup) -> Self {
         let message = lookup.to_string();
         match lookup {
-            Lookup::Unavailable { .. } => Error::new(Kind::Unavailable, message),
+            Lookup::Unavailable { .. } | Lookup::NotResident { .. } => {
+                Error::new(Kind::Unavailable, message)
+            }
             _ => Error::not_found(message),
         }
     }

@@ -115,6 +115,8 @@ pub struct Metrics {
     busy_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pending_seconds: Family<ModelLabels, Counter<f64, AtomicU64>>,
     batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Residency: loads, evictions, resident bytes against the budget.
+    pub loads: crate::core::loads::LoadMetrics,
     /// The newest last: instances replaced, versions loaded and swapped.
     events: Mutex<VecDeque<Event>>,
 }
@@ -247,7 +249,9 @@ impl Metrics {
              were restarted: each is a bug worth a report, logged with its message",
             task_restarts.clone(),
         );
+        let loads = crate::core::loads::LoadMetrics::register(&mut registry);
         Metrics {
+            loads,
             registry,
             requests,
             request_duration,

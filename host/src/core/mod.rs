@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod error;
 pub mod infer;
+pub mod loads;
 pub mod metrics;
 pub mod name;
 pub mod protocol;

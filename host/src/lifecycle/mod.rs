@@ -6,6 +6,7 @@
 
 pub mod registry;
 pub mod repository;
+pub mod residency;
 pub mod served;
 pub mod settings;
 pub mod signals;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,16 @@ use wasmtime::component::Linker;
 use crate::core::batch::{self, BatchConfig, Batcher};
 use crate::core::metrics::Metrics;
 use crate::core::name::ModelName;
+use crate::lifecycle::residency::{Cause, NOT_RESIDENT, Registered};
+
+mod eviction;
 use crate::lifecycle::served::{ServedModel, Source};
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::model::{self, Model};
 use crate::pool::{ModelBoot, Pool, PoolConfig};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::sandbox::GuestState;
+pub use eviction::Residency;
 
 /// A model's state, as Triton's repository index reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +56,21 @@ struct Slot {
     /// Why it is unavailable (or what is loading), empty when ready.
     reason: String,
     version: String,
+    /// With `--load on-demand`: the folder it loads from by itself, so it
+    /// may be evicted and load again at its next request.
+    registered: Option<Arc<Registered>>,
+}
+
+impl Slot {
+    fn empty(state: State, version: &str) -> Slot {
+        Slot {
+            served: None,
+            state,
+            reason: String::new(),
+            version: version.to_owned(),
+            registered: None,
+        }
+    }
 }
 
 /// One line of the repository index.
@@ -61,6 +80,9 @@ pub struct IndexEntry {
     pub version: String,
     pub state: State,
     pub reason: String,
+    /// Loaded now (always, but for a model `--load on-demand` registered
+    /// and has not loaded, or evicted).
+    pub resident: bool,
 }
 
 /// What the host may hold across all models: a model whose instances ×
@@ -86,6 +108,11 @@ pub enum Lookup {
         served: Vec<String>,
     },
     Unloaded {
+        name: String,
+    },
+    /// Registered (`--load on-demand`) and not resident: a request loads
+    /// it ([`Registry::resolve`]); anything else answers without it.
+    NotResident {
         name: String,
     },
     Unavailable {
@@ -117,6 +144,7 @@ impl std::fmt::Display for Lookup {
                 "model {name:?} is unloaded; load it again (POST /v2/repository/models/{name}/load) \
                  to serve it"
             ),
+            Lookup::NotResident { name } => write!(f, "model {name:?} is {NOT_RESIDENT}"),
             Lookup::Unavailable {
                 name,
                 state,
@@ -171,6 +199,10 @@ pub struct Registry {
     /// past [`MAX_NEVER_SERVED`] of them the oldest go, so a client that
     /// fails loads under ever new names cannot grow the index for ever.
     never_served: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// `--load on-demand`: loads evict least recently used models to fit.
+    on_demand: AtomicBool,
+    /// Counts lookups: a served model's `last_used` is its value then.
+    clock: AtomicU64,
 }
 
 /// The most index entries kept for names that failed to load and never
@@ -196,7 +228,32 @@ impl Registry {
             slots: Arc::new(RwLock::new(BTreeMap::new())),
             changing: tokio::sync::Mutex::new(()),
             never_served: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            on_demand: AtomicBool::new(false),
+            clock: AtomicU64::new(0),
         })
+    }
+
+    /// `--load on-demand`: a load that would pass the budget evicts the
+    /// least recently used idle models instead of failing.
+    pub fn enable_on_demand(&self) {
+        self.on_demand.store(true, Ordering::SeqCst);
+        self.update_residency();
+    }
+
+    pub fn on_demand(&self) -> bool {
+        self.on_demand.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<GuestState> {
+        &self.linker
+    }
+
+    pub(crate) fn cache(&self) -> &CompileCache {
+        &self.cache
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -232,6 +289,19 @@ impl Registry {
     /// The served model for a request: by name, and by version when the
     /// path names one.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>, Lookup> {
+        let served = self.get_quietly(name, version)?;
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        served.last_used.store(now, Ordering::Relaxed);
+        Ok(served)
+    }
+
+    /// [`Registry::get`] without counting as a use: what reads about a
+    /// model (its metadata, the index) does not keep it resident.
+    pub fn get_quietly(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ServedModel>, Lookup> {
         let slots = self.slots.read().unwrap();
         let Some(slot) = slots.get(name) else {
             return Err(Lookup::Unknown {
@@ -255,6 +325,18 @@ impl Registry {
                     name: name.to_owned(),
                 })
             }
+            None if slot.registered.is_some() => match version {
+                Some(wanted) if !slot.version.is_empty() && wanted != slot.version => {
+                    Err(Lookup::Version {
+                        name: name.to_owned(),
+                        wanted: wanted.to_owned(),
+                        served: slot.version.clone(),
+                    })
+                }
+                _ => Err(Lookup::NotResident {
+                    name: name.to_owned(),
+                }),
+            },
             None => Err(Lookup::Unavailable {
                 name: name.to_owned(),
                 state: slot.state,
@@ -289,8 +371,15 @@ impl Registry {
                 version: slot.version.clone(),
                 state: slot.state,
                 reason: slot.reason.clone(),
+                resident: slot.served.is_some(),
             })
             .collect()
+    }
+
+    /// The registration of `name`, if `--load on-demand` registered it.
+    pub fn registered(&self, name: &str) -> Option<Arc<Registered>> {
+        let slots = self.slots.read().unwrap();
+        slots.get(name)?.registered.clone()
     }
 
     /// Records that `name` could not be loaded (a bad file, a trap in
@@ -298,12 +387,18 @@ impl Registry {
     /// older version still serves, which keeps serving.
     pub fn failed(&self, name: &str, version: &str, reason: &str) {
         let mut slots = self.slots.write().unwrap();
-        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
-            served: None,
-            state: State::Unavailable,
-            reason: String::new(),
-            version: version.to_owned(),
-        });
+        let slot = slots
+            .entry(name.to_owned())
+            .or_insert_with(|| Slot::empty(State::Unavailable, version));
+        if slot.registered.is_some() {
+            // A registered model stays registered: its next request tries
+            // again (a failed demand load is that request's 503).
+            if slot.served.is_none() && slot.reason != UNLOADED {
+                slot.state = State::Ready;
+                slot.reason = NOT_RESIDENT.into();
+            }
+            return;
+        }
         if slot.served.is_none() {
             slot.state = State::Unavailable;
             slot.reason = reason.to_owned();
@@ -331,12 +426,9 @@ impl Registry {
 
     fn set_loading(&self, name: &str) {
         let mut slots = self.slots.write().unwrap();
-        let slot = slots.entry(name.to_owned()).or_insert_with(|| Slot {
-            served: None,
-            state: State::Loading,
-            reason: String::new(),
-            version: String::new(),
-        });
+        let slot = slots
+            .entry(name.to_owned())
+            .or_insert_with(|| Slot::empty(State::Loading, ""));
         if slot.served.is_none() {
             slot.state = State::Loading;
             slot.reason = "loading".into();
@@ -347,16 +439,36 @@ impl Registry {
     /// On failure nothing changes but the slot's reason; the error says why,
     /// in one line for the operator.
     pub async fn load(&self, request: LoadRequest) -> Result<Arc<ServedModel>, String> {
+        self.load_as(request, Cause::Explicit).await
+    }
+
+    /// [`Registry::load`], counted in `wasm_host_model_loads_total` under
+    /// `cause`.
+    pub async fn load_as(
+        &self,
+        request: LoadRequest,
+        cause: Cause,
+    ) -> Result<Arc<ServedModel>, String> {
         let _changing = self.changing.lock().await;
+        let started = Instant::now();
         if let Some(name) = &request.name {
             self.set_loading(name);
         }
         let result = self.load_locked(&request).await;
-        if let Err(reason) = &result
-            && let Some(name) = &request.name
-        {
-            self.failed(name, request.version.as_deref().unwrap_or(""), reason);
+        match &result {
+            Ok(served) => {
+                let seconds = started.elapsed().as_secs_f64();
+                self.metrics
+                    .loads
+                    .loaded(&served.name, cause.as_str(), seconds);
+            }
+            Err(reason) => {
+                if let Some(name) = &request.name {
+                    self.failed(name, request.version.as_deref().unwrap_or(""), reason);
+                }
+            }
         }
+        self.update_residency();
         result
     }
 
@@ -404,7 +516,11 @@ impl Registry {
             .clone()
             .map_or_else(|| metadata.name.clone(), ModelName::into_string);
         let version = request.version.clone().unwrap_or(metadata.version.clone());
-        self.check_budget(&name, &settings)?;
+        if self.on_demand() {
+            self.make_room(&name, &settings)?;
+        } else {
+            self.check_budget(&name, &settings)?;
+        }
         if let Some(batching) = &settings.batching {
             batch::check_batchable(&metadata, batching).map_err(|why| format!("{shown}: {why}"))?;
         }
@@ -457,6 +573,7 @@ impl Registry {
             metrics,
             source,
             loaded_at: Instant::now(),
+            last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1),
         });
         let meta = &served.model.metadata;
         tracing::info!(
@@ -475,12 +592,17 @@ impl Registry {
         );
         let old = {
             let mut slots = self.slots.write().unwrap();
-            let slot = slots.entry(name.clone()).or_insert_with(|| Slot {
-                served: None,
-                state: State::Ready,
-                reason: String::new(),
-                version: version.clone(),
-            });
+            let slot = slots
+                .entry(name.clone())
+                .or_insert_with(|| Slot::empty(State::Ready, &version));
+            if self.on_demand()
+                && let Some(path) = &request.path
+            {
+                self.keep_registered(slot, &name, request, path);
+            }
+            if let Some(registered) = &slot.registered {
+                registered.remember(&served.model.metadata);
+            }
             slot.state = State::Ready;
             slot.reason.clear();
             slot.version = version;
@@ -601,6 +723,11 @@ impl Registry {
                 });
             };
             let Some(old) = slot.served.take() else {
+                if slot.registered.is_some() {
+                    // Not resident: it must not load at its next request.
+                    slot.state = State::Unavailable;
+                    slot.reason = UNLOADED.into();
+                }
                 return Ok(());
             };
             slot.state = State::Unloading;
@@ -617,6 +744,7 @@ impl Registry {
             old.pool.in_flight()
         ));
         self.drain(old, true);
+        self.update_residency();
         Ok(())
     }
 
@@ -731,7 +859,7 @@ impl Registry {
 }
 
 /// The reason an unloaded model's slot keeps.
-const UNLOADED: &str = "unloaded";
+pub(crate) const UNLOADED: &str = "unloaded";
 
 fn served_names(slots: &BTreeMap<String, Slot>) -> Vec<String> {
     slots

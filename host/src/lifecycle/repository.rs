@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::core::name::ModelName;
 use crate::lifecycle::registry::{LoadRequest, Registry};
+use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::ModelSettings;
 use crate::model::files::{self, FileError};
 
@@ -243,7 +244,7 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
     let mut loaded = Vec::new();
     for model in found {
         let result = match model.load_request(registry).await {
-            Ok(request) => registry.load(request).await.map(drop),
+            Ok(request) => registry.load_as(request, Cause::Startup).await.map(drop),
             Err(why) => {
                 registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
                 Err(why)
@@ -255,6 +256,24 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
         }
     }
     Ok(loaded)
+}
+
+/// `--load on-demand`: registers every model in the repository without
+/// loading any (design §11): what the scan reads (folders, model.toml) is
+/// all a model costs until its first request. A folder that cannot be
+/// loaded is recorded as UNAVAILABLE with its reason.
+pub async fn register_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, String> {
+    let (found, broken) = scan_off_runtime(dir).await?;
+    for (name, why) in broken {
+        tracing::error!("model {name} is unavailable: {why}");
+        registry.failed(&name, "", &why);
+    }
+    let count = registry.register_all(found.clone());
+    tracing::info!(
+        "registered {count} models from {}; each loads at its first request",
+        dir.display()
+    );
+    Ok(found)
 }
 
 /// `--model-control poll`: rescans the repository every `interval`; a new
@@ -326,11 +345,25 @@ async fn poll_once(registry: &Registry, dir: &Path, known: &Mutex<Known>) {
             .unwrap()
             .found
             .insert(model.name.clone(), model.clone());
-        let result = match model.load_request(registry).await {
-            Ok(request) => registry.load(request).await.map(drop),
-            Err(why) => {
-                registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
-                Err(why)
+        let result = if registry.on_demand() {
+            // Registered anew; loaded again only if it is resident now.
+            match registry.register(model.clone()) {
+                false => Ok(()),
+                true => match registry.registered(&model.name) {
+                    Some(registered) => registry
+                        .load_registered(&registered, Cause::Poll)
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                },
+            }
+        } else {
+            match model.load_request(registry).await {
+                Ok(request) => registry.load_as(request, Cause::Poll).await.map(drop),
+                Err(why) => {
+                    registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
+                    Err(why)
+                }
             }
         };
         if let Err(why) = result {
@@ -352,6 +385,9 @@ async fn poll_once(registry: &Registry, dir: &Path, known: &Mutex<Known>) {
     for name in gone {
         tracing::info!("repository poll: model {name}'s folder is gone; unloading it");
         let _ = registry.unload(&name).await;
+        if registry.on_demand() {
+            registry.deregister(&name);
+        }
         known.lock().unwrap().found.remove(&name);
     }
 }

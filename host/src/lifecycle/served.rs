@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use crate::core::batch::Batcher;
@@ -31,6 +32,10 @@ pub struct ServedModel {
     pub metrics: ModelMetrics,
     pub source: Source,
     pub loaded_at: Instant,
+    /// The registry's use clock when a request last resolved this model:
+    /// the least recently used resident model is the one with the lowest
+    /// (design §11). One word per resident model is all the LRU keeps.
+    pub last_used: AtomicU64,
 }
 
 /// Where a served model's component came from.

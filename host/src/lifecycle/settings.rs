@@ -43,6 +43,9 @@ pub struct ModelSettings {
     pub max_requests_jitter: Option<u64>,
     /// Which numbered version folder to serve (default: the highest).
     pub version: Option<u64>,
+    /// Never evicted to make room for another model under `--load
+    /// on-demand` (design §11); an explicit unload still unloads it.
+    pub pinned: Option<bool>,
     /// Join concurrent requests into calls of up to this many rows (0 or 1:
     /// no batching). Triton's `max_batch_size` is read as this key.
     #[serde(alias = "max_batch_size")]
@@ -133,6 +136,7 @@ impl ModelSettings {
             max_requests: self.max_requests.or(base.max_requests),
             max_requests_jitter: self.max_requests_jitter.or(base.max_requests_jitter),
             version: self.version.or(base.version),
+            pinned: self.pinned.or(base.pinned),
             max_batch_size: self.max_batch_size.or(base.max_batch_size),
             max_queue_delay: self.max_queue_delay().or(base.max_queue_delay()),
             preferred_batch_sizes: self
