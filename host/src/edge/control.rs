@@ -46,6 +46,8 @@ pub const MAX_UPLOAD: usize = 512 << 20;
 pub struct LoadParameters {
     pub config: Option<Value>,
     pub files: Vec<(String, Vec<u8>)>,
+    /// `pinned`: never evicted under `--load on-demand` (over model.toml's).
+    pub pinned: Option<bool>,
 }
 
 /// The repository index, or only its ready models.
@@ -62,13 +64,16 @@ pub fn index(app: &App, ready_only: bool) -> Vec<IndexEntry> {
 pub async fn load(app: &App, name: &str, parameters: LoadParameters) -> Result<(), Error> {
     may_change(app)?;
     let name = &ModelName::parse(name).map_err(Error::bad_input)?;
-    let config = match parameters.config {
+    let mut config = match parameters.config {
         None => ModelSettings::default(),
         Some(Value::String(text)) => ModelSettings::from_json(&text)
             .map_err(|err| Error::bad_input(format!("parameters.config: {err}")))?,
         Some(other) => ModelSettings::from_json(&other.to_string())
             .map_err(|err| Error::bad_input(format!("parameters.config: {err}")))?,
     };
+    if parameters.pinned.is_some() {
+        config.pinned = parameters.pinned;
+    }
     let request = if parameters.files.is_empty() {
         from_repository(app, name, config).await?
     } else {
@@ -135,6 +140,8 @@ pub async fn http_load(
     for (key, value) in given.into_iter().flatten() {
         if key == "config" {
             parameters.config = Some(value.clone());
+        } else if key == "pinned" {
+            parameters.pinned = Some(pinned(value).map_err(ApiError::bad_request)?);
         } else if let Some(path) = key.strip_prefix("file:") {
             let text = value.as_str().ok_or_else(|| {
                 ApiError::bad_request(format!("file:{path} must be a base64 string"))
@@ -149,6 +156,17 @@ pub async fn http_load(
     }
     load(app, name, parameters).await?;
     Ok(empty(StatusCode::OK))
+}
+
+/// The `pinned` load parameter: a boolean, or Triton's string form.
+pub fn pinned(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(pinned) => Ok(*pinned),
+        Value::String(text) if text == "true" || text == "false" => Ok(text == "true"),
+        _ => Err(format!(
+            "parameters.pinned must be true or false, not {value}"
+        )),
+    }
 }
 
 /// `POST /v2/repository/models/{m}/unload`.
@@ -308,7 +326,9 @@ async fn resize_only(app: &App, name: &str, request: &LoadRequest) -> Result<boo
     let mut same_but_count = wanted.clone();
     same_but_count.pool.instances = served.settings.pool.instances;
     same_but_count.pool.max_instances = served.settings.pool.max_instances;
-    if !same_component || same_but_count != served.settings {
+    // A change of `pinned` is a load: the registration must learn it.
+    let repinned = request.settings.pinned != served.given.pinned;
+    if !same_component || same_but_count != served.settings || repinned {
         return Ok(false);
     }
     let count = wanted.pool.instances;

@@ -40,20 +40,37 @@ pub fn page() -> Response<Full<Bytes>> {
     response
 }
 
+/// The most registered models that are not resident the page lists.
+const MAX_NOT_RESIDENT_SHOWN: usize = 100;
+
 /// `GET /status`: what the page shows, as of now.
 pub fn snapshot(app: &App) -> Value {
-    let served = app.registry.served();
+    let served: std::collections::HashMap<String, _> = app
+        .registry
+        .served()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    // Under `--load on-demand` thousands may be registered: the page lists
+    // the resident ones and the first few others, and counts them all.
+    let mut others = 0;
     let models: Vec<Value> = app
         .registry
         .index()
         .into_iter()
+        .filter(|entry| {
+            let shown = entry.resident || others < MAX_NOT_RESIDENT_SHOWN;
+            others += usize::from(!entry.resident);
+            shown
+        })
         .map(|entry| {
-            let serving = served.iter().find(|s| s.name == entry.name);
+            let serving = served.get(&entry.name);
             let mut model = json!({
                 "name": entry.name,
                 "version": entry.version,
                 "state": entry.state,
                 "reason": entry.reason,
+                "resident": entry.resident,
             });
             if let Some(served) = serving.filter(|_| entry.state == State::Ready) {
                 let status = served.pool.status();
@@ -96,6 +113,7 @@ pub fn snapshot(app: &App) -> Value {
             "requests": traffic.requests,
         },
         "models": models,
+        "residency": app.registry.residency(),
         "events": app.registry.metrics().events(),
     })
 }

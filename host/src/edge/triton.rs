@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
+use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
+use crate::lifecycle::settings::Settings;
 use crate::runtime::contract::{Datatype, TensorSpec};
 
 /// The extensions `GET /v2` advertises.
@@ -40,13 +42,14 @@ pub fn config_type(datatype: Datatype) -> &'static str {
     }
 }
 
-/// A served model's configuration, as Triton writes it. A model that does
+/// A model's configuration, as Triton writes it (a registered model's,
+/// under `--load on-demand`, without loading it). A model that does
 /// not batch has `max_batch_size` 0 and `dims` are its full shapes, the
 /// batch dimension included (-1 = any size); one that batches has its
 /// `max-batch-size`, `dims` without the batch dimension, and a
 /// `dynamic_batching` block, so Triton's clients (perf_analyzer's `-b`)
 /// send batches as they would to Triton.
-pub fn config(served: &ServedModel) -> Value {
+pub fn config(served: &Described) -> Value {
     let skip = usize::from(served.settings.batching.is_some());
     let tensors = |specs: &[TensorSpec]| -> Vec<Value> {
         specs
@@ -54,21 +57,21 @@ pub fn config(served: &ServedModel) -> Value {
             .map(|s| json!({ "name": s.name, "data_type": config_type(s.datatype), "dims": s.shape[skip..] }))
             .collect()
     };
-    let meta = &served.model.metadata;
+    let meta = &served.metadata;
     let mut config = json!({
         "name": served.name,
         "platform": "wasm-host",
         "backend": "wasm-host",
         "version_policy": { "specific": { "versions": [served.version] } },
-        "max_batch_size": max_batch_size(served),
+        "max_batch_size": max_batch_size(&served.settings),
         "input": tensors(&meta.inputs),
         "output": tensors(&meta.outputs),
         "instance_group": [{
             "name": served.name,
             "kind": "KIND_CPU",
-            "count": served.pool.status().target,
+            "count": served.instances,
         }],
-        "parameters": config_parameters(served)
+        "parameters": config_parameters(&served.settings)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), json!({ "string_value": value })))
             .collect::<serde_json::Map<_, _>>(),
@@ -83,23 +86,16 @@ pub fn config(served: &ServedModel) -> Value {
 }
 
 /// Triton's `max_batch_size`: 0 for a model that does not batch.
-pub fn max_batch_size(served: &ServedModel) -> usize {
-    served
-        .settings
-        .batching
-        .as_ref()
-        .map_or(0, |b| b.max_batch_size)
+pub fn max_batch_size(settings: &Settings) -> usize {
+    settings.batching.as_ref().map_or(0, |b| b.max_batch_size)
 }
 
 /// The model's settings, as the `parameters` of its configuration.
-pub fn config_parameters(served: &ServedModel) -> [(&'static str, String); 4] {
-    let pool = &served.settings.pool;
+pub fn config_parameters(settings: &Settings) -> [(&'static str, String); 4] {
+    let pool = &settings.pool;
     [
         ("memory_limit", pool.memory_limit.to_string()),
-        (
-            "timeout_ms",
-            served.settings.timeout.as_millis().to_string(),
-        ),
+        ("timeout_ms", settings.timeout.as_millis().to_string()),
         ("max_queue", pool.max_queue.to_string()),
         (
             "queue_timeout_ms",

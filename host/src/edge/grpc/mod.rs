@@ -29,6 +29,8 @@ use crate::core::protocol::Inference;
 use crate::edge::app::App;
 use crate::edge::control::{self, LoadParameters};
 use crate::edge::triton;
+use crate::lifecycle::registry::Lookup;
+use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;
@@ -81,6 +83,14 @@ impl Service {
     fn addressed(&self, request: &impl Addressed) -> Result<Arc<ServedModel>, Error> {
         let (name, version) = request.address();
         self.model(name, version)
+    }
+
+    /// What metadata and config answer, for a registered model without
+    /// loading it.
+    async fn described(&self, request: &impl Addressed) -> Result<Described, Error> {
+        let (name, version) = request.address();
+        let version = (!version.is_empty()).then_some(version);
+        Ok(Box::pin(self.app.registry.describe(name, version)).await?)
     }
 
     /// The repository calls' gate: served here, and the token right.
@@ -140,7 +150,14 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Answered<ModelReadyResponse> {
-        let ready = self.addressed(request.get_ref())?.pool.ready();
+        let (name, version) = request.get_ref().address();
+        let version = (!version.is_empty()).then_some(version);
+        // A registered model (`--load on-demand`) is ready: a request loads it.
+        let ready = match self.app.registry.get_quietly(name, version) {
+            Ok(served) => served.pool.ready(),
+            Err(Lookup::NotResident { .. }) => true,
+            Err(err) => return Err(Error::from(err).into()),
+        };
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -159,8 +176,8 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Answered<ModelMetadataResponse> {
-        let served = self.addressed(request.get_ref())?;
-        Ok(Response::new(tensors::model_metadata(&served)))
+        let described = self.described(request.get_ref()).await?;
+        Ok(Response::new(tensors::model_metadata(&described)))
     }
 
     async fn model_infer(
@@ -170,7 +187,15 @@ impl GrpcInferenceService for Service {
         let arrived = Instant::now();
         let grpc_timeout = grpc_timeout(request.metadata())?;
         let request = request.into_inner();
-        let served = self.model(&request.model_name, &request.model_version)?;
+        let version = (!request.model_version.is_empty()).then_some(&*request.model_version);
+        let served = match self.app.registry.get(&request.model_name, version) {
+            Err(Lookup::NotResident { .. }) => {
+                Box::pin(self.app.registry.resolve(&request.model_name, version))
+                    .await
+                    .map_err(Error::from)?
+            }
+            found => found.map_err(Error::from)?,
+        };
         let answer = self.infer(&served, request, grpc_timeout, arrived);
         Ok(infer::measured(&served, arrived.into_std(), answer).await?)
     }
@@ -179,8 +204,8 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelConfigRequest>,
     ) -> Answered<ModelConfigResponse> {
-        let served = self.addressed(request.get_ref())?;
-        let config = tensors::model_config(&served);
+        let described = self.described(request.get_ref()).await?;
+        let config = tensors::model_config(&described);
         Ok(Response::new(ModelConfigResponse {
             config: Some(config),
         }))
@@ -234,6 +259,9 @@ impl GrpcInferenceService for Service {
                 }
                 (None, Some(ParameterChoice::StringParam(text))) if key == "config" => {
                     parameters.config = Some(serde_json::Value::String(text));
+                }
+                (None, Some(ParameterChoice::BoolParam(pinned))) if key == "pinned" => {
+                    parameters.pinned = Some(pinned);
                 }
                 _ => {}
             }

@@ -22,6 +22,7 @@ use crate::core::protocol::{
     input_datatype, raw_count,
 };
 use crate::edge::triton;
+use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
 use crate::runtime::contract::{Datatype, Metadata, Tensor, TensorSpec};
 
@@ -283,7 +284,7 @@ fn parameter(value: &Value) -> InferParameter {
 }
 
 /// `ModelMetadata`: the name and version the client addresses.
-pub fn model_metadata(served: &ServedModel) -> ModelMetadataResponse {
+pub fn model_metadata(served: &Described) -> ModelMetadataResponse {
     let specs = |specs: &[TensorSpec]| {
         specs
             .iter()
@@ -294,7 +295,7 @@ pub fn model_metadata(served: &ServedModel) -> ModelMetadataResponse {
             })
             .collect()
     };
-    let meta = &served.model.metadata;
+    let meta = &served.metadata;
     ModelMetadataResponse {
         name: served.name.clone(),
         versions: vec![served.version.clone()],
@@ -306,10 +307,10 @@ pub fn model_metadata(served: &ServedModel) -> ModelMetadataResponse {
 
 /// `ModelConfig`: Triton's configuration, as `GET /v2/models/{m}/config`
 /// reports it ([`triton::config`]).
-pub fn model_config(served: &ServedModel) -> ModelConfig {
+pub fn model_config(served: &Described) -> ModelConfig {
     let data_type =
         |d: Datatype| DataType::from_str_name(triton::config_type(d)).unwrap_or_default() as i32;
-    let meta = &served.model.metadata;
+    let meta = &served.metadata;
     // A model that batches: dims without the batch dimension, as Triton.
     let skip = usize::from(served.settings.batching.is_some());
     let version_policy = served.version.parse().ok().map(|v| ModelVersionPolicy {
@@ -322,7 +323,7 @@ pub fn model_config(served: &ServedModel) -> ModelConfig {
         platform: "wasm-host".into(),
         backend: "wasm-host".into(),
         version_policy,
-        max_batch_size: triton::max_batch_size(served) as i32,
+        max_batch_size: triton::max_batch_size(&served.settings) as i32,
         input: meta
             .inputs
             .iter()
@@ -351,10 +352,10 @@ pub fn model_config(served: &ServedModel) -> ModelConfig {
             }),
         instance_group: vec![ModelInstanceGroup {
             name: served.name.clone(),
-            count: served.pool.status().target as i32,
+            count: served.instances as i32,
             kind: model_instance_group::Kind::Cpu as i32,
         }],
-        parameters: triton::config_parameters(served)
+        parameters: triton::config_parameters(&served.settings)
             .into_iter()
             .map(|(name, value)| {
                 (

@@ -24,6 +24,7 @@ use crate::edge::app::{App, Plane};
 use crate::edge::control;
 use crate::edge::http::error::ApiError;
 use crate::edge::triton;
+use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::served::ServedModel;
 use body::Coding;
 
@@ -260,22 +261,25 @@ async fn route_request(
             });
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
+        // Metadata, readiness and config answer for a registered model
+        // (`--load on-demand`) without loading it.
         Route::ModelMetadata(name, version) => {
-            let served = model(&name, version)?;
-            let mut body = protocol::model_metadata(&served.model.metadata);
-            body["name"] = served.name.clone().into();
-            body["versions"] = serde_json::json!([served.version]);
+            let described = Box::pin(app.registry.describe(&name, version)).await?;
+            let mut body = protocol::model_metadata(&described.metadata);
+            body["name"] = described.name.clone().into();
+            body["versions"] = serde_json::json!([described.version]);
             Ok(json(StatusCode::OK, body.to_string().into()))
         }
-        Route::ModelReady(name, version) => {
-            let served = model(&name, version)?;
-            Ok(ready_response(served.pool.ready()))
-        }
+        Route::ModelReady(name, version) => match app.registry.get_quietly(&name, version) {
+            Ok(served) => Ok(ready_response(served.pool.ready())),
+            Err(Lookup::NotResident { .. }) => Ok(ready_response(true)),
+            Err(err) => Err(err.into()),
+        },
         Route::ModelConfig(name, version) => {
-            let served = model(&name, version)?;
+            let described = Box::pin(app.registry.describe(&name, version)).await?;
             Ok(json(
                 StatusCode::OK,
-                triton::config(&served).to_string().into(),
+                triton::config(&described).to_string().into(),
             ))
         }
         Route::ModelStats(name, version) => {
@@ -290,10 +294,25 @@ async fn route_request(
         }
         Route::Infer(name, version) => {
             let _counted = app.inference_begins();
-            let served = model(&name, version)?;
+            // A registered model that is not resident loads here (boxed:
+            // only a cold request pays for the load's future).
+            let (served, cold) = match model(&name, version) {
+                Err(Lookup::NotResident { .. }) => {
+                    (Box::pin(app.registry.resolve(&name, version)).await?, true)
+                }
+                found => (found?, false),
+            };
             let arrived = Instant::now();
             let inference = infer(app, &served, request, Form::OpenInference, arrived);
-            infer::measured(&served, arrived, inference).await
+            let mut response = infer::measured(&served, arrived, inference).await;
+            // A request that waited for its model's load says so: what a
+            // client (or the bench) needs to tell cold latency from warm.
+            if cold && let Ok(response) = &mut response {
+                response
+                    .headers_mut()
+                    .insert(X_MODEL_LOAD, HeaderValue::from_static("demand"));
+            }
+            response
         }
         Route::Predict => {
             let _counted = app.inference_begins();
@@ -458,6 +477,10 @@ async fn infer(
     headers.insert(X_INSTANCE_ID, HeaderValue::from(instance));
     Ok(response)
 }
+
+/// On a response whose request found its model not resident and waited
+/// for its load (`--load on-demand`).
+const X_MODEL_LOAD: HeaderName = HeaderName::from_static("x-model-load");
 
 /// The binary tensor data extension's header: the length of the JSON part
 /// of a body that continues with raw tensor bytes.
