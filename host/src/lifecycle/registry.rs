@@ -28,14 +28,17 @@ use crate::core::batch::{self, BatchConfig, Batcher};
 use crate::core::metrics::Metrics;
 use crate::core::name::ModelName;
 use crate::lifecycle::residency::{Cause, NOT_RESIDENT, Registered};
-
-mod eviction;
 use crate::lifecycle::served::{ServedModel, Source};
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::model::{self, Model};
 use crate::pool::{ModelBoot, Pool, PoolConfig};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::sandbox::GuestState;
+
+mod eviction;
+#[cfg(test)]
+mod tests;
+
 pub use eviction::Residency;
 
 /// A model's state, as Triton's repository index reports it.

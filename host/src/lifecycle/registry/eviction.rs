@@ -189,7 +189,7 @@ impl Registry {
                 candidates.len(),
             ));
         };
-        let now = self.clock.load(Ordering::Relaxed);
+        let could_go = candidates.iter().filter(|c| c.evictable).count();
         let mut freed = 0;
         for victim in victims {
             let Some(slot) = slots.get_mut(&victim) else {
@@ -203,12 +203,11 @@ impl Registry {
             freed += old.reserved_memory();
             tracing::info!(
                 model = %victim,
-                "evicting model {victim} v{}: the least recently used of the idle, unpinned \
-                 resident models (its last request was {} lookups ago), to make room for \
-                 {name}, which needs {} MiB of the {} MiB --memory-budget ({} MiB held); it \
-                 stays registered and loads again at its next request",
+                "evicting model {victim} v{}: the least recently used of the {could_go} \
+                 resident models that may go (idle, unpinned), to make room for {name}, which \
+                 needs {} MiB of the {} MiB --memory-budget ({} MiB held); it stays registered \
+                 and loads again at its next request",
                 old.version,
-                now.saturating_sub(old.last_used.load(Ordering::Relaxed)),
                 mib(wanted.memory),
                 mib(budget.memory),
                 mib(held - freed + old.reserved_memory()),
