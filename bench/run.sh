@@ -19,6 +19,10 @@
 #   5. ONNX models packed with `wasm-host pack`: memory of N instances of a
 #      16 MiB Gemm, first request after boot, predict time against
 #      onnxruntime on one thread (bench/onnx_bench.py);
+#   5b. more models than memory: 10,000 registered copies of the digits model,
+#      --load on-demand with a budget holding 1 %, Zipf traffic from 16
+#      clients: req/s, warm and cold latency, load time, peak RSS, start-up
+#      (bench/on_demand.py);
 #   6. a fleet: 1, 2 and 3 hosts behind Debian's nginx (deploy/nginx.conf),
 #      and one host without nginx, with wrk through the balancer;
 #   7. gRPC against HTTP: perf_analyzer -i grpc and -i http against one host
@@ -57,7 +61,9 @@
 #   BENCH_ROUND_SECONDS=3    seconds per server per round
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
-#   BENCH_ONLY="throughput density startup micro onnx models fleet grpc batching edge instructions"   run only some parts (the report
+#   BENCH_ONDEMAND_MODELS=10000  registered models for the on-demand part (its budget holds 1 %)
+#   BENCH_ONDEMAND_SECONDS=20    seconds of Zipf traffic for the on-demand part
+#   BENCH_ONLY="throughput density startup micro onnx models ondemand fleet grpc batching edge instructions"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -98,7 +104,7 @@ if [[ $PIN == 1 ]]; then
     WRK_PIN=(taskset -c "$WRK_CPU")
 fi
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models fleet grpc batching edge instructions"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models ondemand fleet grpc batching edge instructions"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -648,6 +654,14 @@ models() {
         --out-md "$OUT/many_models.md" --out-json "$OUT/many_models.json"
 }
 
+ondemand() {
+    say "more models than memory: ${BENCH_ONDEMAND_MODELS:-10000} registered digits models, a budget of 1 %, Zipf traffic"
+    wait_quiet
+    python3 bench/on_demand.py --host "$HOST" --digits "$WASM/guest_model.wasm" \
+        --models "${BENCH_ONDEMAND_MODELS:-10000}" --clients 16 --seconds "${BENCH_ONDEMAND_SECONDS:-20}" \
+        --workdir "$OUT/on-demand" --out-md "$OUT/on_demand.md" --out-json "$OUT/on_demand.json"
+}
+
 # The virtualenv with onnx, onnxruntime and numpy, at the test suite's pinned versions.
 onnx_venv() {
     local venv=$OUT/onnx-venv
@@ -870,7 +884,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models fleet grpc batching edge instructions; do
+    for part in throughput density startup micro onnx models ondemand fleet grpc batching edge instructions; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
