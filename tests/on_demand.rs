@@ -404,3 +404,54 @@ fn pinned_models_stay_and_a_full_budget_of_them_answers_503_naming_the_budget() 
         infer(&host, "m2", 4).status == 200
     });
 }
+
+#[test]
+fn poll_mode_registers_a_new_folder_without_loading_it_and_forgets_a_removed_one() {
+    let dir = repository(2, &[]);
+    let budget = format!("{}MiB", 2 * LIMIT_MIB);
+    let limit = format!("{LIMIT_MIB}MiB");
+    let host = Host::start_without_model(
+        &[
+            "--model-repository",
+            dir.to_str().unwrap(),
+            "--model-control",
+            "poll",
+            "--repository-poll-interval",
+            "100ms",
+            "--load",
+            "on-demand",
+            "--instances",
+            "1",
+            "--memory-limit",
+            &limit,
+            "--memory-budget",
+            &budget,
+        ],
+        &[("WASM_HOST_ADMIN_TOKEN", TOKEN)],
+    );
+    let folder = dir.join("late");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(guest("guest_model"), folder.join("model.wasm")).unwrap();
+    support::eventually(
+        "the new folder to be registered",
+        Duration::from_secs(10),
+        || index(&host).iter().any(|e| e["name"] == "late"),
+    );
+    assert!(resident(&index(&host)).is_empty(), "registered, not loaded");
+    assert_correct(&infer(&host, "late", 7), "late", 7);
+    assert_eq!(
+        metric(
+            &metrics(&host),
+            "wasm_host_model_loads_total",
+            &["model=\"late\"", "cause=\"demand\""]
+        ),
+        1.0
+    );
+    std::fs::remove_dir_all(dir.join("m1")).unwrap();
+    support::eventually(
+        "the removed folder to be forgotten",
+        Duration::from_secs(10),
+        || index(&host).iter().all(|e| e["name"] != "m1"),
+    );
+    assert_eq!(infer(&host, "m1", 0).status, 404);
+}
