@@ -13,33 +13,46 @@
 //! that arrives after the swap, and the old one finishes what it has and is
 //! dropped (its instances and memory with it). Loads and unloads happen one
 //! at a time, so budget checks see a settled host.
+//!
+//! Its parts, in `registry/`: `budget` (the check every load and resize
+//! passes), `eviction` (`--load on-demand`: registration and least
+//! recently used eviction; see [`crate::lifecycle::residency`]), `unload`
+//! (unload and drain), `reload` (HUP), `lookup` (why a request found no
+//! model), `logs` (what the load log line says).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::core::batch::{self, BatchConfig, Batcher};
+use crate::core::batch::{self, Batcher};
 use crate::core::metrics::Metrics;
 use crate::core::name::ModelName;
 use crate::lifecycle::residency::{Cause, NOT_RESIDENT, Registered};
 use crate::lifecycle::served::{ServedModel, Source};
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::model::{self, Model};
-use crate::pool::{ModelBoot, Pool, PoolConfig};
+use crate::pool::{ModelBoot, Pool};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::sandbox::GuestState;
 
+mod budget;
 mod eviction;
+mod logs;
+mod lookup;
+mod reload;
 #[cfg(test)]
 mod tests;
+mod unload;
 
 pub use eviction::Residency;
+use logs::{describe, describe_batching, describe_pool, out_of_memory_hint};
+pub use lookup::Lookup;
 
 /// A model's state, as Triton's repository index reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -100,70 +113,6 @@ pub struct Budget {
     /// The largest memory limit a model may have: the engine's memory layout
     /// reserves no more per instance (4 GiB, or less on a small address space).
     pub memory_cap: u64,
-}
-
-/// Why a request found no model to serve it: the registry's own words,
-/// turned into a 404 or 503 at the HTTP edge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    Unknown {
-        name: String,
-        served: Vec<String>,
-    },
-    Unloaded {
-        name: String,
-    },
-    /// Registered (`--load on-demand`) and not resident: a request loads
-    /// it ([`Registry::resolve`]); anything else answers without it.
-    NotResident {
-        name: String,
-    },
-    Unavailable {
-        name: String,
-        state: State,
-        reason: String,
-    },
-    Version {
-        name: String,
-        wanted: String,
-        served: String,
-    },
-}
-
-impl std::fmt::Display for Lookup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Lookup::Unknown { name, served } => write!(
-                f,
-                "unknown model {name:?}; this host serves {}",
-                if served.is_empty() {
-                    "no models".to_owned()
-                } else {
-                    served.join(", ")
-                }
-            ),
-            Lookup::Unloaded { name } => write!(
-                f,
-                "model {name:?} is unloaded; load it again (POST /v2/repository/models/{name}/load) \
-                 to serve it"
-            ),
-            Lookup::NotResident { name } => write!(f, "model {name:?} is {NOT_RESIDENT}"),
-            Lookup::Unavailable {
-                name,
-                state,
-                reason,
-            } => write!(f, "model {name:?} is {state:?}: {reason}"),
-            Lookup::Version {
-                name,
-                wanted,
-                served,
-            } => write!(
-                f,
-                "model {name:?} version {wanted:?} is not served; it serves version {served:?} \
-                 (/v2/models/{name}/versions/{served}/...)"
-            ),
-        }
-    }
 }
 
 /// A model to load: its bytes, where they came from, and what to call it.
@@ -648,217 +597,6 @@ impl Registry {
         }
         Ok(served)
     }
-
-    /// A model's instances × memory limit must fit in what the other models
-    /// leave of the budget (a model being replaced does not count: its
-    /// memory goes when it drains).
-    fn check_budget(&self, name: &str, settings: &Settings) -> Result<(), String> {
-        let slots = self.slots.read().unwrap();
-        let others = slots
-            .iter()
-            .filter(|(n, _)| n.as_str() != name)
-            .filter_map(|(_, s)| s.served.as_ref());
-        let (memory, instances) = others.fold((0u64, 0usize), |(m, i), s| {
-            (m + s.reserved_memory(), i + s.reserved_instances())
-        });
-        let pool = &settings.pool;
-        // An elastic pool may grow to its maximum at any moment: that is
-        // what it reserves, so no growth under load passes the budget.
-        let (count, grows) = match pool.min_instances {
-            Some(_) => (
-                pool.max_instances,
-                " (an elastic pool reserves its max-instances)",
-            ),
-            None => (pool.instances, ""),
-        };
-        let wanted = (count as u64).saturating_mul(pool.memory_limit as u64);
-        let mib = |bytes: u64| bytes >> 20;
-        if memory.saturating_add(wanted) > self.budget.memory {
-            return Err(format!(
-                "model {name} needs {count} instances × {} MiB = {} MiB{grows}, but the models \
-                 served hold {} MiB of the {} MiB --memory-budget; unload a model, give this one \
-                 fewer instances or a lower memory-limit, or raise --memory-budget",
-                mib(pool.memory_limit as u64),
-                mib(wanted),
-                mib(memory),
-                mib(self.budget.memory)
-            ));
-        }
-        if instances.saturating_add(count) > self.budget.instances {
-            return Err(format!(
-                "model {name} needs {count} instances{grows}, but the models served hold \
-                 {instances} of the {} this host has room for; unload a model or give this one \
-                 fewer instances",
-                self.budget.instances
-            ));
-        }
-        Ok(())
-    }
-
-    /// Resizes a served model's pool to `wanted` instances if they fit the
-    /// budget beside the other models: a resize (the repository API, TTIN)
-    /// never overcommits the host.
-    pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
-        let _changing = self.changing.lock().await;
-        let mut settings = served.settings.clone();
-        if settings.pool.min_instances.is_none() {
-            settings.pool.instances = wanted.min(settings.pool.max_instances);
-        }
-        self.check_budget(&served.name, &settings)?;
-        served
-            .pool
-            .resize(wanted)
-            .await
-            .map_err(|err| model::root_cause(&err))
-    }
-
-    /// Stops serving `name`: new requests get a 404 that says it is
-    /// unloaded; requests in flight and queued finish first, then its
-    /// instances and memory are freed.
-    pub async fn unload(&self, name: &str) -> Result<(), Lookup> {
-        let _changing = self.changing.lock().await;
-        let old = {
-            let mut slots = self.slots.write().unwrap();
-            let Some(slot) = slots.get_mut(name) else {
-                return Err(Lookup::Unknown {
-                    name: name.to_owned(),
-                    served: served_names(&slots),
-                });
-            };
-            let Some(old) = slot.served.take() else {
-                if slot.registered.is_some() {
-                    // Not resident: it must not load at its next request.
-                    slot.state = State::Unavailable;
-                    slot.reason = UNLOADED.into();
-                }
-                return Ok(());
-            };
-            slot.state = State::Unloading;
-            slot.reason = format!("unloading: {} requests in flight", old.pool.in_flight());
-            old
-        };
-        tracing::info!(
-            "unloading model {name} v{}: it takes no new requests and finishes its {} in flight",
-            old.version,
-            old.pool.in_flight()
-        );
-        old.metrics.event(format!(
-            "unloading; {} in flight finish first",
-            old.pool.in_flight()
-        ));
-        self.drain(old, true);
-        self.update_residency();
-        Ok(())
-    }
-
-    /// Waits, off the caller's path, until a served model that no longer
-    /// takes requests has finished the ones it has; then drops it.
-    fn drain(&self, old: Arc<ServedModel>, unloading: bool) {
-        let slots = Arc::clone(&self.slots);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            while old.pool.in_flight() > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let (name, version) = (old.name.clone(), old.version.clone());
-            // Its series go, unless the version that replaced it has the
-            // same labels and so the same series.
-            let mut slots = slots.write().unwrap();
-            let slot = slots.get_mut(&name);
-            let same_labels = slot
-                .as_ref()
-                .and_then(|s| s.served.as_ref())
-                .is_some_and(|s| s.version == version);
-            if !same_labels {
-                old.metrics.remove();
-            }
-            if unloading
-                && let Some(slot) = slot
-                && slot.served.is_none()
-            {
-                slot.state = State::Unavailable;
-                slot.reason = UNLOADED.into();
-            }
-            drop(slots);
-            tracing::info!(
-                "model {name} v{version} drained in {:?}; its instances are freed",
-                started.elapsed()
-            );
-            drop(old);
-            crate::pool::release_free_memory();
-        });
-    }
-
-    /// Reloads every file-backed model whose file changed since it was
-    /// loaded (HUP). A file that cannot be loaded leaves its model serving.
-    pub async fn reload_changed(&self) {
-        let mut changed = 0;
-        for served in self.served() {
-            let Source::File { path, digest } = &served.source else {
-                continue;
-            };
-            let bytes = match self.read_model(path).await {
-                Ok(bytes) => bytes,
-                Err(err) => {
-                    tracing::error!(
-                        "reload failed, still serving the previous model {} v{}: {err:#}",
-                        served.name,
-                        served.version
-                    );
-                    changed += 1;
-                    continue;
-                }
-            };
-            if Sha256::digest(&bytes).as_slice() == digest.as_slice() {
-                continue;
-            }
-            changed += 1;
-            tracing::info!("reloading model {} from {}", served.name, path.display());
-            let request = LoadRequest {
-                name: self.fixed_name(&served),
-                version: None,
-                bytes,
-                path: Some(path.clone()),
-                settings: served.given.clone(),
-                replaces: Some(served.name.clone()),
-            };
-            match self.load(request).await {
-                Ok(new) => tracing::info!(
-                    "reloaded {}: model {} v{} serves in place of {} v{}",
-                    path.display(),
-                    new.name,
-                    new.version,
-                    served.name,
-                    served.version
-                ),
-                Err(err) => tracing::error!(
-                    "reload failed, still serving the previous model {} v{}: {err}",
-                    served.name,
-                    served.version
-                ),
-            }
-        }
-        if changed == 0 {
-            tracing::info!("HUP: no model file changed since it was loaded, nothing reloaded");
-        }
-    }
-
-    /// The name a model was loaded under when it is not the model's own
-    /// (a repository folder's name); `None` when the model names itself.
-    fn fixed_name(&self, served: &ServedModel) -> Option<ModelName> {
-        if served.name == served.model.metadata.name {
-            return None;
-        }
-        ModelName::parse(&served.name).ok()
-    }
-
-    /// The path of a file-backed model, for messages.
-    pub fn path_of(served: &ServedModel) -> Option<&Path> {
-        match &served.source {
-            Source::File { path, .. } => Some(path),
-            Source::Uploaded { .. } => None,
-        }
-    }
 }
 
 /// The reason an unloaded model's slot keeps.
@@ -870,62 +608,4 @@ fn served_names(slots: &BTreeMap<String, Slot>) -> Vec<String> {
         .filter(|(_, s)| s.served.is_some())
         .map(|(n, _)| n.clone())
         .collect()
-}
-
-fn describe(specs: &[crate::runtime::contract::TensorSpec]) -> String {
-    let described: Vec<String> = specs
-        .iter()
-        .map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape))
-        .collect();
-    described.join(", ")
-}
-
-/// "8 instances", or for an elastic pool "elastic, 0 to 8 instances (idle
-/// timeout 60s)".
-fn describe_pool(pool: &PoolConfig) -> String {
-    match pool.min_instances {
-        None => format!("{} instances", pool.instances),
-        Some(min) => format!(
-            "elastic, {min} to {} instances (idle timeout {:?})",
-            pool.max_instances, pool.idle_timeout
-        ),
-    }
-}
-
-/// ", batches of up to 16 rows (queue delay 500µs, preferred 4, 8)", or
-/// nothing for a model that does not batch.
-fn describe_batching(batching: Option<&BatchConfig>) -> String {
-    let Some(b) = batching else {
-        return String::new();
-    };
-    let mut text = format!(
-        ", batches of up to {} rows (queue delay {:?}",
-        b.max_batch_size, b.max_queue_delay
-    );
-    if !b.preferred_batch_sizes.is_empty() {
-        let sizes: Vec<String> = b
-            .preferred_batch_sizes
-            .iter()
-            .map(usize::to_string)
-            .collect();
-        text.push_str(&format!(", preferred {}", sizes.join(", ")));
-    }
-    text.push(')');
-    text
-}
-
-/// What to try when instances cannot be made: usually the model's memory
-/// limit, but with thousands of instances the kernel's cap on a process's
-/// memory mappings (each instance maps a few regions; the pool's stacks two
-/// per slot) runs out first, and then the mmap fails with ENOMEM too.
-fn out_of_memory_hint() -> String {
-    let mappings = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count());
-    let most = crate::runtime::engine::max_map_count();
-    match (mappings, most) {
-        (Ok(mappings), Some(most)) if mappings * 10 >= most * 9 => format!(
-            "this process has {mappings} memory mappings of the kernel's vm.max_map_count \
-             {most}: raise it (sysctl -w vm.max_map_count=262144) or serve fewer instances"
-        ),
-        _ => "if it ran out of memory, raise its memory-limit".into(),
-    }
 }
