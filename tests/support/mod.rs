@@ -203,14 +203,22 @@ impl Host {
 
     /// Waits for the host to exit by itself.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        exit_within(&mut self.child, timeout)
+    }
+}
+
+/// Waits up to `within` for `child` to exit: its status, or `None` if it is
+/// still running.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
         }
-        None
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -518,5 +526,142 @@ impl Host {
             &serde_json::to_vec(body).unwrap(),
         )
         .unwrap()
+    }
+}
+
+impl Host {
+    /// `/health`, as JSON.
+    pub fn health(&self) -> Value {
+        self.get("/health").json()
+    }
+
+    /// Waits until `check` holds for `/health`; panics with `what` and the
+    /// last answer if it does not within `within`.
+    pub fn wait_for_health(&self, what: &str, within: Duration, check: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let health = self.health();
+            if check(&health) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited {within:?} for {what}: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of the first `/metrics` sample whose line starts with
+    /// `series` (the name, and its labels if any).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").body).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    /// Waits until the `/metrics` sample `series` has the value `want`.
+    pub fn wait_for_metric(&self, series: &str, want: f64, within: Duration) {
+        eventually(&format!("{series} to be {want}"), within, || {
+            self.metric(series) == want
+        });
+    }
+}
+
+/// The token the repository tests give the host (`WASM_HOST_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "s3cret-token";
+
+impl Host {
+    /// Starts the host on the model repository `dir` with `--model-control
+    /// control` and [`ADMIN_TOKEN`] as its admin token.
+    pub fn start_repository(dir: &Path, control: &str, args: &[&str]) -> Host {
+        let mut all = vec![
+            "--model-repository",
+            dir.to_str().unwrap(),
+            "--model-control",
+            control,
+        ];
+        all.extend_from_slice(args);
+        Host::start_without_model(&all, &[("WASM_HOST_ADMIN_TOKEN", ADMIN_TOKEN)])
+    }
+
+    /// The repository index (`POST /v2/repository/index` with [`ADMIN_TOKEN`]).
+    pub fn repository_index(&self) -> Vec<Value> {
+        let response = self.admin(
+            "/v2/repository/index",
+            &serde_json::json!({}),
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response.json().as_array().unwrap().clone()
+    }
+}
+
+impl Host {
+    /// A model's `(state, reason)` in the repository index, if it is listed.
+    pub fn model_state(&self, name: &str) -> Option<(String, String)> {
+        model_state(&self.repository_index(), name)
+    }
+}
+
+/// A model's `(state, reason)` in a repository index, if it is listed.
+pub fn model_state(index: &[Value], name: &str) -> Option<(String, String)> {
+    index.iter().find(|e| e["name"] == name).map(|e| {
+        (
+            e["state"].as_str().unwrap().to_owned(),
+            e["reason"].as_str().unwrap().to_owned(),
+        )
+    })
+}
+
+/// The body of a repository load that uploads `component` as version 1,
+/// with a `config` when given (Triton's `file:` parameters, base64).
+pub fn upload_body(component: &[u8], config: Option<&str>) -> Value {
+    use base64::Engine as _;
+    let mut parameters = serde_json::json!({
+        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(component),
+    });
+    if let Some(config) = config {
+        parameters["config"] = serde_json::json!(config);
+    }
+    serde_json::json!({ "parameters": parameters })
+}
+
+/// The first reference row of the digits model (64 features).
+pub fn digits_row() -> Value {
+    reference()["inputs"][0].clone()
+}
+
+/// An OIP request for the digits model's label of [`digits_row`].
+pub fn digits_infer_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32", "data": digits_row() }],
+        "outputs": [{ "name": "label" }]
+    }))
+    .unwrap()
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+/// Asserts that `got` matches the reference probabilities `want` to 1e-5.
+pub fn assert_close(got: &Value, want: &Value, row: usize, endpoint: &str) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "row {row} via {endpoint}");
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= 1e-5,
+            "row {row} via {endpoint}: probability {g} differs from scikit-learn's {w}"
+        );
     }
 }
