@@ -3,6 +3,9 @@
 //! (native code: only when the operator opts in), the compile cache (only
 //! entries this user wrote, for this model, intact), and model metadata
 //! (names that are safe in URLs and logs).
+//!
+//! And the commands that work on model files without serving them:
+//! `inspect`, `compile` and `plan`.
 
 mod support;
 
@@ -14,19 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Host, guest, run_command, run_command_with_env, scratch_file};
-
-fn wait_for_log(host: &Host, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !host.log().iter().any(|line| line.contains(needle)) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log:\n{}",
-            host.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use support::{Host, guest, run_command, run_command_with_env, scratch_file, test_cache_dir};
 
 /// The echo model answers `/predict` with its name; any other model does not.
 fn assert_serves(host: &Host, model: &str) {
@@ -163,7 +154,7 @@ fn a_reload_to_an_elf_model_file_is_refused_without_allow_precompiled() {
     assert_serves(&host, "echo");
     std::fs::rename(&artifact, &path).unwrap();
     host.signal("HUP");
-    wait_for_log(&host, "reload failed");
+    host.wait_for_log("reload failed", Duration::from_secs(30));
     let log = host.log().join("\n");
     assert!(log.contains("--allow-precompiled"), "{log}");
     assert_serves(&host, "echo");
@@ -335,7 +326,7 @@ fn truncating_a_cache_entry_or_artifact_under_a_serving_host_does_not_crash_it()
     }
     host.signal("TTIN");
     host.signal("HUP");
-    wait_for_log(&host, "reloaded");
+    host.wait_for_log("reloaded", Duration::from_secs(30));
     for _ in 0..20 {
         assert_serves(&host, "echo");
     }
@@ -357,7 +348,7 @@ fn truncating_a_cache_entry_or_artifact_under_a_serving_host_does_not_crash_it()
     }
     host.signal("TTIN");
     host.signal("HUP");
-    wait_for_log(&host, "reload failed");
+    host.wait_for_log("reload failed", Duration::from_secs(30));
     assert_serves(&host, "echo");
     assert!(
         host.wait(Duration::from_millis(100)).is_none(),
@@ -367,15 +358,10 @@ fn truncating_a_cache_entry_or_artifact_under_a_serving_host_does_not_crash_it()
     let _ = std::fs::remove_dir_all(cache);
 }
 
-fn mkfifo(path: &Path) {
-    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
-    assert!(status.success());
-}
-
 #[test]
 fn a_model_path_that_is_not_a_regular_file_is_refused_at_start() {
     let fifo = scratch_file("model.fifo");
-    mkfifo(&fifo);
+    support::mkfifo(&fifo);
     assert_fails(serve_args(&fifo, &[]), 3, &["not a regular file"]);
     assert_fails(
         serve_args(&std::env::temp_dir(), &[]),
@@ -407,9 +393,9 @@ fn a_reload_from_a_fifo_fails_alone_and_the_host_serves_and_stops() {
     std::fs::copy(guest("echo_model"), &path).unwrap();
     let mut host = Host::start(&path, &["--instances", "1"]);
     std::fs::remove_file(&path).unwrap();
-    mkfifo(&path);
+    support::mkfifo(&path);
     host.signal("HUP");
-    wait_for_log(&host, "reload failed");
+    host.wait_for_log("reload failed", Duration::from_secs(30));
     let log = host.log().join("\n");
     assert!(log.contains("not a regular file"), "{log}");
     for _ in 0..10 {
@@ -449,4 +435,209 @@ fn a_model_built_against_contract_0_1_is_refused_at_load_with_how_to_rebuild_it(
              (guest-sdk/), or re-pack an ONNX model with 'wasm-host pack'",
         ],
     );
+}
+
+#[test]
+fn inspect_describes_a_good_component_and_names_what_is_wrong_with_a_bad_one() {
+    let model = guest("guest_model");
+    let (status, stdout, _) = run_command(&["inspect", model.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}");
+    for needle in [
+        "contract: fits wasm-host:model/model@0.2.0",
+        "name:     digits",
+        "x                FP32   [-1, 64]",
+        "wasi:cli/stdout",
+        "wasm-host:model/model@0.2.0 (instance)",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in\n{stdout}");
+    }
+    let empty = scratch_file("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let (status, stdout, stderr) = run_command(&["inspect", empty.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(3));
+    assert!(stdout.contains("contract: does not fit"), "{stdout}");
+    assert!(
+        stderr.contains("does not export the model contract"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(empty);
+}
+
+#[test]
+fn inspect_names_the_contract_an_old_model_was_built_against_and_says_to_rebuild() {
+    let old = guest("contract_0_1_model");
+    let (status, stdout, stderr) = run_command(&["inspect", old.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("wasm-host:model/model@0.1.0 (instance)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "contract: does not fit: built against wasm-host:model@0.1.0; \
+             this wasm-host speaks 0.2.0"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("rebuild it with this repository's guest SDK"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plan_sizes_the_pool_by_littles_law() {
+    // 20 requests/s of a 500 ms model: 10 in flight.
+    let model = guest("slow_model");
+    let (status, stdout, stderr) = run_command(&[
+        "plan",
+        model.to_str().unwrap(),
+        "--rate",
+        "20",
+        "--input",
+        r#"{"inputs": [500]}"#,
+        "--samples",
+        "3",
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let instances: f64 = stdout
+        .split("--instances ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --instances in\n{stdout}"));
+    assert!(
+        (8.0..=12.0).contains(&instances),
+        "planned {instances} for 10 in flight:\n{stdout}"
+    );
+    assert!(stdout.contains("limit:     the instance count"), "{stdout}");
+    // A sleeping model still uses some CPU; a clock too coarse to see it
+    // would claim the cores sustain billions of requests.
+    assert!(!stdout.contains("cpu:       0.0ns"), "{stdout}");
+}
+
+#[test]
+fn a_compiled_artifact_serves_and_the_cache_skips_compiling() {
+    let model = guest("guest_model");
+    let artifact = scratch_file("digits.cwasm");
+    let (status, stdout, stderr) = run_command(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        artifact.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("compiled digits v1"), "{stdout}");
+
+    assert!(stdout.contains("--allow-precompiled"), "{stdout}");
+    let host = Host::start(&artifact, &["--instances", "2", "--allow-precompiled"]);
+    assert!(host.log().join("\n").contains("loaded precompiled in"));
+    let response = host.post_json("/predict", &json!({ "inputs": [vec![0.5; 64]] }));
+    assert_eq!(response.status, 200);
+    drop(host);
+
+    let cache = test_cache_dir().join("fresh");
+    let _ = std::fs::remove_dir_all(&cache);
+    let cache_flag = ["--instances", "1", "--cache-dir", cache.to_str().unwrap()];
+    let first = Host::start(&model, &cache_flag).log().join("\n");
+    assert!(first.contains("compiled in"), "{first}");
+    let second = Host::start(&model, &cache_flag).log().join("\n");
+    assert!(
+        second.contains("loaded from the compile cache in"),
+        "{second}"
+    );
+    let no_cache = Host::start(&model, &["--instances", "1", "--no-cache"])
+        .log()
+        .join("\n");
+    assert!(no_cache.contains("compiled in"), "{no_cache}");
+    let _ = std::fs::remove_file(artifact);
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+#[test]
+fn a_closed_stdout_ends_inspect_and_plan_quietly() {
+    let model = guest("guest_model");
+    for args in [
+        vec!["inspect"],
+        vec!["plan", "--rate", "10", "--samples", "1"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-host"))
+            .args(&args)
+            .arg(&model)
+            .env("WASM_HOST_CACHE_DIR", test_cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error:"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn inspect_and_plan_use_the_cache_dir_from_flags_and_environment() {
+    let model = guest("echo_model");
+    let dir = scratch_file("tool-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = [("WASM_HOST_CACHE_DIR", dir.as_os_str())];
+    let inspect = ["inspect".as_ref(), model.as_os_str()];
+    let (status, first, stderr) = run_command_with_env(&inspect, &env);
+    assert!(status.success(), "{first}{stderr}");
+    assert!(first.contains("compiled in"), "{first}");
+    let (_, second, _) = run_command_with_env(&inspect, &env);
+    assert!(second.contains("loaded from the compile cache"), "{second}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    let (status, stdout, stderr) = run_command(&[
+        "plan".as_ref(),
+        model.as_os_str(),
+        "--rate".as_ref(),
+        "1".as_ref(),
+        "--samples".as_ref(),
+        "1".as_ref(),
+        "--cache-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let (status, stdout, _) = run_command(&["inspect", "--no-cache", model.to_str().unwrap()]);
+    assert!(
+        status.success() && stdout.contains("compiled in"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn plan_times_the_calls_it_names_and_advises_an_instance_per_core() {
+    // A model of microseconds: Little's law alone would say one instance.
+    let model = guest("guest_model");
+    let (status, stdout, stderr) = run_command(&["plan", model.to_str().unwrap(), "--rate", "10"]);
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("median of 20 timed calls"), "{stdout}");
+    assert!(stdout.contains("cpu:"), "{stdout}");
+    let cores: u64 = stdout
+        .split("cores:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cores in\n{stdout}"));
+    let instances: u64 = stdout
+        .split("--instances ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --instances in\n{stdout}"));
+    assert!(
+        instances >= cores,
+        "{instances} instances for {cores} cores:\n{stdout}"
+    );
+    if cores > 1 {
+        assert!(stdout.contains("one instance per core"), "{stdout}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Elastic pools against the real host: `--min-instances` / `--max-instances`
 //! grow a pool for queued requests and `--idle-timeout` retires what is left
-//! idle, down to zero when asked.
+//! idle, down to zero when asked; TTIN and TTOU resize a pool by hand.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Client, Host, guest, reference};
+use support::{Client, FAULT_INFER, Host, fault_action, guest, reference};
 
 /// The one model's pool, from `/health`.
 fn pool(host: &Host) -> Value {
@@ -190,4 +190,30 @@ fn contradictory_pool_flags_are_refused_with_exit_2() {
         stderr.contains("min-instances = 4 is more than max-instances = 2 (from the flags)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn ttin_adds_and_ttou_removes_one_instance_but_never_the_last() {
+    let host = Host::start(&guest("fault_model"), &["--instances", "2"]);
+    host.signal("TTIN");
+    host.wait_for_health("after one TTIN", Duration::from_secs(10), |h| {
+        h["instances"]["total"] == 3
+    });
+    host.signal("TTIN");
+    host.wait_for_health("after two TTIN", Duration::from_secs(10), |h| {
+        h["instances"]["total"] == 4
+    });
+    host.signal("TTOU");
+    host.wait_for_health("after TTOU", Duration::from_secs(10), |h| {
+        h["instances"]["total"] == 3
+    });
+    for _ in 0..4 {
+        host.signal("TTOU");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.wait_for_health("never below one", Duration::from_secs(10), |h| {
+        h["instances"]["total"] == 1 && h["instances"]["target"] == 1
+    });
+    assert_eq!(host.post_json(FAULT_INFER, &fault_action(0, 5)).status, 200);
+    assert_eq!(host.get("/v2/health/ready").status, 200);
 }

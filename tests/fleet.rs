@@ -1,4 +1,5 @@
-//! What a host promises its fleet: readiness that means "can serve" (not
+//! What a host promises its fleet: TERM answers every accepted request
+//! within the graceful timeout, readiness that means "can serve" (not
 //! "busy"), a drain an operator turns on and off for a rolling upgrade, an
 //! autoscaling signal that is exact for fast models, and the status page.
 //! The fleet itself (three hosts behind nginx, a rolling upgrade, a host
@@ -8,10 +9,11 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Host, guest, request};
+use support::{Client, FAULT_INFER, Host, fault_action, guest, request};
 
 const TOKEN: &str = "fleet-test-token";
 
@@ -24,7 +26,7 @@ fn admin(host: &Host, path: &str, token: Option<&str>) -> support::Response {
     request(host.addr, "POST", path, &headers, b"").unwrap()
 }
 
-fn digits_row() -> serde_json::Value {
+fn digits_request() -> serde_json::Value {
     json!({ "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5; 64] }] })
 }
 
@@ -51,7 +53,7 @@ fn a_drained_host_is_not_ready_but_serves_every_request_that_still_arrives() {
     assert_eq!(host.get("/health").json()["status"], "draining");
 
     // A request the balancer sent before it noticed is served, not refused.
-    let served = host.post_json("/v2/models/digits/infer", &digits_row());
+    let served = host.post_json("/v2/models/digits/infer", &digits_request());
     assert_eq!(served.status, 200, "{}", served.error());
     let again = admin(&host, "/v2/repository/drain", Some(TOKEN)).json();
     assert_eq!(again["draining"], true);
@@ -155,19 +157,12 @@ fn with_an_admin_plane_the_drain_lives_there_only() {
     assert_eq!(host.get("/v2/health/ready").status, 503);
 }
 
-fn scrape(host: &Host, series: &str) -> f64 {
-    let text = String::from_utf8(host.get("/metrics").body).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 #[test]
 fn busy_seconds_grow_by_the_time_instances_spend_serving_even_mid_request() {
     let host = Host::start(&guest("slow_model"), &["--instances", "2"]);
     let busy = "wasm_host_instance_busy_seconds_total{model=\"slow\",version=\"1\"}";
     let pending = "wasm_host_pending_requests_seconds_total{model=\"slow\",version=\"1\"}";
-    assert_eq!(scrape(&host, busy), 0.0);
+    assert_eq!(host.metric(busy), 0.0);
     let addr = host.addr;
     let started = Instant::now();
     let calls: Vec<_> = (0..2)
@@ -184,7 +179,7 @@ fn busy_seconds_grow_by_the_time_instances_spend_serving_even_mid_request() {
     // Half-way, two instances have been busy for ~0.4 s each: the counter
     // says so already, where a gauge would need the scrape to land on them.
     std::thread::sleep(Duration::from_millis(400));
-    let midway = scrape(&host, busy);
+    let midway = host.metric(busy);
     let elapsed = started.elapsed().as_secs_f64();
     assert!(
         midway > 0.4 && midway <= 2.0 * elapsed + 0.01,
@@ -194,11 +189,11 @@ fn busy_seconds_grow_by_the_time_instances_spend_serving_even_mid_request() {
         assert_eq!(call.join().unwrap(), 200);
     }
     // 2 × 0.8 s of sleeping guests, plus scheduling on a busy machine.
-    let done = scrape(&host, busy);
+    let done = host.metric(busy);
     assert!((1.55..2.6).contains(&done), "{done} busy seconds");
-    let later = scrape(&host, busy);
+    let later = host.metric(busy);
     assert!(later - done < 0.01, "idle instances add nothing: {later}");
-    let waited = scrape(&host, pending);
+    let waited = host.metric(pending);
     assert!(waited >= done, "pending covers busy: {waited} < {done}");
 
     let text = host.get("/metrics").body;
@@ -234,7 +229,7 @@ fn the_status_page_is_served_and_its_snapshot_shows_models_and_traffic() {
 
     for _ in 0..5 {
         assert_eq!(
-            host.post_json("/v2/models/digits/infer", &digits_row())
+            host.post_json("/v2/models/digits/infer", &digits_request())
                 .status,
             200
         );
@@ -256,4 +251,82 @@ fn the_status_page_is_served_and_its_snapshot_shows_models_and_traffic() {
         events[0]["what"].as_str().unwrap().contains("loaded"),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_terminated_host_answers_every_accepted_request_then_exits_zero() {
+    let mut host = Host::start(
+        &guest("fault_model"),
+        &["--instances", "4", "--graceful-timeout", "20s"],
+    );
+    let addr = host.addr;
+    let term_sent: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let term_sent = Arc::clone(&term_sent);
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                let Ok(mut client) = Client::connect(addr) else {
+                    return answered;
+                };
+                loop {
+                    let sent = Instant::now();
+                    match client.post_json(FAULT_INFER, &fault_action(4, 200)) {
+                        Ok(response) => {
+                            assert_eq!(response.status, 200, "{}", response.error());
+                            answered += 1;
+                        }
+                        Err(err) => {
+                            // Only a request sent as the host stopped accepting may go
+                            // unanswered, and then with no byte of a response.
+                            let term = term_sent.lock().unwrap().expect("an error before TERM");
+                            assert!(
+                                sent + Duration::from_millis(50) > term,
+                                "a request sent {:?} before TERM was lost: {err}",
+                                term - sent
+                            );
+                            assert_eq!(err.to_string(), "connection closed before a response");
+                            return answered;
+                        }
+                    }
+                    if term_sent.lock().unwrap().is_some() {
+                        // A new connection must now be refused.
+                        return answered;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    // 16 clients on 4 instances: 4 requests in flight and 12 queued right now.
+    *term_sent.lock().unwrap() = Some(Instant::now());
+    host.signal("TERM");
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(answered >= 16, "only {answered} requests answered");
+    let status = host
+        .wait(Duration::from_secs(20))
+        .expect("the host did not exit");
+    assert_eq!(status.code(), Some(0));
+    assert!(Client::connect(addr).is_err(), "still accepting after TERM");
+    let log = host.log().join("\n");
+    assert!(log.contains("all requests finished"), "{log}");
+}
+
+#[test]
+fn the_graceful_timeout_bounds_how_long_a_terminated_host_waits() {
+    let mut host = Host::start(
+        &guest("fault_model"),
+        &["--instances", "1", "--graceful-timeout", "500ms"],
+    );
+    let mut client = Client::connect(host.addr).unwrap();
+    let body = serde_json::to_vec(&fault_action(4, 30_000)).unwrap();
+    client.send_only("POST", FAULT_INFER, &body);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    host.signal("TERM");
+    host.wait(Duration::from_secs(10))
+        .expect("the host did not exit");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    assert!(host.log().join("\n").contains("graceful timeout passed"));
 }

@@ -1,12 +1,16 @@
-//! Backpressure and HTTP limits: each flag, and what a client sees when it
-//! hits one.
+//! Limits and backpressure: each flag, and what a client sees when it hits
+//! one. Queue and queue timeout, connections, slow headers and bodies, the
+//! shared body budget, the response limit, idle keep-alive, and a small
+//! address space.
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Client, Host, guest};
+use support::{Client, FAULT_INFER, Host, fault_action, guest, request};
 
 fn sleep_for(ms: i64) -> serde_json::Value {
     json!({ "inputs": [ms] })
@@ -286,4 +290,158 @@ fn a_small_address_space_gets_a_pool_sized_to_the_memory_limit_or_on_demand_inst
     let log = host.log().join("\n");
     assert!(log.contains("using on-demand instances"), "{log}");
     assert!(log.contains("on-demand allocator"), "{log}");
+}
+
+/// Opens a connection that sends a request's headers and `sent` bytes of a
+/// `declared`-byte body, then nothing.
+fn stalled_body(addr: std::net::SocketAddr, declared: usize, sent: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b' '; sent]).unwrap();
+    stream
+}
+
+/// What the server sent before closing, within `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_cut_off_and_liveness_keeps_answering() {
+    let host = Host::start(
+        &guest("guest_model"),
+        &["--max-connections", "8", "--body-timeout", "1s"],
+    );
+    // Every connection the host allows, each stuck one byte into its body.
+    let mut stalled: Vec<TcpStream> = (0..8).map(|_| stalled_body(host.addr, 1000, 1)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    let live = request(host.addr, "GET", "/v2/health/live", &[], b"").unwrap();
+    assert_eq!(live.status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "liveness took {:?} behind stalled bodies",
+        asked.elapsed()
+    );
+    for stream in &mut stalled {
+        let answer = read_until_closed(stream, Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("--body-timeout"), "{answer}");
+    }
+    assert_eq!(host.metric("wasm_host_request_body_timeouts_total "), 8.0);
+}
+
+#[test]
+fn request_bodies_in_flight_share_one_budget_and_the_rest_get_503() {
+    let host = Host::start(
+        &guest("guest_model"),
+        &[
+            "--max-body",
+            "2MiB",
+            "--body-budget",
+            "4MiB",
+            "--body-timeout",
+            "30s",
+        ],
+    );
+    // Two bodies of 2 MiB, half sent: the whole budget is spoken for.
+    let mut holders: Vec<TcpStream> = (0..2)
+        .map(|_| stalled_body(host.addr, 2 << 20, 1 << 20))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let health = host.get("/health").json();
+    assert_eq!(health["bodies"]["held_bytes"], 4 << 20, "{health}");
+    let body = support::digits_infer_body();
+    let refused = request(
+        host.addr,
+        "POST",
+        "/v2/models/digits/infer",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        refused.error().contains("--body-budget"),
+        "{}",
+        refused.error()
+    );
+    // The holders leave; their share comes back.
+    for holder in &mut holders {
+        holder.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.get("/health").json()["bodies"]["held_bytes"] != 0 {
+        assert!(Instant::now() < deadline, "the budget was not given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let served = request(
+        host.addr,
+        "POST",
+        "/v2/models/digits/infer",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(served.status, 200);
+}
+
+#[test]
+fn a_response_is_held_to_max_response_and_the_host_stays_small() {
+    let host = Host::start(
+        &guest("fault_model"),
+        &["--instances", "2", "--max-response", "16MiB"],
+    );
+    let addr = host.addr;
+    // Two 48 MiB outputs at once, as JSON (hundreds of MB) and as binary.
+    let big: Vec<_> = [false, true]
+        .into_iter()
+        .map(|binary| {
+            std::thread::spawn(move || {
+                let mut body = fault_action(11, 48);
+                body["parameters"] = json!({ "binary_data_output": binary });
+                Client::connect(addr)
+                    .unwrap()
+                    .post_json(FAULT_INFER, &body)
+                    .unwrap()
+            })
+        })
+        .collect();
+    for response in big {
+        let response = response.join().unwrap();
+        assert_eq!(response.status, 500);
+        assert!(
+            response.error().contains("--max-response"),
+            "{}",
+            response.error()
+        );
+    }
+    // Two instances that held 48 MiB each, and the host: not gigabytes.
+    let rss = host.rss();
+    assert!(rss < 400 << 20, "host RSS {} MiB", rss >> 20);
+    // Under the limit, a binary output comes back whole.
+    let mut body = fault_action(11, 8);
+    body["outputs"] = json!([{ "name": "blob", "parameters": { "binary_data": true } }]);
+    let response = host.post_json(FAULT_INFER, &body);
+    assert_eq!(response.status, 200);
+    let json_len: usize = response
+        .header("inference-header-content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(response.body.len() - json_len, 8 << 20);
+    assert!(response.body[json_len..].iter().all(|&b| b == 1));
 }

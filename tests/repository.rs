@@ -1,19 +1,19 @@
 //! Many models in one host: a model repository, loaded, swapped and
-//! unloaded at runtime with no failed request, none able to slow or break
-//! another. Real binary, real components, real HTTP on loopback.
+//! unloaded at runtime (over HTTP, by polling, or by a reload signal) with
+//! no failed request, none able to slow or break another.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::{Client, Host, fault_action, guest, request};
+use support::{Client, Host, fault_action, guest, request, scratch_file};
 
-const TOKEN: &str = "s3cret-token";
+const TOKEN: &str = support::ADMIN_TOKEN;
 
 /// A repository: digits, echo (as version 1), slow (2 instances by its
 /// model.toml), and a broken model whose file is not WebAssembly.
@@ -37,44 +37,6 @@ fn repository() -> PathBuf {
     dir
 }
 
-/// The body of a repository load that uploads `component` as version 1,
-/// with a `config` when given (Triton's `file:` parameters, base64).
-fn upload(component: &[u8], config: Option<&str>) -> Value {
-    let mut parameters = json!({
-        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(component),
-    });
-    if let Some(config) = config {
-        parameters["config"] = json!(config);
-    }
-    json!({ "parameters": parameters })
-}
-
-fn admin(host: &Host, path: &str, body: &Value, token: Option<&str>) -> support::Response {
-    host.admin(path, body, token)
-}
-
-fn index(host: &Host) -> Vec<Value> {
-    let response = admin(host, "/v2/repository/index", &json!({}), Some(TOKEN));
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    response.json().as_array().unwrap().clone()
-}
-
-fn state_of(index: &[Value], name: &str) -> (String, String) {
-    let entry = index
-        .iter()
-        .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {index:?}"));
-    (
-        entry["state"].as_str().unwrap().to_owned(),
-        entry["reason"].as_str().unwrap().to_owned(),
-    )
-}
-
 fn digits_body() -> Value {
     json!({ "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32",
                          "data": support::reference()["inputs"][0] }] })
@@ -85,27 +47,24 @@ fn echo_body(v: f32) -> Value {
 }
 
 fn start_explicit(dir: &Path, extra: &[&str]) -> Host {
-    let mut args = vec![
-        "--model-repository",
-        dir.to_str().unwrap(),
-        "--model-control",
-        "explicit",
-        "--instances",
-        "2",
-    ];
+    let mut args = vec!["--instances", "2"];
     args.extend_from_slice(extra);
-    Host::start_without_model(&args, &[("WASM_HOST_ADMIN_TOKEN", TOKEN)])
+    Host::start_repository(dir, "explicit", &args)
 }
 
 #[test]
 fn a_repository_serves_its_good_models_and_names_what_is_wrong_with_the_broken_one() {
     let dir = repository();
     let host = start_explicit(&dir, &[]);
-    let index = index(&host);
+    let index = host.repository_index();
     for name in ["digits", "echo", "slow"] {
-        assert_eq!(state_of(&index, name).0, "READY", "{index:?}");
+        assert_eq!(
+            support::model_state(&index, name).unwrap().0,
+            "READY",
+            "{index:?}"
+        );
     }
-    let (state, reason) = state_of(&index, "broken");
+    let (state, reason) = support::model_state(&index, "broken").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
     assert_eq!(
@@ -214,12 +173,7 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     // A new model, from the repository folder it was copied into.
     std::fs::create_dir_all(dir.join("fault")).unwrap();
     std::fs::copy(guest("fault_model"), dir.join("fault/model.wasm")).unwrap();
-    let loaded = admin(
-        &host,
-        "/v2/repository/models/fault/load",
-        &json!({}),
-        Some(TOKEN),
-    );
+    let loaded = host.admin("/v2/repository/models/fault/load", &json!({}), Some(TOKEN));
     assert_eq!(
         loaded.status,
         200,
@@ -235,12 +189,7 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     // Echo version 2 (the digits component, answering differently) swaps in.
     std::fs::create_dir_all(dir.join("echo/2")).unwrap();
     std::fs::copy(guest("echo_model"), dir.join("echo/2/model.wasm")).unwrap();
-    let swapped = admin(
-        &host,
-        "/v2/repository/models/echo/load",
-        &json!({}),
-        Some(TOKEN),
-    );
+    let swapped = host.admin("/v2/repository/models/echo/load", &json!({}), Some(TOKEN));
     assert_eq!(
         swapped.status,
         200,
@@ -256,12 +205,7 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     );
 
     // Unload slow while its two requests are in flight: they finish.
-    let unloaded = admin(
-        &host,
-        "/v2/repository/models/slow/unload",
-        &json!({}),
-        Some(TOKEN),
-    );
+    let unloaded = host.admin("/v2/repository/models/slow/unload", &json!({}), Some(TOKEN));
     assert_eq!(unloaded.status, 200);
     for slow in slow_requests {
         let response = slow.join().unwrap();
@@ -279,11 +223,11 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     assert_eq!(gone.status, 404);
     assert!(gone.error().contains("unloaded"), "{}", gone.error());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state_of(&index(&host), "slow").0 != "UNAVAILABLE" {
+    while host.model_state("slow").unwrap().0 != "UNAVAILABLE" {
         assert!(Instant::now() < deadline, "slow never finished unloading");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(state_of(&index(&host), "slow").1, "unloaded");
+    assert_eq!(host.model_state("slow").unwrap().1, "unloaded");
 
     stop.store(true, Ordering::SeqCst);
     for client in clients {
@@ -297,8 +241,8 @@ fn a_model_built_against_contract_0_1_is_refused_over_http_with_how_to_rebuild_i
     let dir = repository();
     let host = start_explicit(&dir, &[]);
     let component = std::fs::read(guest("contract_0_1_model")).unwrap();
-    let body = upload(&component, None);
-    let refused = admin(&host, "/v2/repository/models/old/load", &body, Some(TOKEN));
+    let body = support::upload_body(&component, None);
+    let refused = host.admin("/v2/repository/models/old/load", &body, Some(TOKEN));
     assert_eq!(refused.status, 400, "{}", refused.error());
     assert!(
         refused.error().contains(
@@ -325,17 +269,12 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
     let dir = repository();
     let host = start_explicit(&dir, &[]);
     let component = std::fs::read(guest("fault_model")).unwrap();
-    let body = upload(&component, Some("{\"instances\": 3}"));
+    let body = support::upload_body(&component, Some("{\"instances\": 3}"));
     // Without the token: 401 and nothing changes.
-    let refused = admin(&host, "/v2/repository/models/plugin/load", &body, None);
+    let refused = host.admin("/v2/repository/models/plugin/load", &body, None);
     assert_eq!(refused.status, 401);
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
-    let wrong = admin(
-        &host,
-        "/v2/repository/models/plugin/load",
-        &body,
-        Some("guess"),
-    );
+    let wrong = host.admin("/v2/repository/models/plugin/load", &body, Some("guess"));
     assert_eq!(wrong.status, 401);
     assert_eq!(
         host.post_json("/v2/models/plugin/infer", &fault_action(0, 1))
@@ -343,12 +282,7 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
         404
     );
     // With it: served under the name it was loaded as, with its config.
-    let loaded = admin(
-        &host,
-        "/v2/repository/models/plugin/load",
-        &body,
-        Some(TOKEN),
-    );
+    let loaded = host.admin("/v2/repository/models/plugin/load", &body, Some(TOKEN));
     assert_eq!(
         loaded.status,
         200,
@@ -365,12 +299,7 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
     // A precompiled artifact is native code: never from a client.
     let elf = json!({ "parameters": { "file:model.cwasm":
         base64::engine::general_purpose::STANDARD.encode(b"\x7fELF\x02\x01\x01 native code") } });
-    let refused = admin(
-        &host,
-        "/v2/repository/models/native/load",
-        &elf,
-        Some(TOKEN),
-    );
+    let refused = host.admin("/v2/repository/models/native/load", &elf, Some(TOKEN));
     assert_eq!(refused.status, 400);
     assert!(
         refused.error().contains("native code"),
@@ -378,18 +307,13 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
         refused.error()
     );
     // A config that only changes the instance count resizes in place.
-    let resize = upload(&component, Some("{\"instances\": 1}"));
+    let resize = support::upload_body(&component, Some("{\"instances\": 1}"));
     let before = host
         .post_json("/v2/models/plugin/infer", &fault_action(0, 1))
         .instance();
     assert_eq!(
-        admin(
-            &host,
-            "/v2/repository/models/plugin/load",
-            &resize,
-            Some(TOKEN)
-        )
-        .status,
+        host.admin("/v2/repository/models/plugin/load", &resize, Some(TOKEN))
+            .status,
         200
     );
     assert_eq!(
@@ -411,14 +335,9 @@ fn a_model_deployed_over_http_serves_and_the_control_endpoints_are_guarded() {
 
     // With --model-control none: the index reads, loading says how to turn it on.
     let fixed = Host::start_without_model(&["--model-repository", dir.to_str().unwrap()], &[]);
-    let index = admin(&fixed, "/v2/repository/index", &json!({}), None);
+    let index = fixed.admin("/v2/repository/index", &json!({}), None);
     assert_eq!(index.status, 200);
-    let off = admin(
-        &fixed,
-        "/v2/repository/models/digits/unload",
-        &json!({}),
-        None,
-    );
+    let off = fixed.admin("/v2/repository/models/digits/unload", &json!({}), None);
     assert_eq!(off.status, 403);
     assert!(
         off.error().contains("--model-control explicit"),
@@ -441,7 +360,7 @@ fn the_repository_api_can_live_on_its_own_address_only() {
         .local_addr()
         .unwrap();
     let host = start_explicit(&dir, &["--admin-bind", &admin_port.to_string()]);
-    let on_public = admin(&host, "/v2/repository/index", &json!({}), Some(TOKEN));
+    let on_public = host.admin("/v2/repository/index", &json!({}), Some(TOKEN));
     assert_eq!(on_public.status, 404);
     let on_admin = request(
         admin_port,
@@ -535,7 +454,7 @@ fn a_flood_of_looping_requests_to_one_model_does_not_fail_or_slow_another() {
 }
 
 #[test]
-fn poll_mode_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
+fn a_polled_repository_loads_new_folders_swaps_changed_files_and_unloads_removed_ones() {
     let dir = support::scratch_file("polled");
     std::fs::create_dir_all(dir.join("digits")).unwrap();
     std::fs::copy(guest("guest_model"), dir.join("digits/model.wasm")).unwrap();
@@ -650,12 +569,7 @@ fn a_load_past_the_memory_budget_is_refused_with_its_numbers_and_others_keep_ser
     std::fs::create_dir_all(dir.join("big")).unwrap();
     std::fs::copy(guest("echo_model"), dir.join("big/model.wasm")).unwrap();
     std::fs::write(dir.join("big/model.toml"), "instances = 4\n").unwrap();
-    let refused = admin(
-        &host,
-        "/v2/repository/models/big/load",
-        &json!({}),
-        Some(TOKEN),
-    );
+    let refused = host.admin("/v2/repository/models/big/load", &json!({}), Some(TOKEN));
     assert_eq!(refused.status, 400);
     let error = refused.error();
     assert!(error.contains("4 instances × 128 MiB = 512 MiB"), "{error}");
@@ -663,7 +577,7 @@ fn a_load_past_the_memory_budget_is_refused_with_its_numbers_and_others_keep_ser
         error.contains("768 MiB of the 1024 MiB --memory-budget"),
         "{error}"
     );
-    let (state, reason) = state_of(&index(&host), "big");
+    let (state, reason) = host.model_state("big").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("--memory-budget"), "{reason}");
     assert_eq!(
@@ -750,13 +664,8 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
     )
     .unwrap();
     assert_eq!(
-        admin(
-            &host,
-            "/v2/repository/models/big/load",
-            &json!({}),
-            Some(TOKEN)
-        )
-        .status,
+        host.admin("/v2/repository/models/big/load", &json!({}), Some(TOKEN))
+            .status,
         200
     );
     let addr = host.addr;
@@ -789,17 +698,12 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
     }
     let loaded = pss(&host);
     assert_eq!(
-        admin(
-            &host,
-            "/v2/repository/models/big/unload",
-            &json!({}),
-            Some(TOKEN)
-        )
-        .status,
+        host.admin("/v2/repository/models/big/unload", &json!({}), Some(TOKEN))
+            .status,
         200
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state_of(&index(&host), "big").0 != "UNAVAILABLE" {
+    while host.model_state("big").unwrap().0 != "UNAVAILABLE" {
         assert!(Instant::now() < deadline, "big never finished unloading");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -857,4 +761,106 @@ fn two_model_files_serve_side_by_side_under_their_own_names() {
             .iter()
             .any(|l| l.contains("with 2 models, 2 instances"))
     );
+}
+
+#[test]
+fn a_reloaded_model_file_is_swapped_in_under_load_with_no_failed_request_and_a_bad_one_changes_nothing()
+ {
+    let path = scratch_file("model.wasm");
+    std::fs::copy(guest("guest_model"), &path).unwrap();
+    let host = Host::start(&path, &["--instances", "4"]);
+    let addr = host.addr;
+    let row = json!({ "inputs": [vec![0.5; 64]] });
+    let stop = Arc::new(AtomicBool::new(false));
+    // (when the request was sent, which model answered)
+    let answers: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, answers, row) = (Arc::clone(&stop), Arc::clone(&answers), row.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let response = client.post_json("/predict", &row).unwrap();
+                    assert_eq!(response.status, 200, "{}", response.error());
+                    let model = response.json()["model"].as_str().unwrap().to_owned();
+                    answers.lock().unwrap().push((sent, model));
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    // Deploy the new model as operators do: write beside, rename over.
+    let staged = scratch_file("staged.wasm");
+    std::fs::copy(guest("echo_model"), &staged).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    host.signal("HUP");
+    host.wait_for_log("reloaded", Duration::from_secs(30));
+    let swapped = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A corrupt file: the reload fails and the echo model keeps serving.
+    std::fs::write(&path, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    host.signal("HUP");
+    host.wait_for_log("reload failed", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("a request failed during the reload");
+    }
+
+    let answers = answers.lock().unwrap();
+    let before = answers.iter().filter(|(t, _)| *t < swapped).count();
+    let after: Vec<&String> = answers
+        .iter()
+        .filter(|(t, _)| *t >= swapped)
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        before > 50 && after.len() > 50,
+        "{before} before, {} after",
+        after.len()
+    );
+    assert!(answers.iter().any(|(_, m)| m == "digits"));
+    assert!(
+        after.iter().all(|m| *m == "echo"),
+        "an old instance answered after the swap"
+    );
+    let health = host.get("/health").json();
+    assert_eq!(
+        health["instances"]["total"], 4,
+        "old instances retired: {health}"
+    );
+    assert_eq!(host.get("/v2/models/echo/ready").status, 200);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_reload_onto_a_stuck_model_fails_with_a_reason_and_signals_during_it_are_applied() {
+    let model = support::scratch_file("model.wasm");
+    std::fs::copy(guest("echo_model"), &model).unwrap();
+    let host = Host::start(&model, &["--instances", "2"]);
+    let echo =
+        json!({ "inputs": [{ "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3] }] });
+    std::fs::copy(guest("stuck_model"), &model).unwrap();
+    host.signal("HUP");
+    host.wait_for_log("reloading the model", Duration::from_secs(5));
+    // While the reload waits on the stuck model: requests are served, and a
+    // TTIN is queued, not lost.
+    assert_eq!(host.post_json("/v2/models/echo/infer", &echo).status, 200);
+    host.signal("TTIN");
+    host.wait_for_log("received TTIN while", Duration::from_secs(5));
+    host.wait_for_log("set-up deadline", Duration::from_secs(30));
+    assert!(
+        host.log().iter().any(|l| l.contains("reload failed")),
+        "{}",
+        host.log().join("\n")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.get("/health").json()["instances"]["target"] != 3 {
+        assert!(Instant::now() < deadline, "the TTIN was not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(host.post_json("/v2/models/echo/infer", &echo).status, 200);
 }

@@ -5,17 +5,77 @@
 //! budget, a cheap ONNX file cannot buy minutes of packing, and failed loads
 //! cannot grow the index for ever. Real binary, real components, real HTTP
 //! on loopback; each test is a regression test for one way the host broke.
+//!
+//! The sandbox too: a guest sees no files, environment or arguments, and its
+//! output reaches the host log tagged, bounded and escaped.
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
-use support::{Host, guest};
+use support::{FAULT_INFER, Host, fault_action, fault_result, guest};
 
-const TOKEN: &str = "s3cret-token";
+#[test]
+fn the_sandbox_gives_a_guest_no_files_environment_or_arguments() {
+    // SECRET is in the host's environment; the guest must not see it.
+    let host = Host::start(&guest("fault_model"), &["--instances", "1"]);
+    let response = host.post_json(FAULT_INFER, &fault_action(5, 0));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(
+        fault_result(&response),
+        0,
+        "the guest saw files, environment or arguments"
+    );
+}
+
+#[test]
+fn guest_output_goes_to_the_host_log_tagged_and_bounded() {
+    let host = Host::start(&guest("fault_model"), &["--instances", "1"]);
+    let response = host.post_json(FAULT_INFER, &fault_action(7, 5_000));
+    assert_eq!(
+        response.status, 200,
+        "a flood of output must not fail the request"
+    );
+    let id = response.instance();
+    std::thread::sleep(Duration::from_millis(100));
+    let log = host.log();
+    let guest_lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("guest") && l.contains(&format!("instance={id}")))
+        .collect();
+    // 5,000 lines of 100 bytes per stream, kept to 64 lines (of the 16 KiB
+    // kept) each, and one line saying what was dropped.
+    assert!(guest_lines.len() > 100, "{}", log.join("\n"));
+    assert!(
+        guest_lines.len() <= 2 * 65,
+        "{} guest lines",
+        guest_lines.len()
+    );
+    assert!(
+        guest_lines
+            .iter()
+            .any(|l| l.contains("stream=\"stdout\"") || l.contains("stream=stdout"))
+    );
+    assert!(
+        guest_lines.iter().any(|l| l.contains("dropped")),
+        "the truncation is reported"
+    );
+    let distinct: HashSet<&str> = ["stdout", "stderr"]
+        .into_iter()
+        .filter(|s| guest_lines.iter().any(|l| l.contains(s)))
+        .collect();
+    assert_eq!(distinct.len(), 2);
+}
+
+const TOKEN: &str = support::ADMIN_TOKEN;
 
 fn put(dir: &Path, rel: &str, from: &Path) {
     let path = dir.join(rel);
@@ -39,43 +99,9 @@ fn repository_with_outside() -> (PathBuf, PathBuf) {
 }
 
 fn start(repo: &Path, control: &str, extra: &[&str]) -> Host {
-    let mut args = vec![
-        "--model-repository",
-        repo.to_str().unwrap(),
-        "--model-control",
-        control,
-        "--instances",
-        "1",
-        "--repository-poll-interval",
-        "100ms",
-    ];
+    let mut args = vec!["--instances", "1", "--repository-poll-interval", "100ms"];
     args.extend_from_slice(extra);
-    Host::start_without_model(&args, &[("WASM_HOST_ADMIN_TOKEN", TOKEN)])
-}
-
-fn admin(host: &Host, path: &str, body: &Value) -> support::Response {
-    host.admin(path, body, Some(TOKEN))
-}
-
-fn index(host: &Host) -> Vec<Value> {
-    let response = admin(host, "/v2/repository/index", &json!({}));
-    assert_eq!(response.status, 200);
-    response.json().as_array().unwrap().clone()
-}
-
-fn state_of(host: &Host, name: &str) -> Option<(String, String)> {
-    index(host).iter().find(|e| e["name"] == name).map(|e| {
-        (
-            e["state"].as_str().unwrap().to_owned(),
-            e["reason"].as_str().unwrap().to_owned(),
-        )
-    })
-}
-
-fn upload(component: &[u8]) -> Value {
-    json!({ "parameters": {
-        "file:1/model.wasm": base64::engine::general_purpose::STANDARD.encode(component),
-    }})
+    Host::start_repository(repo, control, &args)
 }
 
 fn digits_answers(host: &Host) -> bool {
@@ -121,7 +147,7 @@ fn model_names_that_walk_out_of_the_repository_are_refused_and_reveal_nothing_ou
         "%2E%2E",
     ] {
         let path = format!("/v2/repository/models/{}/load", name.replace('/', "%2F"));
-        let response = admin(&host, &path, &json!({}));
+        let response = host.admin(&path, &json!({}), Some(TOKEN));
         assert_eq!(response.status, 400, "{name}: {response:?}");
         let error = response.error();
         assert!(error.contains("path segment"), "{name}: {error}");
@@ -137,7 +163,7 @@ fn model_names_that_walk_out_of_the_repository_are_refused_and_reveal_nothing_ou
             .replace("nowhere", "X")
             .replace("at-all", "Y")
     );
-    let response = admin(&host, "/v2/repository/models/linked/load", &json!({}));
+    let response = host.admin("/v2/repository/models/linked/load", &json!({}), Some(TOKEN));
     assert_eq!(response.status, 404, "{response:?}");
     assert!(
         response.error().contains("leads outside"),
@@ -146,7 +172,11 @@ fn model_names_that_walk_out_of_the_repository_are_refused_and_reveal_nothing_ou
     );
     // The host is alive, serves only its own model, and loaded nothing else.
     assert!(digits_answers(&host));
-    let names: Vec<Value> = index(&host).iter().map(|e| e["name"].clone()).collect();
+    let names: Vec<Value> = host
+        .repository_index()
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
     assert!(
         names.iter().all(|n| n == "digits" || n == "linked"),
         "{names:?}"
@@ -167,7 +197,7 @@ fn upload_names_must_be_printable_bounded_path_segments() {
         "%20padded",
     ] {
         let path = format!("/v2/repository/models/{name}/load");
-        let response = admin(&host, &path, &upload(&echo));
+        let response = host.admin(&path, &support::upload_body(&echo, None), Some(TOKEN));
         assert_eq!(response.status, 400, "{response:?}");
         assert!(
             response.error().len() < 400,
@@ -175,13 +205,22 @@ fn upload_names_must_be_printable_bounded_path_segments() {
             response.error()
         );
     }
-    assert_eq!(index(&host).len(), 1, "only digits: {:?}", index(&host));
+    assert_eq!(
+        host.repository_index().len(),
+        1,
+        "only digits: {:?}",
+        host.repository_index()
+    );
     assert!(
         !host.log().iter().any(|l| l.starts_with("INFO forged")),
         "no forged line in the log"
     );
     // A good name still uploads.
-    let response = admin(&host, "/v2/repository/models/echo-2/load", &upload(&echo));
+    let response = host.admin(
+        "/v2/repository/models/echo-2/load",
+        &support::upload_body(&echo, None),
+        Some(TOKEN),
+    );
     assert_eq!(response.status, 200, "{response:?}");
 }
 
@@ -193,7 +232,7 @@ fn failed_loads_under_ever_new_names_do_not_grow_the_index_without_bound() {
     let broken = b"\0asm\x0d\0\x01\0 not a component";
     let mut client = support::Client::connect(host.addr).unwrap();
     let auth = format!("Bearer {TOKEN}");
-    let body = serde_json::to_vec(&upload(broken)).unwrap();
+    let body = serde_json::to_vec(&support::upload_body(broken, None)).unwrap();
     for n in 0..300 {
         let path = format!("/v2/repository/models/fail-{n}/load");
         let response = client
@@ -201,26 +240,18 @@ fn failed_loads_under_ever_new_names_do_not_grow_the_index_without_bound() {
             .unwrap();
         assert_eq!(response.status, 400, "{response:?}");
     }
-    let entries = index(&host);
+    let entries = host.repository_index();
     assert!(entries.len() <= 257, "{} entries", entries.len());
     // The newest failures keep their reasons; the host still serves.
-    let (state, reason) = state_of(&host, "fail-299").unwrap();
+    let (state, reason) = host.model_state("fail-299").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(!reason.is_empty());
-    assert_eq!(state_of(&host, "digits").unwrap().0, "READY");
+    assert_eq!(host.model_state("digits").unwrap().0, "READY");
     assert!(digits_answers(&host));
 }
 
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
-fn poll_mode_refuses_fifos_devices_and_huge_files_without_stalling_the_host() {
+fn a_polled_repository_refuses_fifos_devices_and_huge_files_without_stalling_the_host() {
     let (_top, repo) = repository_with_outside();
     let host = start(&repo, "poll", &[]);
     assert!(digits_answers(&host));
@@ -230,7 +261,7 @@ fn poll_mode_refuses_fifos_devices_and_huge_files_without_stalling_the_host() {
     let staging = repo.parent().unwrap().join("staging");
     // A model.toml that is a FIFO would block a reader for ever.
     put(&staging, "fifo/model.wasm", &guest("echo_model"));
-    mkfifo(&staging.join("fifo/model.toml"));
+    support::mkfifo(&staging.join("fifo/model.toml"));
     // A model.toml that is /dev/zero would never end.
     put(&staging, "zero/model.wasm", &guest("echo_model"));
     std::os::unix::fs::symlink("/dev/zero", staging.join("zero/model.toml")).unwrap();
@@ -248,12 +279,13 @@ fn poll_mode_refuses_fifos_devices_and_huge_files_without_stalling_the_host() {
         "three refusals in the index",
         Duration::from_secs(30),
         || {
-            ["fifo", "zero", "sparse"]
-                .iter()
-                .all(|name| state_of(&host, name).is_some_and(|(state, _)| state == "UNAVAILABLE"))
+            ["fifo", "zero", "sparse"].iter().all(|name| {
+                host.model_state(name)
+                    .is_some_and(|(state, _)| state == "UNAVAILABLE")
+            })
         },
     );
-    let reason = |name| state_of(&host, name).unwrap().1;
+    let reason = |name| host.model_state(name).unwrap().1;
     assert!(
         reason("fifo").contains("not a regular file"),
         "{}",
@@ -277,7 +309,8 @@ fn poll_mode_refuses_fifos_devices_and_huge_files_without_stalling_the_host() {
     put(&staging, "echo/model.wasm", &guest("echo_model"));
     std::fs::rename(staging.join("echo"), repo.join("echo")).unwrap();
     support::eventually("echo to load", Duration::from_secs(30), || {
-        state_of(&host, "echo").is_some_and(|(state, _)| state == "READY")
+        host.model_state("echo")
+            .is_some_and(|(state, _)| state == "READY")
     });
     // TERM stops the host as usual.
     let mut host = host;
@@ -294,7 +327,7 @@ fn durations_too_long_for_a_clock_are_refused_at_load_and_the_poll_loop_lives_on
     put(&repo, "forever/model.wasm", &guest("echo_model"));
     write(&repo, "forever/model.toml", "timeout = 1e20\n");
     let host = start(&repo, "poll", &[]);
-    let (state, reason) = state_of(&host, "forever").unwrap();
+    let (state, reason) = host.model_state("forever").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("7 days"), "{reason}");
     // Over the API: refused with a 400, nothing served.
@@ -304,14 +337,15 @@ fn durations_too_long_for_a_clock_are_refused_at_load_and_the_poll_loop_lives_on
         r#"{"queue_timeout": 1e300}"#,
     ] {
         let body = json!({ "parameters": { "config": config } });
-        let response = admin(&host, "/v2/repository/models/forever/load", &body);
+        let response = host.admin("/v2/repository/models/forever/load", &body, Some(TOKEN));
         assert_eq!(response.status, 400, "{config}: {response:?}");
         assert!(response.error().contains("days"), "{}", response.error());
     }
     // The poll loop still loads what comes next.
     put(&repo, "later/model.wasm", &guest("echo_model"));
     support::eventually("later to load", Duration::from_secs(30), || {
-        state_of(&host, "later").is_some_and(|(state, _)| state == "READY")
+        host.model_state("later")
+            .is_some_and(|(state, _)| state == "READY")
     });
     assert!(live(&host));
 }
@@ -330,7 +364,7 @@ fn an_elastic_pool_reserves_its_maximum_and_no_resize_passes_the_budget() {
         "explicit",
         &["--memory-budget", "200MiB", "--memory-limit", "128MiB"],
     );
-    let (state, reason) = state_of(&host, "elastic").unwrap();
+    let (state, reason) = host.model_state("elastic").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(
         reason.contains("8 instances × 256 MiB") && reason.contains("max-instances"),
@@ -340,7 +374,7 @@ fn an_elastic_pool_reserves_its_maximum_and_no_resize_passes_the_budget() {
     // 128 MiB) that would pass the 200 MiB budget is refused, and the pool
     // keeps its one instance.
     let body = json!({ "parameters": { "config": r#"{"instances": 2}"# } });
-    let response = admin(&host, "/v2/repository/models/digits/load", &body);
+    let response = host.admin("/v2/repository/models/digits/load", &body, Some(TOKEN));
     assert_eq!(response.status, 400, "{response:?}");
     let error = response.error();
     assert!(
@@ -399,7 +433,7 @@ fn a_graph_with_too_many_nodes_is_refused_before_it_is_packed() {
     std::fs::create_dir_all(chain.parent().unwrap()).unwrap();
     std::fs::write(&chain, relu_chain(20_000)).unwrap();
     let host = start(&repo, "explicit", &[]);
-    let (state, reason) = state_of(&host, "chain").unwrap();
+    let (state, reason) = host.model_state("chain").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(
         reason.contains("20000 nodes") && reason.contains("at most 10000"),
@@ -419,4 +453,38 @@ fn a_graph_with_too_many_nodes_is_refused_before_it_is_packed() {
     ]);
     assert_ne!(status.code(), Some(0));
     assert!(stderr.contains("20000 nodes"), "{stderr}");
+}
+
+fn guest_log_lines(host: &Host, instance: u64) -> Vec<String> {
+    host.log()
+        .into_iter()
+        .filter(|l| l.contains("guest") && l.contains(&format!("instance={instance}")))
+        .collect()
+}
+
+#[test]
+fn guest_output_is_bounded_in_lines_and_its_control_characters_are_escaped() {
+    let host = Host::start(&guest("fault_model"), &["--instances", "1"]);
+    // 16 KiB of newlines per stream: at most 64 lines and one note each.
+    let response = host.post_json(FAULT_INFER, &fault_action(12, 16 << 10));
+    assert_eq!(response.status, 200);
+    let id = response.instance();
+    let response = host.post_json(FAULT_INFER, &fault_action(13, 0));
+    assert_eq!(response.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = guest_log_lines(&host, id);
+    assert!(lines.len() <= 2 * 65 + 1, "{} guest lines", lines.len());
+    let forged = lines
+        .iter()
+        .find(|l| l.contains("forged line"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(forged.contains("\\u{1b}[31mred"), "{forged}");
+    assert!(
+        forged.contains("\\u{d}forged line \\u{202e}txt.exe"),
+        "{forged}"
+    );
+    assert!(
+        !forged.contains('\x1b') && !forged.contains('\r') && !forged.contains('\u{202e}'),
+        "{forged:?}"
+    );
 }
