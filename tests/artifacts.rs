@@ -14,7 +14,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::{Host, guest, run_command, run_command_with_env, scratch_file, test_cache_dir};
@@ -81,17 +81,10 @@ fn assert_fails(args: Vec<std::ffi::OsString>, code: i32, needles: &[&str]) -> S
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = support::exit_within(&mut child, Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{args:?} did not exit");
     };
     let mut stderr = String::new();
     child

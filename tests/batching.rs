@@ -302,14 +302,15 @@ fn a_request_whose_client_leaves_while_it_waits_is_left_out_of_its_batch() {
             .post_json(BATCH_INFER, &rows("first", 1.0, 1, 3))
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(200));
+    let pending = "wasm_host_pending_requests{model=\"batch\",version=\"1\"}";
+    host.wait_for_metric(pending, 1.0, Duration::from_secs(5));
     // This one joins, then its client leaves.
     let mut leaver = Client::connect(addr).unwrap();
     let body = serde_json::to_vec(&rows("leaver", 2.0, 2, 3)).unwrap();
     leaver.send_only("POST", BATCH_INFER, &body);
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_metric(pending, 2.0, Duration::from_secs(5));
     drop(leaver);
-    std::thread::sleep(Duration::from_millis(100));
+    host.wait_for_metric(pending, 1.0, Duration::from_secs(5));
     let mut client = Client::connect(addr).unwrap();
     let last = client
         .post_json(BATCH_INFER, &rows("last", 3.0, 1, 3))

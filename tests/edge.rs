@@ -9,7 +9,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Client, FAULT_INFER, Host, fault_action, guest, reference, request};
@@ -311,9 +311,9 @@ fn every_outcome_is_counted_in_metrics_that_promtool_accepts() {
     for (action, status) in &expect {
         assert_eq!(host.post_json(FAULT_INFER, action).status, *status);
         // With no queue, wait for a replaced instance to be back.
-        while host.get("/health").json()["instances"]["idle"] != 1 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        host.wait_for_health("the instance back", Duration::from_secs(10), |h| {
+            h["instances"]["idle"] == 1
+        });
     }
     // Overloaded: the only instance is busy and the queue holds nobody.
     let mut busy = Client::connect(host.addr).unwrap();
@@ -322,7 +322,9 @@ fn every_outcome_is_counted_in_metrics_that_promtool_accepts() {
         FAULT_INFER,
         &serde_json::to_vec(&fault_action(4, 1000)).unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_health("the only instance busy", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 1
+    });
     assert_eq!(host.post_json(FAULT_INFER, &fault_action(0, 1)).status, 503);
 
     let response = host.get("/metrics");
@@ -395,7 +397,7 @@ fn json_logs_are_one_json_object_per_line_with_access_lines() {
     let ok = host.post_json("/predict", &json!({ "inputs": [vec![0.5; 64]] }));
     assert_eq!(ok.status, 200);
     assert_eq!(host.get("/nowhere").status, 404);
-    std::thread::sleep(Duration::from_millis(100));
+    host.wait_for_log("/nowhere", Duration::from_secs(5));
     let lines = host.log();
     let parsed: Vec<Value> = lines
         .iter()
@@ -502,16 +504,12 @@ fn every_metric_label_exists_from_the_start_and_a_client_that_leaves_is_counted(
         FAULT_INFER,
         &serde_json::to_vec(&fault_action(4, 2_000)).unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The client leaves once the guest is in its call.
+    host.wait_for_health("the guest called", Duration::from_secs(5), |h| {
+        h["calls"] == 1
+    });
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.metric(cancelled) != 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled request was not counted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    host.wait_for_metric(cancelled, 1.0, Duration::from_secs(5));
     assert_eq!(
         host.metric("wasm_host_instances_missing{model=\"fault\",version=\"1\"} "),
         0.0

@@ -82,15 +82,11 @@ fn under_chaos_every_good_request_succeeds_and_every_poison_request_gets_its_own
         "{counts:?}"
     );
 
-    // Replacements happen off the request path: give the last ones a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let health = loop {
-        let health = host.get("/health").json();
-        if health["instances"]["idle"] == 4 || Instant::now() > deadline {
-            break health;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Replacements happen off the request path: wait for the last ones.
+    host.wait_for_health("every instance idle again", Duration::from_secs(5), |h| {
+        h["instances"]["idle"] == 4
+    });
+    let health = host.health();
     assert_eq!(health["instances"]["total"], 4, "{health}");
     assert_eq!(health["instances"]["idle"], 4, "{health}");
     let poisoned = (counts[1] + counts[2] + counts[3]) as u64;
@@ -124,7 +120,9 @@ fn a_request_past_its_deadline_gets_504_and_only_its_instance_is_replaced() {
             (response, started.elapsed())
         });
         // Meanwhile the other instance keeps answering.
-        std::thread::sleep(Duration::from_millis(50));
+        host.wait_for_health("the poison request running", Duration::from_secs(5), |h| {
+            h["instances"]["busy"] == 1
+        });
         for n in 0..20 {
             let response = host.post_json(FAULT_INFER, &fault_action(0, n));
             assert_eq!(response.status, 200);
@@ -142,10 +140,11 @@ fn a_request_past_its_deadline_gets_504_and_only_its_instance_is_replaced() {
             "the deadline fired after {took:?}"
         );
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let health = host.get("/health").json();
-    assert_eq!(health["instances"]["replaced"], 2);
-    assert_eq!(health["instances"]["total"], 2);
+    host.wait_for_health(
+        "both stopped instances replaced",
+        Duration::from_secs(5),
+        |h| h["instances"]["replaced"] == 2 && h["instances"]["total"] == 2,
+    );
 }
 
 #[test]
@@ -159,7 +158,10 @@ fn a_trap_is_logged_with_the_old_and_new_instance_ids_and_its_cause() {
     }
     let after = host.post_json(FAULT_INFER, &fault_action(0, 0)).instance();
     assert_ne!(before, after);
-    std::thread::sleep(Duration::from_millis(100));
+    host.wait_for_log(
+        &format!("replaced instance {before} with "),
+        Duration::from_secs(5),
+    );
     let log = host.log().join("\n");
     assert!(
         log.contains(&format!("replaced instance {before} with ")),
@@ -192,11 +194,14 @@ fn a_model_reported_error_is_a_500_that_keeps_the_instance() {
 #[test]
 fn clients_that_disconnect_mid_request_cost_no_instance() {
     let host = Host::start(&guest("fault_model"), &["--instances", "1"]);
-    for _ in 0..5 {
+    for n in 1..=5 {
         let mut client = Client::connect(host.addr).unwrap();
         let body = serde_json::to_vec(&fault_action(4, 2_000)).unwrap();
         client.send_only("POST", FAULT_INFER, &body);
-        std::thread::sleep(Duration::from_millis(100));
+        // The client leaves once the guest is in its call.
+        host.wait_for_health("the guest called", Duration::from_secs(10), |h| {
+            h["calls"] == n
+        });
         drop(client);
     }
     // The only instance is free again: not lost to any of the five.
@@ -226,7 +231,9 @@ fn spinning_guests_do_not_stall_the_host() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    host.wait_for_health("both guests spinning", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 2
+    });
     for n in 0..5 {
         let asked = Instant::now();
         assert_eq!(host.get("/health").json()["instances"]["busy"], 2);
@@ -492,7 +499,11 @@ fn the_timeout_parameter_tightens_the_deadline_and_replaces_only_that_instance()
             .post_json(FAULT_INFER, &fault_action(4, 1_000))
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_health(
+        "the sleeper on the only instance",
+        Duration::from_secs(5),
+        |h| h["instances"]["busy"] == 1,
+    );
     let mut request = fault_action(0, 5);
     request["parameters"] = json!({ "timeout": 100_000 });
     let response = host.post_json(FAULT_INFER, &request);

@@ -80,7 +80,9 @@ fn a_refusing_drain_closes_new_inference_requests_unanswered_and_finishes_the_re
             .unwrap()
             .status
     });
-    std::thread::sleep(Duration::from_millis(150));
+    host.wait_for_health("the request running", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 1
+    });
     let drained = request(
         addr,
         "POST",
@@ -178,6 +180,7 @@ fn busy_seconds_grow_by_the_time_instances_spend_serving_even_mid_request() {
         .collect();
     // Half-way, two instances have been busy for ~0.4 s each: the counter
     // says so already, where a gauge would need the scrape to land on them.
+    // (A fixed sleep on purpose: the time that passes is what is measured.)
     std::thread::sleep(Duration::from_millis(400));
     let midway = host.metric(busy);
     let elapsed = started.elapsed().as_secs_f64();
@@ -297,8 +300,12 @@ fn a_terminated_host_answers_every_accepted_request_then_exits_zero() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1000));
-    // 16 clients on 4 instances: 4 requests in flight and 12 queued right now.
+    // 16 clients on 4 instances: 4 requests in flight and 12 queued.
+    host.wait_for_health(
+        "4 requests in flight and 12 queued",
+        Duration::from_secs(10),
+        |h| h["instances"]["busy"] == 4 && h["queue"]["depth"] == 12,
+    );
     *term_sent.lock().unwrap() = Some(Instant::now());
     host.signal("TERM");
     let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
@@ -321,7 +328,9 @@ fn the_graceful_timeout_bounds_how_long_a_terminated_host_waits() {
     let mut client = Client::connect(host.addr).unwrap();
     let body = serde_json::to_vec(&fault_action(4, 30_000)).unwrap();
     client.send_only("POST", FAULT_INFER, &body);
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_health("the request running", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 1
+    });
     let started = Instant::now();
     host.signal("TERM");
     host.wait(Duration::from_secs(10))

@@ -23,18 +23,23 @@ fn a_full_queue_answers_503_with_retry_after_and_readiness_stays_200() {
         &["--instances", "1", "--max-queue", "2"],
     );
     let addr = host.addr;
+    // One at a time: each is running or queued before the next is sent.
     let busy: Vec<_> = (0..3)
         .map(|i| {
-            std::thread::sleep(Duration::from_millis(100));
-            std::thread::spawn(move || {
+            let client = std::thread::spawn(move || {
                 Client::connect(addr)
                     .unwrap()
                     .post_json("/predict", &sleep_for(1000 + i))
                     .unwrap()
-            })
+            });
+            host.wait_for_health(
+                "the request running or queued",
+                Duration::from_secs(5),
+                |h| h["instances"]["busy"] == 1 && h["queue"]["depth"] == i,
+            );
+            client
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
     // One request runs, two wait: the queue is full.
     let health = host.get("/health").json();
     assert_eq!(health["queue"]["depth"], 2, "{health}");
@@ -77,7 +82,9 @@ fn a_request_that_waits_past_the_queue_timeout_gets_503() {
             .post_json("/predict", &sleep_for(2000))
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(100));
+    host.wait_for_health("the long request running", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 1
+    });
     let started = Instant::now();
     let waited = host.post_json("/predict", &sleep_for(10));
     let took = started.elapsed();
@@ -171,6 +178,7 @@ fn idle_keep_alive_connections_are_closed_and_busy_ones_kept() {
     let mut busy = Client::connect(host.addr).unwrap();
     for _ in 0..8 {
         assert_eq!(busy.send("GET", "/health", &[], b"").unwrap().status, 200);
+        // A fixed pause on purpose: less than the keep-alive time, 8 times over.
         std::thread::sleep(Duration::from_millis(150));
     }
     // An idle one is closed soon after it.
@@ -321,6 +329,9 @@ fn a_body_that_stops_arriving_is_cut_off_and_liveness_keeps_answering() {
     );
     // Every connection the host allows, each stuck one byte into its body.
     let mut stalled: Vec<TcpStream> = (0..8).map(|_| stalled_body(host.addr, 1000, 1)).collect();
+    // A fixed pause on purpose: the host must have taken the eight before
+    // liveness is asked, and with every connection taken no endpoint can
+    // say that it has.
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
     let live = request(host.addr, "GET", "/v2/health/live", &[], b"").unwrap();
@@ -355,9 +366,9 @@ fn request_bodies_in_flight_share_one_budget_and_the_rest_get_503() {
     let mut holders: Vec<TcpStream> = (0..2)
         .map(|_| stalled_body(host.addr, 2 << 20, 1 << 20))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let health = host.get("/health").json();
-    assert_eq!(health["bodies"]["held_bytes"], 4 << 20, "{health}");
+    host.wait_for_health("both bodies held", Duration::from_secs(5), |h| {
+        h["bodies"]["held_bytes"] == 4 << 20
+    });
     let body = support::digits_infer_body();
     let refused = request(
         host.addr,
@@ -383,11 +394,9 @@ fn request_bodies_in_flight_share_one_budget_and_the_rest_get_503() {
     for holder in &mut holders {
         holder.shutdown(std::net::Shutdown::Both).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.get("/health").json()["bodies"]["held_bytes"] != 0 {
-        assert!(Instant::now() < deadline, "the budget was not given back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    host.wait_for_health("the budget given back", Duration::from_secs(5), |h| {
+        h["bodies"]["held_bytes"] == 0
+    });
     let served = request(
         host.addr,
         "POST",

@@ -158,10 +158,9 @@ fn traps_deadlines_and_memory_caps_fail_alone_and_the_instance_is_replaced() {
         let next = host.post_json(FAULT_INFER, &fault_action(0, n));
         assert_eq!(next.status, 200, "{}", next.error());
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let health = host.get("/health").json();
-    assert_eq!(health["instances"]["total"], 2, "{health}");
-    assert_eq!(health["instances"]["replaced"], 3, "{health}");
+    host.wait_for_health("three instances replaced", Duration::from_secs(30), |h| {
+        h["instances"]["total"] == 2 && h["instances"]["replaced"] == 3
+    });
 }
 
 #[test]
@@ -174,15 +173,7 @@ fn hup_reloads_the_model_file() {
     std::fs::copy(guest("echo_model"), &staged).unwrap();
     std::fs::rename(&staged, &path).unwrap();
     host.signal("HUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !host.log().join("\n").contains("reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload: {}",
-            host.log().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    host.wait_for_log("reloaded", Duration::from_secs(120));
     assert_eq!(host.get("/v2/models/echo/ready").status, 200);
     let _ = std::fs::remove_file(path);
 }

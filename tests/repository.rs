@@ -157,7 +157,9 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    support::eventually("digits traffic flowing", Duration::from_secs(10), || {
+        served.load(Ordering::SeqCst) >= 50
+    });
 
     // Slow requests in flight (1.5 s each) when slow is unloaded.
     let slow_requests: Vec<_> = (0..2)
@@ -168,7 +170,9 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_health("both slow requests running", Duration::from_secs(10), |h| {
+        h["models"]["slow"]["instances"]["busy"] == 2
+    });
 
     // A new model, from the repository folder it was copied into.
     std::fs::create_dir_all(dir.join("fault")).unwrap();
@@ -222,11 +226,9 @@ fn models_load_swap_and_unload_under_load_with_no_failed_request() {
     );
     assert_eq!(gone.status, 404);
     assert!(gone.error().contains("unloaded"), "{}", gone.error());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.model_state("slow").unwrap().0 != "UNAVAILABLE" {
-        assert!(Instant::now() < deadline, "slow never finished unloading");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::eventually("slow to finish unloading", Duration::from_secs(10), || {
+        host.model_state("slow").unwrap().0 == "UNAVAILABLE"
+    });
     assert_eq!(host.model_state("slow").unwrap().1, "unloaded");
 
     stop.store(true, Ordering::SeqCst);
@@ -411,7 +413,9 @@ fn a_flood_of_looping_requests_to_one_model_does_not_fail_or_slow_another() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    host.wait_for_health("the looper flooded", Duration::from_secs(10), |h| {
+        h["models"]["looper"]["instances"]["busy"] == 4
+    });
     let mut client = Client::connect(addr).unwrap();
     let mut latencies = Vec::new();
     let started = Instant::now();
@@ -478,17 +482,11 @@ fn a_polled_repository_loads_new_folders_swaps_changed_files_and_unloads_removed
     std::fs::copy(guest("echo_model"), staged.join("model.wasm")).unwrap();
     std::fs::rename(&staged, dir.join("echo")).unwrap();
     let copied = Instant::now();
-    while host
-        .post_json("/v2/models/echo/infer", &echo_body(1.0))
-        .status
-        != 200
-    {
-        assert!(
-            copied.elapsed() < Duration::from_secs(5),
-            "echo was not loaded"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::eventually("echo loaded", Duration::from_secs(5), || {
+        host.post_json("/v2/models/echo/infer", &echo_body(1.0))
+            .status
+            == 200
+    });
     assert!(
         copied.elapsed() < Duration::from_millis(2 * 300 + 1500),
         "{:?}",
@@ -516,17 +514,21 @@ fn a_polled_repository_loads_new_folders_swaps_changed_files_and_unloads_removed
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    support::eventually("echo traffic flowing", Duration::from_secs(10), || {
+        echo_answers.load(Ordering::SeqCst) >= 20
+    });
     std::fs::write(dir.join("echo/model.toml"), "instances = 3\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.get("/health").json()["models"]["echo"]["instances"]["target"] != 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the changed model was not swapped in"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    host.wait_for_health(
+        "the changed model swapped in",
+        Duration::from_secs(10),
+        |h| h["models"]["echo"]["instances"]["target"] == 3,
+    );
+    let at_swap = echo_answers.load(Ordering::SeqCst);
+    support::eventually(
+        "echo answering after the swap",
+        Duration::from_secs(10),
+        || echo_answers.load(Ordering::SeqCst) >= at_swap + 40,
+    );
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client
@@ -537,20 +539,13 @@ fn a_polled_repository_loads_new_folders_swaps_changed_files_and_unloads_removed
 
     // A removed folder is unloaded.
     std::fs::remove_dir_all(dir.join("echo")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = host.post_json("/v2/models/echo/infer", &echo_body(1.0));
-        if response.status == 404 {
-            assert!(
-                response.error().contains("unloaded"),
-                "{}",
-                response.error()
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "echo was not unloaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::eventually("echo unloaded", Duration::from_secs(10), || {
+        host.post_json("/v2/models/echo/infer", &echo_body(1.0))
+            .status
+            == 404
+    });
+    let gone = host.post_json("/v2/models/echo/infer", &echo_body(1.0));
+    assert!(gone.error().contains("unloaded"), "{}", gone.error());
     assert_eq!(
         host.post_json("/v2/models/digits/infer", &digits_body())
             .status,
@@ -702,11 +697,11 @@ fn unloading_a_model_frees_its_instances_and_the_memory_falls_back() {
             .status,
         200
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.model_state("big").unwrap().0 != "UNAVAILABLE" {
-        assert!(Instant::now() < deadline, "big never finished unloading");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::eventually("big to finish unloading", Duration::from_secs(10), || {
+        host.model_state("big").unwrap().0 == "UNAVAILABLE"
+    });
+    // A fixed pause on purpose: the pages of the retired instances go back
+    // to the system after the state changes, and no event says when.
     std::thread::sleep(Duration::from_millis(200));
     let after = pss(&host);
     let mib = |b: u64| b >> 20;
@@ -790,7 +785,9 @@ fn a_reloaded_model_file_is_swapped_in_under_load_with_no_failed_request_and_a_b
         })
         .collect();
 
-    std::thread::sleep(Duration::from_millis(500));
+    support::eventually("traffic before the reload", Duration::from_secs(10), || {
+        answers.lock().unwrap().len() > 60
+    });
     // Deploy the new model as operators do: write beside, rename over.
     let staged = scratch_file("staged.wasm");
     std::fs::copy(guest("echo_model"), &staged).unwrap();
@@ -798,13 +795,26 @@ fn a_reloaded_model_file_is_swapped_in_under_load_with_no_failed_request_and_a_b
     host.signal("HUP");
     host.wait_for_log("reloaded", Duration::from_secs(30));
     let swapped = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
+    let after_swap = || {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= swapped)
+            .count()
+    };
+    support::eventually("traffic after the reload", Duration::from_secs(10), || {
+        after_swap() > 60
+    });
 
     // A corrupt file: the reload fails and the echo model keeps serving.
     std::fs::write(&path, b"\0asm\x0d\0\x01\0garbage").unwrap();
     host.signal("HUP");
     host.wait_for_log("reload failed", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(300));
+    let at_failure = answers.lock().unwrap().len();
+    support::eventually("echo still answering", Duration::from_secs(10), || {
+        answers.lock().unwrap().len() > at_failure + 40
+    });
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().expect("a request failed during the reload");
@@ -857,10 +867,8 @@ fn a_reload_onto_a_stuck_model_fails_with_a_reason_and_signals_during_it_are_app
         "{}",
         host.log().join("\n")
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while host.get("/health").json()["instances"]["target"] != 3 {
-        assert!(Instant::now() < deadline, "the TTIN was not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    host.wait_for_health("the TTIN applied", Duration::from_secs(5), |h| {
+        h["instances"]["target"] == 3
+    });
     assert_eq!(host.post_json("/v2/models/echo/infer", &echo).status, 200);
 }

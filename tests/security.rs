@@ -45,7 +45,14 @@ fn guest_output_goes_to_the_host_log_tagged_and_bounded() {
         "a flood of output must not fail the request"
     );
     let id = response.instance();
-    std::thread::sleep(Duration::from_millis(100));
+    // Each stream ends with a line that says what was dropped.
+    support::eventually("both streams' notes", Duration::from_secs(5), || {
+        host.log()
+            .iter()
+            .filter(|l| l.contains(&format!("instance={id}")) && l.contains("dropped"))
+            .count()
+            >= 2
+    });
     let log = host.log();
     let guest_lines: Vec<&String> = log
         .iter()
@@ -471,7 +478,7 @@ fn guest_output_is_bounded_in_lines_and_its_control_characters_are_escaped() {
     let id = response.instance();
     let response = host.post_json(FAULT_INFER, &fault_action(13, 0));
     assert_eq!(response.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    host.wait_for_log("forged line", Duration::from_secs(5));
     let lines = guest_log_lines(&host, id);
     assert!(lines.len() <= 2 * 65 + 1, "{} guest lines", lines.len());
     let forged = lines

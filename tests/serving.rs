@@ -107,7 +107,9 @@ fn slow_requests_are_spread_over_all_instances_and_health_stays_responsive() {
         .collect();
 
     // While all four instances sleep, the host still answers at once.
-    std::thread::sleep(Duration::from_millis(500));
+    host.wait_for_health("all four instances busy", Duration::from_secs(5), |h| {
+        h["instances"]["busy"] == 4
+    });
     for _ in 0..5 {
         let asked = Instant::now();
         let health = host.get("/health");
@@ -118,6 +120,7 @@ fn slow_requests_are_spread_over_all_instances_and_health_stays_responsive() {
             took < Duration::from_millis(100),
             "/health took {took:?} while busy"
         );
+        // Spread over the busy time on purpose: each probe a moment later.
         std::thread::sleep(Duration::from_millis(100));
     }
 
