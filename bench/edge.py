@@ -55,14 +55,9 @@ class Host(process.Server):
         if core is not None:
             command = ["taskset", "-c", str(core), *command]
         super().__init__(command, log, mode="w")
-        self.wait_until(self.listening, timeout, "wasm-host")
+        found = self.wait_for_log(LISTENING, timeout, "wasm-host")
         self.ready_s = time.monotonic() - self.started
-
-    def listening(self):
-        found = LISTENING.search(open(self.log_path).read())
-        if found:
-            self.port = int(found.group(1).rsplit(":", 1)[1])
-        return found is not None
+        self.port = int(found.group(1).rsplit(":", 1)[1])
 
     def connect(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -74,9 +69,6 @@ class Host(process.Server):
         conn = self.connect()
         conn.request("GET", "/health")
         return json.loads(conn.getresponse().read())
-
-    def text(self):
-        return open(self.log_path).read()
 
     def stop(self):
         super().stop(timeout=60)

@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import process
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "tests" / "python" / "perf_analyzer.sh"
@@ -70,18 +70,13 @@ def main():
     p.add_argument("--instances", type=int, default=2)
     args = p.parse_args()
 
-    log = open(Path(args.out_md).with_suffix(".log"), "w")
-    server = subprocess.Popen(
+    server = process.Server(
         ["taskset", "-c", "1", args.host, "--instances", str(args.instances),
          "--bind", "127.0.0.1:0", "--grpc-bind", "127.0.0.1:0", args.model],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, NO_COLOR="1"))
+        Path(args.out_md).with_suffix(".log"), mode="w", cwd=ROOT, env=dict(os.environ, NO_COLOR="1"))
     try:
-        deadline = time.time() + 60
-        while not (found := HTTP.search(Path(log.name).read_text())):
-            if server.poll() is not None or time.time() > deadline:
-                sys.exit(f"wasm-host did not start; see {log.name}")
-            time.sleep(0.1)
-        http, grpc = found.group(1), GRPC.search(Path(log.name).read_text()).group(1)
+        http = server.wait_for_log(HTTP, 60, "wasm-host").group(1)
+        grpc = server.wait_for_log(GRPC, 60, "wasm-host's gRPC listener").group(1)
         load_before = loadavg()
         rows = []
         for c in (int(c) for c in args.concurrency.split()):
@@ -94,8 +89,7 @@ def main():
                   f"gRPC/HTTP {over_grpc[0] / over_http[0]:.2f}", file=sys.stderr)
         load_after = loadavg()
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop(timeout=30)
 
     result = {"rows": rows, "loadavg_before": load_before, "loadavg_after": load_after,
               "instances": args.instances, "seconds": args.seconds, "nproc": os.cpu_count()}

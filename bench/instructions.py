@@ -24,8 +24,9 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import process
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(sys.argv[1])
@@ -69,33 +70,29 @@ def post(conn):
     return json.loads(body)
 
 
-def counted(server, requests):
-    """Runs the server under callgrind for `requests` requests; returns its output file."""
-    out = WORK / f"{server}.{requests}.callgrind"
-    log = WORK / f"{server}.{requests}.log"
-    process = subprocess.Popen(
+def counted(name, requests):
+    """Runs the server `name` under callgrind for `requests` requests; returns its output file."""
+    out = WORK / f"{name}.{requests}.callgrind"
+    log = WORK / f"{name}.{requests}.log"
+    server = process.Server(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         "--smc-check=all-non-file", *command(server)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
+         "--smc-check=all-non-file", *command(name)], log, mode="w")
+    answers = []
+
+    def first_answer():
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+        answers.append((conn, post(conn)))
+        return True
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-                first = post(conn)
-                break
-            except (ConnectionError, OSError, http.client.HTTPException):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"instructions: {server} did not start under valgrind; see {log}")
-                time.sleep(0.5)
+        server.wait_until(first_answer, 120, f"{name} under valgrind", interval=0.5)
+        conn, first = answers[0]
         for _ in range(requests - 1):
             answer = post(conn)
             if answer["outputs"] != first["outputs"]:
-                raise SystemExit(f"instructions: {server} changed its answer")
+                raise SystemExit(f"instructions: {name} changed its answer")
         conn.close()
     finally:
-        process.terminate()
-        process.wait(timeout=120)
+        server.stop(timeout=120)
     return out
 
 

@@ -27,12 +27,12 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -169,8 +169,9 @@ class Client:
             self.conn = None
 
 
-class Host:
-    """One wasm-host process, logs to a file, stopped by PID."""
+class Host(process.Server):
+    """One wasm-host process (bench/process.py's Server), stderr and stdout to files, stopped by
+    PID."""
 
     def __init__(self, binary, args, logdir, tag):
         self.argv = [binary] + args
@@ -180,36 +181,21 @@ class Host:
         for k in list(env):
             if k.startswith("WASM_HOST_"):
                 del env[k]
-        self.errf = open(self.errpath, "w")
-        self.outf = open(self.outpath, "w")
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, stdout=self.outf, stderr=self.errf, env=env,
-                                     stdin=subprocess.DEVNULL)
-        self.pid = self.proc.pid
+        super().__init__(self.argv, self.errpath, mode="w", env=env, stdout=self.outpath)
         self.port = None
         self.listen_line = None
         self.wall_to_listen_ms = None
 
     def log(self):
-        with open(self.errpath, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        return self.text()
 
     def wait_listening(self, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            m = RE_LISTEN.search(text)
-            if m:
-                self.wall_to_listen_ms = (time.monotonic() - self.t0) * 1000.0
-                self.port = int(m.group(2))
-                self.listen_line = text[text.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0]
-                self.host_ready_ms = ms(m.group(4), m.group(5))
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"host exited with {self.proc.returncode} before listening:\n"
-                                   + text[-4000:])
-            time.sleep(0.005)
-        raise RuntimeError("host not listening within %ss:\n%s" % (timeout, self.log()[-4000:]))
+        m = self.wait_for_log(RE_LISTEN, timeout, "wasm-host", interval=0.005)
+        self.wall_to_listen_ms = (time.monotonic() - self.started) * 1000.0
+        text = self.log()
+        self.port = int(m.group(2))
+        self.listen_line = text[text.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0]
+        self.host_ready_ms = ms(m.group(4), m.group(5))
 
     def mem(self):
         d = smaps(self.pid)
@@ -222,16 +208,7 @@ class Host:
         return d
 
     def stop(self, timeout=40):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()  # by PID
-                self.proc.wait(timeout=10)
-        self.errf.close()
-        self.outf.close()
-        return self.proc.returncode
+        return super().stop(timeout=timeout)
 
 
 def parse_loads(text):

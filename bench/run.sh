@@ -247,9 +247,10 @@ start() { # start LOG COMMAND...: runs a server in the background; its PID in SE
     SERVER=$!
 }
 
-wait_ready() { # wait_ready URL LOG
-    local deadline=$((SECONDS + 60))
-    until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+wait_ready() { # wait_ready URL LOG [BODY]: until URL answers 2xx (a POST of BODY when given)
+    local deadline=$((SECONDS + 60)) ask=(curl -fsS -o /dev/null "$1")
+    [[ -n ${3:-} ]] && ask+=(-H 'Content-Type: application/json' --data-binary @"$3")
+    until "${ask[@]}" 2>/dev/null; do
         kill -0 "$SERVER" 2>/dev/null || die "the server exited before it was ready; see $2"
         ((SECONDS < deadline)) || die "the server was not ready within 60 s; see $2"
         sleep 0.05
@@ -387,7 +388,7 @@ throughput() {
     say "native ceiling"
     port=$((port + 1))
     start "$OUT/native-ceiling.log" "${SERVER_PIN[@]}" "$CEILING" --bind "127.0.0.1:$port"
-    wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/native-ceiling.log"
+    wait_ready "http://127.0.0.1:$port/predict" "$OUT/native-ceiling.log" "$OUT/predict.json"
     check_answer "native-ceiling /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
     check_answer "native-ceiling /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
     load "native ceiling" /v2/models/digits/infer "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
@@ -401,7 +402,7 @@ throughput() {
         # environment); the proxy world alone does not link it.
         start "$OUT/wasmtime-serve.log" "${SERVER_PIN[@]}" "$WASMTIME_BIN" serve \
             --addr "127.0.0.1:$port" -S cli --max-instance-reuse-count "$WASMTIME_REUSE" "$PEER"
-        wait_ready_post "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json" "$OUT/wasmtime-serve.log"
+        wait_ready "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/wasmtime-serve.log" "$OUT/infer.json"
         check_answer "wasmtime serve /v2 infer" "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
         load "wasmtime serve" /v2/models/digits/infer "http://127.0.0.1:$port/v2/models/digits/infer" "$OUT/infer.json"
         stop
@@ -415,7 +416,7 @@ throughput() {
         start "$OUT/gunicorn.log" "${SERVER_PIN[@]}" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE -C bench/gunicorn \
             "$PWD/$VENV/bin/gunicorn" -w 4 -k uvicorn.workers.UvicornWorker \
             --bind "127.0.0.1:$port" app:app
-        wait_ready_post "http://127.0.0.1:$port/predict" "$OUT/predict.json" "$OUT/gunicorn.log"
+        wait_ready "http://127.0.0.1:$port/predict" "$OUT/gunicorn.log" "$OUT/predict.json"
         sleep 2 # gunicorn boots its workers one after the other: let all four come up
         check_answer "gunicorn /predict" "http://127.0.0.1:$port/predict" "$OUT/predict.json"
         load "gunicorn (4 workers)" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
@@ -459,12 +460,12 @@ rounds() {
                 ;;
             native)
                 start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$CEILING" --bind "127.0.0.1:$port"
-                wait_ready_post "$url" "$OUT/infer.json" "$OUT/rounds-$contender.log"
+                wait_ready "$url" "$OUT/rounds-$contender.log" "$OUT/infer.json"
                 ;;
             wasmtime)
                 start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$WASMTIME_BIN" serve \
                     --addr "127.0.0.1:$port" -S cli --max-instance-reuse-count "$WASMTIME_REUSE" "$PEER"
-                wait_ready_post "$url" "$OUT/infer.json" "$OUT/rounds-$contender.log"
+                wait_ready "$url" "$OUT/rounds-$contender.log" "$OUT/infer.json"
                 ;;
             esac
             round_load "$round" "$contender" "$url" "$top"
@@ -491,16 +492,6 @@ print(f"    round {rnd} {contender:<10} {r['rps']:>9.0f} req/s  cpu/req "
       f"{cpu / max(r['requests'], 1) * 1e6:5.1f} µs  p99 {r['p99_us']:>6} µs  errors {r['errors']}",
       file=sys.stderr)
 PY
-}
-
-# The ceiling and gunicorn serve no health route: ready = answers a POST.
-wait_ready_post() { # wait_ready_post URL BODY LOG
-    local deadline=$((SECONDS + 60))
-    until curl -fsS -o /dev/null "$1" -H 'Content-Type: application/json' --data-binary @"$2" 2>/dev/null; do
-        kill -0 "$SERVER" 2>/dev/null || die "the server exited before it was ready; see $3"
-        ((SECONDS < deadline)) || die "the server was not ready within 60 s; see $3"
-        sleep 0.1
-    done
 }
 
 # --- 2. density -----------------------------------------------------------------
@@ -730,11 +721,11 @@ fleet() {
             sed -e "s|@PREFIX@|$prefix|g" -e "s|@LISTEN@|127.0.0.1:$((PORT + 299))|g" deploy/nginx.conf >"$prefix/nginx.conf"
             directives="daemon off;"
             [[ $(id -u) == 0 ]] && directives+=" user root;"
-            "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -g "$directives" >"$prefix/stderr.log" 2>&1 &
-            nginx_pid=$!
+            start "$prefix/stderr.log" "$nginx_bin" -p "$prefix" -c "$prefix/nginx.conf" -g "$directives"
+            nginx_pid=$SERVER
             FLEET_PIDS+=("$nginx_pid")
             url="http://127.0.0.1:$((PORT + 299))/v2/models/digits/infer"
-            SERVER=$nginx_pid wait_ready "http://127.0.0.1:$((PORT + 299))/v2/health/ready" "$prefix/error.log"
+            wait_ready "http://127.0.0.1:$((PORT + 299))/v2/health/ready" "$prefix/error.log"
         fi
         check_answer "fleet of $n" "$url" "$OUT/infer.json"
         WRK_BODY=$OUT/infer.json wrk -t1 -c8 -d1s -s "$LUA" "$url" >/dev/null # warm-up

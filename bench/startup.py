@@ -12,45 +12,33 @@ backlog and is answered as soon as the server serves.
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import time
+
+import process
 
 REQUEST = b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
 def ready(port):
-    try:
+    def answered():
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(REQUEST)
             return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    return answered
 
 
 def main():
     runs, port, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     command = sys.argv[sys.argv.index("--") + 1 :]
     times = []
-    with open(log, "ab") as out:
-        for _ in range(runs):
-            started = time.perf_counter()
-            server = subprocess.Popen(command, stdout=out, stderr=out)
-            try:
-                while not ready(port):
-                    if server.poll() is not None:
-                        sys.exit(f"startup: {command[0]} exited with {server.returncode}; see {log}")
-                    if time.perf_counter() - started > 30:
-                        sys.exit(f"startup: {command[0]} not ready after 30 s; see {log}")
-                    time.sleep(0.0005)
-                times.append((time.perf_counter() - started) * 1000)
-            finally:
-                server.terminate()
-                try:
-                    server.wait(10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+    for _ in range(runs):
+        server = process.Server(command, log, stdout=log)
+        try:
+            server.wait_until(ready(port), 30, command[0], interval=0.0005)
+            times.append((time.monotonic() - server.started) * 1000)
+        finally:
+            server.stop(timeout=10)
     print(json.dumps({"runs": [round(t, 2) for t in times], "median_ms": round(statistics.median(times), 2)}))
 
 
