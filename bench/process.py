@@ -20,11 +20,11 @@ class Server:
 
     def __init__(self, command, log_path, mode="ab", env=None, cwd=None, stdout=None):
         self.log_path = str(log_path)
-        self.log = open(log_path, mode)
+        self.log_file = open(log_path, mode)
         self.out = open(stdout, mode) if stdout else None
         self.started = time.monotonic()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                     stdout=self.out or subprocess.DEVNULL, stderr=self.log,
+                                     stdout=self.out or subprocess.DEVNULL, stderr=self.log_file,
                                      env=env, cwd=cwd)
 
     @property
@@ -83,7 +83,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        self.log_file.close()
         if self.out:
             self.out.close()
         return self.proc.returncode
