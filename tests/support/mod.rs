@@ -141,7 +141,10 @@ impl Host {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = match address.recv_timeout(Duration::from_secs(60)) {
+        // Bounded, not fixed: the wait ends when the address is logged. The
+        // bound is generous because a packed ONNX model (18 MiB of code) took
+        // 66 s to compile on a loaded 2-core machine.
+        let addr = match address.recv_timeout(Duration::from_secs(180)) {
             Ok(addr) => addr.parse().expect("a socket address in the log"),
             Err(_) => {
                 let _ = child.kill();
