@@ -11,8 +11,9 @@
 //! Loading a name that already serves swaps atomically, Triton's way: the
 //! new version compiles and boots beside the old one, takes every request
 //! that arrives after the swap, and the old one finishes what it has and is
-//! dropped (its instances and memory with it). Loads and unloads happen one
-//! at a time, so budget checks see a settled host.
+//! dropped (its instances and memory with it). Loads, reloads and unloads of one
+//! name happen one at a time; loads of different names overlap, each
+//! reserving its room in the budget before its expensive part (`reserve`).
 //!
 //! Its parts, in `registry/`: `budget` (the check every load and resize
 //! passes), `eviction` (`--load on-demand`: registration and least
@@ -46,6 +47,7 @@ mod eviction;
 mod logs;
 mod lookup;
 mod reload;
+mod reserve;
 #[cfg(test)]
 mod tests;
 mod unload;
@@ -144,8 +146,13 @@ pub struct Registry {
     /// Shared with drain tasks, which settle a slot once its old version
     /// has finished.
     slots: Arc<RwLock<BTreeMap<String, Slot>>>,
-    /// Serialises loads and unloads.
+    /// Held to decide (budget, eviction) and to swap; see `reserve` for
+    /// why not for a whole load.
     changing: tokio::sync::Mutex<()>,
+    /// Per model name: serialises its loads, reloads and unloads.
+    model_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The room reserved by loads in flight, by name.
+    reserved: std::sync::Mutex<BTreeMap<String, crate::lifecycle::residency::Room>>,
     /// Names whose slots never served, oldest first: a failed load under a
     /// fresh name leaves an UNAVAILABLE entry (so the index says why), and
     /// past [`MAX_NEVER_SERVED`] of them the oldest go, so a client that
@@ -179,6 +186,8 @@ impl Registry {
             ids: Arc::new(AtomicU64::new(1)),
             slots: Arc::new(RwLock::new(BTreeMap::new())),
             changing: tokio::sync::Mutex::new(()),
+            model_locks: std::sync::Mutex::new(std::collections::HashMap::new()),
+            reserved: std::sync::Mutex::new(BTreeMap::new()),
             never_served: std::sync::Mutex::new(std::collections::VecDeque::new()),
             on_demand: AtomicBool::new(false),
             clock: AtomicU64::new(0),
@@ -401,13 +410,37 @@ impl Registry {
         request: LoadRequest,
         cause: Cause,
     ) -> Result<Arc<ServedModel>, String> {
-        let _changing = self.changing.lock().await;
         let started = Instant::now();
-        if let Some(name) = &request.name {
-            self.set_loading(name);
+        match request.name.as_deref() {
+            Some(name) => {
+                let lock = self.model_lock(name);
+                let guard = lock.lock().await;
+                self.set_loading(name);
+                let result = self.load_locked(&request, Some(name)).await;
+                self.loaded(&request, cause, started, &result);
+                drop(guard);
+                self.release_model_lock(name, lock);
+                result
+            }
+            None => {
+                let _changing = self.changing.lock().await;
+                let result = self.load_locked(&request, None).await;
+                self.loaded(&request, cause, started, &result);
+                result
+            }
         }
-        let result = self.load_locked(&request).await;
-        match &result {
+    }
+
+    /// After a load, under the same locks: its metric, or its failure in
+    /// the slot; the residency gauges.
+    fn loaded(
+        &self,
+        request: &LoadRequest,
+        cause: Cause,
+        started: Instant,
+        result: &Result<Arc<ServedModel>, String>,
+    ) {
+        match result {
             Ok(served) => {
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics
@@ -421,10 +454,16 @@ impl Registry {
             }
         }
         self.update_residency();
-        result
     }
 
-    async fn load_locked(&self, request: &LoadRequest) -> Result<Arc<ServedModel>, String> {
+    /// With `named` (the caller holds its lock): reserves the room under
+    /// `changing`, loads without it, and takes it again to swap. Without
+    /// (a model that names itself): the caller holds `changing` throughout.
+    async fn load_locked(
+        &self,
+        request: &LoadRequest,
+        named: Option<&str>,
+    ) -> Result<Arc<ServedModel>, String> {
         let started = Instant::now();
         let shown = match &request.path {
             Some(path) => path.display().to_string(),
@@ -454,6 +493,16 @@ impl Registry {
             model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
                 .await
                 .map_err(|err| format!("{err:#}"))?;
+        // Room is reserved before the first instance (`metadata()`), after
+        // the compile, which takes no guest memory: a file that does not
+        // compile evicts nothing.
+        let reservation = match named {
+            Some(name) => {
+                let _changing = self.changing.lock().await;
+                Some(self.reserve(name, &settings)?)
+            }
+            None => None,
+        };
         let (pre, metadata) = model::prepare(
             &self.engine,
             &self.linker,
@@ -468,10 +517,8 @@ impl Registry {
             .clone()
             .map_or_else(|| metadata.name.clone(), ModelName::into_string);
         let version = request.version.clone().unwrap_or(metadata.version.clone());
-        if self.on_demand() {
-            self.make_room(&name, &settings)?;
-        } else {
-            self.check_budget(&name, &settings)?;
+        if reservation.is_none() {
+            self.fit(&name, &settings)?;
         }
         if let Some(batching) = &settings.batching {
             batch::check_batchable(&metadata, batching).map_err(|why| format!("{shown}: {why}"))?;
@@ -542,6 +589,12 @@ impl Registry {
             describe(&meta.outputs),
             started.elapsed()
         );
+        // A named load swaps under `changing`, and gives its reservation
+        // back there, once its served model counts in its place.
+        let _changing = match named {
+            Some(_) => Some(self.changing.lock().await),
+            None => None,
+        };
         let old = {
             let mut slots = self.slots.write().unwrap();
             let slot = slots
@@ -574,6 +627,7 @@ impl Registry {
             }
             old
         };
+        drop(reservation);
         if let Some(old) = old {
             tracing::info!(
                 "model {name}: v{} takes new requests; v{} finishes its {} in flight and goes",

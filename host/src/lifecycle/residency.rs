@@ -17,6 +17,9 @@
 //!   nothing in flight or queued, least recently used first, until it fits.
 //!   If that cannot make room, nothing is evicted and the load fails with a
 //!   message naming the budget (a 503 with Retry-After to a request).
+//!   Loads of different models run side by side, each holding a
+//!   reservation of its room that counts as held and cannot be evicted
+//!   (see the registry's `reserve`).
 //! - **LRU**: each served model keeps the registry's use clock at its last
 //!   lookup in one atomic word; the victim is the lowest among the
 //!   candidates, found by a scan of the resident models (at most the few

@@ -20,6 +20,13 @@ impl Registry {
         let (memory, instances) = others.fold((0u64, 0usize), |(m, i), s| {
             (m + s.reserved_memory(), i + s.reserved_instances())
         });
+        // Loads in flight hold their room already.
+        let (memory, instances) = self
+            .reservations_besides(name)
+            .iter()
+            .fold((memory, instances), |(m, i), (_, room)| {
+                (m + room.memory, i + room.instances)
+            });
         let pool = &settings.pool;
         // An elastic pool may grow to its maximum at any moment: that is
         // what it reserves, so no growth under load passes the budget.
@@ -58,6 +65,18 @@ impl Registry {
     /// budget beside the other models: a resize (the repository API, TTIN)
     /// never overcommits the host.
     pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
+        // Not while a load of the same name is in flight: its reservation
+        // does not count against its own name, so the two could pass the
+        // budget together.
+        let lock = self.model_lock(&served.name);
+        let guard = lock.lock().await;
+        let result = self.resize_locked(served, wanted).await;
+        drop(guard);
+        self.release_model_lock(&served.name, lock);
+        result
+    }
+
+    async fn resize_locked(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
         let _changing = self.changing.lock().await;
         let mut settings = served.settings.clone();
         if settings.pool.min_instances.is_none() {

@@ -144,7 +144,7 @@ impl Registry {
         };
         let mib = |bytes: u64| bytes >> 20;
         let mut slots = self.slots.write().unwrap();
-        let candidates: Vec<Candidate> = slots
+        let mut candidates: Vec<Candidate> = slots
             .iter()
             .filter(|(n, _)| n.as_str() != name)
             .filter_map(|(n, slot)| {
@@ -160,6 +160,15 @@ impl Registry {
                 })
             })
             .collect();
+        let in_flight = self.reservations_besides(name);
+        // Loads in flight hold their room, and cannot be evicted.
+        candidates.extend(in_flight.iter().map(|(n, room)| Candidate {
+            name: n.clone(),
+            last_used: 0,
+            memory: room.memory,
+            instances: room.instances,
+            evictable: false,
+        }));
         let held: u64 = candidates.iter().map(|c| c.memory).sum();
         let Some(victims) = residency::victims(&candidates, wanted, budget) else {
             if wanted.memory > budget.memory || wanted.instances > budget.instances {
@@ -180,13 +189,14 @@ impl Registry {
                 .count();
             return Err(format!(
                 "model {name} needs {} MiB{grows}, but the {} MiB --memory-budget is full \
-                 ({} MiB held by {} resident models, none of which may be evicted now: {pinned} \
-                 pinned, the others busy with requests in flight or not reloadable); retry \
-                 shortly, or raise --memory-budget",
+                 ({} MiB held by {} resident models and {} loading, none of which may be \
+                 evicted now: {pinned} pinned, the others busy with requests in flight or not \
+                 reloadable); retry shortly, or raise --memory-budget",
                 mib(wanted.memory),
                 mib(budget.memory),
                 mib(held),
-                candidates.len(),
+                candidates.len() - in_flight.len(),
+                in_flight.len(),
             ));
         };
         let could_go = candidates.iter().filter(|c| c.evictable).count();

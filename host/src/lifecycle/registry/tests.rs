@@ -211,3 +211,132 @@ async fn a_load_that_fails_answers_why_and_is_tried_again_at_the_next_request() 
     assert_eq!(broken.attempts(), 2);
     assert!(!resident(&registry, "broken"));
 }
+
+/// What the resident models and the loads in flight hold, read under the
+/// host-wide lock (every reservation and swap happens under it).
+async fn held(registry: &Registry) -> u64 {
+    let _changing = registry.changing.lock().await;
+    let reserved: u64 = registry
+        .reserved
+        .lock()
+        .unwrap()
+        .values()
+        .map(|room| room.memory)
+        .sum();
+    registry.residency().resident_bytes + reserved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_holds_its_room_until_dropped_and_a_failed_load_gives_it_back() {
+    // m2's memory limit is too small for the digits guest: its load fails
+    // after it reserved.
+    let dir = repository(3, &[(2, "memory-limit = \"1MiB\"\n")]);
+    let registry = registry(&dir, 1);
+    let settings = registry.defaults().clone();
+    // A load in flight for m0 holds the whole budget: m1 cannot evict it.
+    let reservation = registry.reserve("m0", &settings).unwrap();
+    let Err(why) = registry.reserve("m1", &settings) else {
+        panic!("two reservations in a budget of one");
+    };
+    assert!(why.contains("1 loading"), "{why}");
+    let Err(Lookup::Unavailable { reason, .. }) = registry.resolve("m1", None).await else {
+        panic!("m1 loaded beside a reservation that fills the budget");
+    };
+    assert!(reason.contains("--memory-budget"), "{reason}");
+    // Given back, the room is m1's.
+    drop(reservation);
+    registry.resolve("m1", None).await.unwrap();
+    assert_eq!(held(&registry).await, LIMIT as u64);
+    // A file that does not compile evicts nothing.
+    assert!(registry.resolve("broken", None).await.is_err());
+    assert!(resident(&registry, "m1"));
+    // A load that fails after reserving (m2's instance cannot start in its
+    // memory limit; it evicted m1 to reserve) gives its room back: nothing
+    // is reserved, and m0 loads.
+    let Err(Lookup::Unavailable { reason, .. }) = registry.resolve("m2", None).await else {
+        panic!("the digits guest started in 1 MiB");
+    };
+    assert!(!reason.contains("--memory-budget"), "{reason}");
+    assert!(registry.reserved.lock().unwrap().is_empty());
+    assert_eq!(held(&registry).await, 0);
+    registry.resolve("m0", None).await.unwrap();
+    assert_eq!(held(&registry).await, LIMIT as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_in_flight_does_not_hold_up_other_models_only_its_own() {
+    let dir = repository(2, &[]);
+    let registry = registry(&dir, 2);
+    let settings = registry.defaults().clone();
+    // m0 in the expensive part of its load: its lock and its room held,
+    // the host-wide lock not.
+    let lock = registry.model_lock("m0");
+    let guard = lock.lock().await;
+    let reservation = registry.reserve("m0", &settings).unwrap();
+    // Another model loads meanwhile.
+    tokio::time::timeout(Duration::from_secs(10), registry.resolve("m1", None))
+        .await
+        .expect("m1's load waited for m0's")
+        .unwrap();
+    // m0's own load and unload wait for it.
+    let waiting = {
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move { registry.resolve("m0", None).await.map(|_| ()) })
+    };
+    let unloading = {
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move { registry.unload("m1").await })
+    };
+    unloading.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "m0 loaded beside its own load");
+    drop(reservation);
+    drop(guard);
+    registry.release_model_lock("m0", lock);
+    waiting.await.unwrap().unwrap();
+    assert!(resident(&registry, "m0"));
+    assert!(registry.model_locks.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_many_models_never_pass_the_budget() {
+    let dir = repository(6, &[]);
+    let registry = registry(&dir, 2);
+    let budget = registry.budget().memory;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (registry, done) = (Arc::clone(&registry), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(held(&registry).await);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let registry = Arc::clone(&registry);
+            tokio::spawn(async move {
+                for i in 0..6 {
+                    let name = format!("m{}", (client + i * 5) % 6);
+                    // Two loads in flight fill the budget: a third may be
+                    // refused (a 503 to a request), never let past it.
+                    if let Err(Lookup::Unavailable { reason, .. }) =
+                        registry.resolve(&name, None).await
+                    {
+                        assert!(reason.contains("--memory-budget"), "{reason}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(watcher.await.unwrap() <= budget);
+    assert!(registry.reserved.lock().unwrap().is_empty());
+    assert!(registry.residency().resident_bytes <= budget);
+}

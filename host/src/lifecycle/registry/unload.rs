@@ -13,6 +13,16 @@ impl Registry {
     /// unloaded; requests in flight and queued finish first, then its
     /// instances and memory are freed.
     pub async fn unload(&self, name: &str) -> Result<(), Lookup> {
+        // After any load of it in flight: one change of a model at a time.
+        let lock = self.model_lock(name);
+        let guard = lock.lock().await;
+        let result = self.unload_locked(name).await;
+        drop(guard);
+        self.release_model_lock(name, lock);
+        result
+    }
+
+    async fn unload_locked(&self, name: &str) -> Result<(), Lookup> {
         let _changing = self.changing.lock().await;
         let old = {
             let mut slots = self.slots.write().unwrap();
