@@ -334,9 +334,10 @@ def main():
         f"| peak resident reservation (instances × limit) | {r['peak_resident_reserved_mib']} MiB |",
         f"| RSS after start-up / at the end | {r['rss_start_mib']} / {r['rss_end_mib']} MiB |",
         "",
-        "Loads run one at a time host-wide, so under the Zipf run a cold request waits for the loads "
-        "queued before its own: its latency is mostly that queue, and req/s is bounded by the load rate "
-        "(1 / the mean load time). The one-at-a-time row is a cold request with no other traffic: "
+        "Loads of different models run side by side (only the budget decision and the swap are one at "
+        "a time host-wide), so under the Zipf run loads share the cores with each other and with the "
+        "warm requests and the clients: the host-measured load time is wall time, which includes that "
+        "sharing. The one-at-a-time row is a cold request with no other traffic: "
         "the file read, a compile-cache hit, `metadata()`, one instance booted, and the inference. "
         "Peak RSS is the process's high-water mark; the budget bounds what the resident instances may "
         "reserve (instances × memory limit), which a digits instance barely touches.",
