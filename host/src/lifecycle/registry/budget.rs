@@ -28,15 +28,7 @@ impl Registry {
                 (m + room.memory, i + room.instances)
             });
         let pool = &settings.pool;
-        // An elastic pool may grow to its maximum at any moment: that is
-        // what it reserves, so no growth under load passes the budget.
-        let (count, grows) = match pool.min_instances {
-            Some(_) => (
-                pool.max_instances,
-                " (an elastic pool reserves its max-instances)",
-            ),
-            None => (pool.instances, ""),
-        };
+        let (count, grows) = reserved_instances(settings);
         let wanted = (count as u64).saturating_mul(pool.memory_limit as u64);
         let mib = |bytes: u64| bytes >> 20;
         if memory.saturating_add(wanted) > self.budget.memory {
@@ -88,5 +80,20 @@ impl Registry {
             .resize(wanted)
             .await
             .map_err(|err| model::root_cause(&err))
+    }
+}
+
+/// How many instances a model's settings reserve, and what to add to a
+/// refusal that counts them. An elastic pool may grow to its maximum at any
+/// moment: that is what it reserves, so no growth under load passes the
+/// budget.
+pub(super) fn reserved_instances(settings: &Settings) -> (usize, &'static str) {
+    let pool = &settings.pool;
+    match pool.min_instances {
+        Some(_) => (
+            pool.max_instances,
+            " (an elastic pool reserves its max-instances)",
+        ),
+        None => (pool.instances, ""),
     }
 }

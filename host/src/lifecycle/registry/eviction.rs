@@ -127,13 +127,7 @@ impl Registry {
     /// evicts nothing and says why, naming the budget.
     pub(super) fn make_room(&self, name: &str, settings: &Settings) -> Result<(), String> {
         let pool = &settings.pool;
-        let (count, grows) = match pool.min_instances {
-            Some(_) => (
-                pool.max_instances,
-                " (an elastic pool reserves its max-instances)",
-            ),
-            None => (pool.instances, ""),
-        };
+        let (count, grows) = super::budget::reserved_instances(settings);
         let wanted = Room {
             memory: (count as u64).saturating_mul(pool.memory_limit as u64),
             instances: count,
