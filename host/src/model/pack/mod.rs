@@ -30,6 +30,13 @@ use crate::model::root_cause;
 use crate::runtime::cache::CompileCache;
 use crate::runtime::sandbox::GuestState;
 
+mod section;
+mod wire;
+
+use section::append_custom_section;
+pub use section::provenance;
+pub use wire::graph_nodes;
+
 /// Overrides where the runner component is found.
 pub const RUNNER_ENV: &str = "WASM_HOST_ONNX_RUNNER";
 /// The runner's file name beside the `wasm-host` executable.
@@ -456,96 +463,6 @@ async fn read_onnx(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// How many nodes an ONNX model's main graph has, read straight off the
-/// protobuf wire format (ModelProto field 7 is the graph, GraphProto field
-/// 1 its nodes) without decoding anything else: cheap enough to refuse a
-/// hostile graph before the runner spends a second on it.
-pub fn graph_nodes(onnx: &[u8]) -> Result<usize, String> {
-    let mut graph = None;
-    for field in Fields::new(onnx) {
-        let (number, value) = field?;
-        if number == 7 {
-            graph = value;
-        }
-    }
-    let graph = graph.ok_or("it has no graph")?;
-    let mut nodes = 0;
-    for field in Fields::new(graph) {
-        if field?.0 == 1 {
-            nodes += 1;
-        }
-    }
-    Ok(nodes)
-}
-
-/// The fields of one protobuf message: each field's number and, for a
-/// length-delimited field, its bytes.
-struct Fields<'a> {
-    rest: &'a [u8],
-    failed: bool,
-}
-
-impl<'a> Fields<'a> {
-    fn new(message: &'a [u8]) -> Self {
-        Fields {
-            rest: message,
-            failed: false,
-        }
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, tail) = self.rest.split_first().ok_or("a varint is cut short")?;
-            self.rest = tail;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err("a varint is longer than 10 bytes".into())
-    }
-
-    fn skip(&mut self, n: u64) -> Result<&'a [u8], String> {
-        let n = usize::try_from(n).map_err(|_| "a field is too long")?;
-        if n > self.rest.len() {
-            return Err("a field runs past the end of the file".into());
-        }
-        let (taken, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(taken)
-    }
-
-    fn field(&mut self) -> Result<(u64, Option<&'a [u8]>), String> {
-        let key = self.varint()?;
-        let number = key >> 3;
-        let value = match key & 7 {
-            0 => self.varint().map(|_| None)?,
-            1 => self.skip(8).map(|_| None)?,
-            2 => {
-                let n = self.varint()?;
-                Some(self.skip(n)?)
-            }
-            5 => self.skip(4).map(|_| None)?,
-            other => return Err(format!("wire type {other} is not used by ONNX")),
-        };
-        Ok((number, value))
-    }
-}
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u64, Option<&'a [u8]>), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() || self.failed {
-            return None;
-        }
-        let field = self.field();
-        self.failed = field.is_err();
-        Some(field)
-    }
-}
-
 /// Writes `bytes` to `path` whole or not at all: a temporary file renamed
 /// into place, in a folder only this user can read (0700).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -584,68 +501,6 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temp);
         format!("cannot move {} into place", temp.display())
     })
-}
-
-/// Appends a custom section (id 0) at the end of a component or module;
-/// custom sections may appear anywhere, and engines ignore them.
-fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
-    let mut contents = Vec::with_capacity(name.len() + data.len() + 5);
-    leb128(&mut contents, name.len() as u64);
-    contents.extend_from_slice(name.as_bytes());
-    contents.extend_from_slice(data);
-    wasm.push(0);
-    leb128(wasm, contents.len() as u64);
-    wasm.extend_from_slice(&contents);
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_leb128(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// The provenance a packed component carries, if it was packed from ONNX:
-/// the top-level custom section [`SECTION`], found by walking the sections.
-pub fn provenance(wasm: &[u8]) -> Option<serde_json::Value> {
-    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-        return None;
-    }
-    let mut at = 8;
-    while at < wasm.len() {
-        let id = wasm[at];
-        at += 1;
-        let size = usize::try_from(read_leb128(wasm, &mut at)?).ok()?;
-        let end = at.checked_add(size).filter(|&end| end <= wasm.len())?;
-        if id == 0 {
-            let mut name_at = at;
-            let len = usize::try_from(read_leb128(wasm, &mut name_at)?).ok()?;
-            let name_end = name_at.checked_add(len).filter(|&e| e <= end)?;
-            if &wasm[name_at..name_end] == SECTION.as_bytes() {
-                return serde_json::from_slice(&wasm[name_end..end]).ok();
-            }
-        }
-        at = end;
-    }
-    None
 }
 
 fn hex(bytes: &[u8]) -> String {
