@@ -565,7 +565,9 @@ fn a_load_past_the_memory_budget_is_refused_with_its_numbers_and_others_keep_ser
     std::fs::copy(guest("echo_model"), dir.join("big/model.wasm")).unwrap();
     std::fs::write(dir.join("big/model.toml"), "instances = 4\n").unwrap();
     let refused = host.admin("/v2/repository/models/big/load", &json!({}), Some(TOKEN));
-    assert_eq!(refused.status, 400);
+    // Over the budget is a 503 to retry, as a cold on-demand request is.
+    assert_eq!(refused.status, 503, "{}", refused.error());
+    assert_eq!(refused.header("retry-after"), Some("1"));
     let error = refused.error();
     assert!(error.contains("4 instances × 128 MiB = 512 MiB"), "{error}");
     assert!(
@@ -575,6 +577,18 @@ fn a_load_past_the_memory_budget_is_refused_with_its_numbers_and_others_keep_ser
     let (state, reason) = host.model_state("big").unwrap();
     assert_eq!(state, "UNAVAILABLE");
     assert!(reason.contains("--memory-budget"), "{reason}");
+    // A model the repository does not have is not found.
+    let missing = host.admin(
+        "/v2/repository/models/nowhere/load",
+        &json!({}),
+        Some(TOKEN),
+    );
+    assert_eq!(missing.status, 404, "{}", missing.error());
+    assert!(
+        missing.error().contains("has no folder"),
+        "{}",
+        missing.error()
+    );
     assert_eq!(
         host.post_json("/v2/models/digits/infer", &digits_body())
             .status,

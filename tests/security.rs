@@ -382,7 +382,7 @@ fn an_elastic_pool_reserves_its_maximum_and_no_resize_passes_the_budget() {
     // keeps its one instance.
     let body = json!({ "parameters": { "config": r#"{"instances": 2}"# } });
     let response = host.admin("/v2/repository/models/digits/load", &body, Some(TOKEN));
-    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(response.status, 503, "{response:?}");
     let error = response.error();
     assert!(
         error.contains("cannot resize") && error.contains("--memory-budget"),

@@ -137,7 +137,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         let bytes = registry
             .read_model(path)
             .await
-            .map_err(|why| Failure::new(Failure::MODEL, why))?;
+            .map_err(|why| Failure::new(Failure::MODEL, why.to_string()))?;
         let request = LoadRequest {
             name: None,
             version: None,
@@ -149,7 +149,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         registry
             .load_as(request, Cause::Startup)
             .await
-            .map_err(|why| Failure::new(Failure::MODEL, why))?;
+            .map_err(|why| Failure::new(Failure::MODEL, why.to_string()))?;
     }
     if registry.served().len() < cli.models.len() {
         return Err(Failure::new(

@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::commands::cli::ModelControl;
-use crate::core::error::{Error, Kind};
+use crate::core::error::{Error, Kind, LoadError};
 use crate::core::name::ModelName;
 use crate::edge::app::{App, ControlConfig, Drain};
 use crate::edge::http::body::{self, BodyLimits};
@@ -79,7 +79,7 @@ pub async fn load(app: &App, name: &str, parameters: LoadParameters) -> Result<(
     app.registry
         .load(request)
         .await
-        .map_err(|reason| Error::bad_input(format!("failed to load {name}: {reason}")))?;
+        .map_err(|reason| Error::from(reason.context(format_args!("failed to load {name}"))))?;
     Ok(())
 }
 
@@ -261,13 +261,11 @@ async fn from_repository(
              with --model-repository to load from a folder"
         )));
     };
-    let found = repository::find(dir, name)
-        .await
-        .map_err(Error::not_found)?;
+    let found = repository::find(dir, name).await?;
     let mut request = found
         .load_request(&app.registry)
         .await
-        .map_err(|why| Error::bad_input(format!("cannot load {name}: {why}")))?;
+        .map_err(|why| why.context(format_args!("cannot load {name}")))?;
     request.settings = config.over(&found.settings);
     Ok(request)
 }
@@ -282,11 +280,12 @@ fn uploaded(
     let mut components = Vec::new();
     for (path, bytes) in files {
         if bytes.starts_with(b"\x7fELF") {
-            return Err(Error::bad_input(format!(
+            return Err(LoadError::Unsupported(format!(
                 "file:{path} is a precompiled artifact, which is native code: the repository API \
                  takes only components (.wasm); precompiled artifacts come from the operator's \
                  own disk"
-            )));
+            ))
+            .into());
         }
         if bytes.starts_with(b"\0asm") {
             components.push((path, bytes));
@@ -295,14 +294,16 @@ fn uploaded(
     let (path, bytes) = match components.len() {
         1 => components.pop().expect("one component"),
         0 => {
-            return Err(Error::bad_input(format!(
+            return Err(LoadError::BadFile(format!(
                 "none of the file: parameters for {name} is a WebAssembly component"
-            )));
+            ))
+            .into());
         }
         n => {
-            return Err(Error::bad_input(format!(
+            return Err(LoadError::BadFile(format!(
                 "{n} file: parameters for {name} are components; send one"
-            )));
+            ))
+            .into());
         }
     };
     // Triton's layout: `file:1/model.wasm` names version 1.
@@ -359,7 +360,7 @@ async fn resize_only(app: &App, name: &str, request: &LoadRequest) -> Result<boo
         .registry
         .resize(&served, count)
         .await
-        .map_err(|why| Error::bad_input(format!("cannot resize {name}: {why}")))?;
+        .map_err(|why| why.context(format_args!("cannot resize {name}")))?;
     tracing::info!("model {name}: resized to {now} instances");
     Ok(true)
 }

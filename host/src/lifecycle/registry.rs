@@ -32,6 +32,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::core::batch::{self, Batcher};
+use crate::core::error::LoadError;
 use crate::core::metrics::Metrics;
 use crate::core::name::ModelName;
 use crate::lifecycle::residency::{Cause, NOT_RESIDENT, Registered};
@@ -228,14 +229,14 @@ impl Registry {
 
     /// A model file's component: read as it is, or, for an `.onnx` file,
     /// packed on the fly (and cached by content hash).
-    pub async fn read_model(&self, path: &Path) -> Result<Vec<u8>, String> {
+    pub async fn read_model(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
         let read = if crate::model::pack::is_onnx(path) {
             let limit = self.defaults.pool.memory_limit;
             crate::model::pack::packed_for_serving(&self.engine, path, limit, &self.cache).await
         } else {
             model::read(path).await
         };
-        read.map_err(|err| format!("{err:#}"))
+        read.map_err(|err| from_model(&err))
     }
 
     /// The host's flags, as settings.
@@ -399,7 +400,7 @@ impl Registry {
     /// Loads a model and serves it, swapping out the version it replaces.
     /// On failure nothing changes but the slot's reason; the error says why,
     /// in one line for the operator.
-    pub async fn load(&self, request: LoadRequest) -> Result<Arc<ServedModel>, String> {
+    pub async fn load(&self, request: LoadRequest) -> Result<Arc<ServedModel>, LoadError> {
         self.load_as(request, Cause::Explicit).await
     }
 
@@ -409,7 +410,7 @@ impl Registry {
         &self,
         request: LoadRequest,
         cause: Cause,
-    ) -> Result<Arc<ServedModel>, String> {
+    ) -> Result<Arc<ServedModel>, LoadError> {
         let started = Instant::now();
         match request.name.as_deref() {
             Some(name) => {
@@ -438,7 +439,7 @@ impl Registry {
         request: &LoadRequest,
         cause: Cause,
         started: Instant,
-        result: &Result<Arc<ServedModel>, String>,
+        result: &Result<Arc<ServedModel>, LoadError>,
     ) {
         match result {
             Ok(served) => {
@@ -449,7 +450,8 @@ impl Registry {
             }
             Err(reason) => {
                 if let Some(name) = &request.name {
-                    self.failed(name, request.version.as_deref().unwrap_or(""), reason);
+                    let version = request.version.as_deref().unwrap_or("");
+                    self.failed(name, version, reason.message());
                 }
             }
         }
@@ -463,7 +465,7 @@ impl Registry {
         &self,
         request: &LoadRequest,
         named: Option<&str>,
-    ) -> Result<Arc<ServedModel>, String> {
+    ) -> Result<Arc<ServedModel>, LoadError> {
         let started = Instant::now();
         let shown = match &request.path {
             Some(path) => path.display().to_string(),
@@ -476,23 +478,23 @@ impl Registry {
         let settings = request
             .settings
             .resolve(&self.defaults)
-            .map_err(|why| format!("{shown}: bad settings: {why}"))?;
+            .map_err(|why| LoadError::BadFile(format!("{shown}: bad settings: {why}")))?;
         if settings.pool.memory_limit as u64 > self.budget.memory_cap {
-            return Err(format!(
+            return Err(LoadError::Unsupported(format!(
                 "{shown}: memory-limit {} MiB is more than the {} MiB this host reserves per \
                  instance (its memory layout is sized to --memory-limit where the address space \
                  is small, and on aarch64): start the host with --memory-limit {}MiB or more",
                 settings.pool.memory_limit >> 20,
                 self.budget.memory_cap >> 20,
                 settings.pool.memory_limit >> 20
-            ));
+            )));
         }
         let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
         let file_size = request.bytes.len();
         let (component, compiled) =
             model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
                 .await
-                .map_err(|err| format!("{err:#}"))?;
+                .map_err(|err| from_model(&err))?;
         // Room is reserved before the first instance (`metadata()`), after
         // the compile, which takes no guest memory: a file that does not
         // compile evicts nothing.
@@ -511,7 +513,7 @@ impl Registry {
             &shown,
         )
         .await
-        .map_err(|err| format!("{err:#}"))?;
+        .map_err(|err| from_model(&err))?;
         let name = request
             .name
             .clone()
@@ -521,7 +523,8 @@ impl Registry {
             self.fit(&name, &settings)?;
         }
         if let Some(batching) = &settings.batching {
-            batch::check_batchable(&metadata, batching).map_err(|why| format!("{shown}: {why}"))?;
+            batch::check_batchable(&metadata, batching)
+                .map_err(|why| LoadError::BadFile(format!("{shown}: {why}")))?;
         }
 
         let model = Arc::new(Model {
@@ -547,11 +550,13 @@ impl Registry {
         )
         .await
         .map_err(|err| {
-            format!(
+            // The model's own start (a trap as it boots) as often as the
+            // host's memory: a bad file, 400, as a failed load always was.
+            LoadError::BadFile(format!(
                 "{shown} failed to start: {} ({})",
                 model::root_cause(&err),
                 out_of_memory_hint()
-            )
+            ))
         })?;
         let source = match &request.path {
             Some(path) => Source::File {
@@ -650,6 +655,17 @@ impl Registry {
             ));
         }
         Ok(served)
+    }
+}
+
+/// A failure from `model/` as a load error: of the variant `model/` typed
+/// it with (an unsupported artifact, a missing file), else a bad file; its
+/// text the whole chain, as loads always said it.
+pub(crate) fn from_model(err: &anyhow::Error) -> LoadError {
+    let text = format!("{err:#}");
+    match err.downcast_ref::<LoadError>() {
+        Some(typed) => typed.clone().map(|_| text),
+        None => LoadError::BadFile(text),
     }
 }
 

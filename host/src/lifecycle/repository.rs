@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::core::error::LoadError;
 use crate::core::name::ModelName;
 use crate::lifecycle::registry::{LoadRequest, Registry};
 use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::ModelSettings;
-use crate::model::files::{self, FileError};
+use crate::model::files::{self, Abandoned, FileError};
 
 /// The file names a model folder may hold its component under, in order of
 /// preference.
@@ -55,7 +56,7 @@ pub struct Found {
 
 impl Found {
     /// Reads the component and makes the load request for it.
-    pub async fn load_request(&self, registry: &Registry) -> Result<LoadRequest, String> {
+    pub async fn load_request(&self, registry: &Registry) -> Result<LoadRequest, LoadError> {
         let bytes = registry.read_model(&self.path).await?;
         Ok(LoadRequest {
             name: Some(self.name.clone()),
@@ -76,7 +77,7 @@ pub type Broken = (ModelName, String);
 /// (they could never be addressed, and their names are not safe to log
 /// as they are).
 pub fn scan(dir: &Path) -> Result<(Vec<Found>, Vec<Broken>), String> {
-    let root = root(dir)?;
+    let root = root(dir).map_err(|why| why.to_string())?;
     let entries = std::fs::read_dir(&root).map_err(|err| {
         format!(
             "cannot read the model repository {}: {err}; pass a folder with one folder per model",
@@ -108,7 +109,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<Found>, Vec<Broken>), String> {
     for name in names {
         match find_in(&root, &name) {
             Ok(model) => found.push(model),
-            Err(why) => broken.push((name, why)),
+            Err(why) => broken.push((name, why.to_string())),
         }
     }
     Ok((found, broken))
@@ -125,63 +126,79 @@ pub async fn scan_off_runtime(dir: &Path) -> Result<(Vec<Found>, Vec<Broken>), S
 
 /// The model folder `dir/name`: its component, version and settings,
 /// off the runtime's threads and within [`SCAN_TIMEOUT`].
-pub async fn find(dir: &Path, name: &ModelName) -> Result<Found, String> {
+pub async fn find(dir: &Path, name: &ModelName) -> Result<Found, LoadError> {
     let (dir, owned) = (dir.to_owned(), name.clone());
     files::off_runtime(SCAN_TIMEOUT, move || find_in(&root(&dir)?, &owned))
         .await
-        .map_err(|why| format!("reading the repository folder of {name} {why}"))?
+        .map_err(|why| {
+            let message = format!("reading the repository folder of {name} {why}");
+            match why {
+                Abandoned::TimedOut(_) => LoadError::Timeout(message),
+                Abandoned::Failed(_) => LoadError::Internal(message),
+            }
+        })?
 }
 
 /// The repository folder with every link resolved: what every model path
-/// must stay inside.
-fn root(dir: &Path) -> Result<PathBuf, String> {
+/// must stay inside. Unreadable, it is the host's own failure, not a
+/// client's: internal.
+fn root(dir: &Path) -> Result<PathBuf, LoadError> {
     std::fs::canonicalize(dir).map_err(|err| {
-        format!(
+        LoadError::Internal(format!(
             "cannot read the model repository {}: {err}; pass a folder with one folder per model",
             dir.display()
-        )
+        ))
     })
 }
 
 /// `path` with its links resolved, if it exists and stays inside `root`.
 /// A link that leads outside is refused without saying where it leads or
-/// whether that exists.
-fn inside(root: &Path, path: &Path) -> Result<Option<PathBuf>, String> {
+/// whether that exists: not found, as if there were nothing there.
+fn inside(root: &Path, path: &Path) -> Result<Option<PathBuf>, LoadError> {
     match std::fs::canonicalize(path) {
         Ok(real) if real.starts_with(root) => Ok(Some(real)),
-        Ok(_) => Err(format!(
+        Ok(_) => Err(LoadError::NotFound(format!(
             "{} leads outside the model repository; models and their files must be inside it",
             path.display()
-        )),
+        ))),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(format!("cannot read {}: {err}", path.display())),
+        Err(err) => Err(LoadError::BadFile(format!(
+            "cannot read {}: {err}",
+            path.display()
+        ))),
     }
 }
 
 /// The model folder `root/name` (`root` already resolved).
-fn find_in(root: &Path, name: &ModelName) -> Result<Found, String> {
+fn find_in(root: &Path, name: &ModelName) -> Result<Found, LoadError> {
     let folder = root.join(name.as_str());
     let shown = folder.display();
     let folder = match inside(root, &folder)? {
         Some(real) if real.is_dir() => real,
-        _ => return Err(format!("the repository has no folder {shown}")),
+        _ => {
+            return Err(LoadError::NotFound(format!(
+                "the repository has no folder {shown}"
+            )));
+        }
     };
     let toml_path = folder.join("model.toml");
     let settings = match inside(root, &toml_path)? {
         None => ModelSettings::default(),
         Some(real) => match files::read_regular(&real, MAX_SETTINGS_FILE, "model.toml") {
             Ok(bytes) => {
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| format!("{} is not UTF-8 text", toml_path.display()))?;
-                ModelSettings::from_toml(&text)
-                    .map_err(|err| format!("{} is not valid: {err}", toml_path.display()))?
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    LoadError::BadFile(format!("{} is not UTF-8 text", toml_path.display()))
+                })?;
+                ModelSettings::from_toml(&text).map_err(|err| {
+                    LoadError::BadFile(format!("{} is not valid: {err}", toml_path.display()))
+                })?
             }
             Err(FileError::NotFound) => ModelSettings::default(),
-            Err(FileError::Refused(why)) => return Err(why),
+            Err(FileError::Refused(why)) => return Err(LoadError::BadFile(why)),
         },
     };
     let mut versions: Vec<u64> = std::fs::read_dir(&folder)
-        .map_err(|err| format!("cannot read {shown}: {err}"))?
+        .map_err(|err| LoadError::BadFile(format!("cannot read {shown}: {err}")))?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
@@ -192,9 +209,9 @@ fn find_in(root: &Path, name: &ModelName) -> Result<Found, String> {
             (folder.join(wanted.to_string()), Some(wanted.to_string()))
         }
         (Some(wanted), _) => {
-            return Err(format!(
+            return Err(LoadError::NotFound(format!(
                 "model.toml asks for version {wanted}, but {shown} has versions {versions:?}"
-            ));
+            )));
         }
         (None, Some(&latest)) => (folder.join(latest.to_string()), Some(latest.to_string())),
         (None, None) => (folder.clone(), None),
@@ -209,10 +226,10 @@ fn find_in(root: &Path, name: &ModelName) -> Result<Found, String> {
         }
     }
     let path = path.ok_or_else(|| {
-        format!(
+        LoadError::NotFound(format!(
             "{} holds no model: put the component there as model.wasm",
             model_dir.display()
-        )
+        ))
     })?;
     let fingerprint = [&path, &toml_path]
         .iter()
@@ -246,7 +263,8 @@ pub async fn load_all(registry: &Registry, dir: &Path) -> Result<Vec<Found>, Str
         let result = match model.load_request(registry).await {
             Ok(request) => registry.load_as(request, Cause::Startup).await.map(drop),
             Err(why) => {
-                registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
+                let version = model.version.as_deref().unwrap_or("");
+                registry.failed(&model.name, version, why.message());
                 Err(why)
             }
         };
@@ -361,7 +379,8 @@ async fn poll_once(registry: &Registry, dir: &Path, known: &Mutex<Known>) {
             match model.load_request(registry).await {
                 Ok(request) => registry.load_as(request, Cause::Poll).await.map(drop),
                 Err(why) => {
-                    registry.failed(&model.name, model.version.as_deref().unwrap_or(""), &why);
+                    let version = model.version.as_deref().unwrap_or("");
+                    registry.failed(&model.name, version, why.message());
                     Err(why)
                 }
             }

@@ -34,6 +34,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::core::error::LoadError;
 use crate::lifecycle::registry::{Lookup, Registry, State};
 use crate::lifecycle::repository::Found;
 use crate::lifecycle::served::ServedModel;
@@ -246,12 +247,12 @@ impl Registry {
         let (registry, loading) = (Arc::clone(self), Arc::clone(registered));
         let task = tokio::spawn(async move {
             let result = registry.load_registered(&loading, Cause::Demand).await;
-            *flight = result.as_ref().err().cloned();
+            *flight = result.as_ref().err().map(ToString::to_string);
             result
         });
         match task.await {
             Ok(Ok(_)) => self.get(&name, version),
-            Ok(Err(why)) => Err(unavailable(why)),
+            Ok(Err(why)) => Err(unavailable(why.to_string())),
             Err(panic) => Err(unavailable(format!("its load failed: {panic}"))),
         }
     }
@@ -261,7 +262,7 @@ impl Registry {
         &self,
         registered: &Registered,
         cause: Cause,
-    ) -> Result<Arc<ServedModel>, String> {
+    ) -> Result<Arc<ServedModel>, LoadError> {
         let request = registered.found.load_request(self).await?;
         self.load_as(request, cause).await
     }
@@ -325,7 +326,7 @@ impl Registry {
     ) -> Result<Metadata, String> {
         let path = &registered.found.path;
         let shown = path.display().to_string();
-        let bytes = self.read_model(path).await?;
+        let bytes = self.read_model(path).await.map_err(|why| why.to_string())?;
         let (component, _) = crate::model::compile(self.engine(), bytes, self.cache(), &shown)
             .await
             .map_err(|err| format!("{err:#}"))?;

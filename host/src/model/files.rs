@@ -71,18 +71,37 @@ pub fn read_regular(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, FileEr
     Ok(bytes)
 }
 
+/// Why blocking work run [`off_runtime`] gave no answer: it took too long
+/// (a load says "timeout"), or its task failed (the host's own fault). Its
+/// text follows what was being done: "reading X took longer than ...".
+#[derive(Debug)]
+pub enum Abandoned {
+    TimedOut(Duration),
+    Failed(String),
+}
+
+impl std::fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abandoned::TimedOut(timeout) => write!(
+                f,
+                "took longer than {timeout:?} and was abandoned (a FIFO, a device, a hung mount?)"
+            ),
+            Abandoned::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 /// Runs blocking work on tokio's blocking threads, and gives up waiting for
 /// it after `timeout` (the thread stays blocked; the server does not).
 pub async fn off_runtime<T: Send + 'static>(
     timeout: Duration,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, Abandoned> {
     match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
         Ok(Ok(done)) => Ok(done),
-        Ok(Err(err)) => Err(format!("failed: {err}")),
-        Err(_) => Err(format!(
-            "took longer than {timeout:?} and was abandoned (a FIFO, a device, a hung mount?)"
-        )),
+        Ok(Err(err)) => Err(Abandoned::Failed(err.to_string())),
+        Err(_) => Err(Abandoned::TimedOut(timeout)),
     }
 }
 

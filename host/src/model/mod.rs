@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::core::error::LoadError;
 use crate::core::name::{self, ModelName};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::contract::{self, Metadata, PredictorPre};
@@ -86,10 +87,13 @@ pub async fn read(path: &Path) -> Result<Vec<u8>> {
     let read = move || files::read_regular(&owned, MAX_MODEL_FILE, "model file");
     let bytes = match files::off_runtime(READ_TIMEOUT, read).await {
         Err(why) => bail!("reading model file {shown} {why}"),
-        Ok(Err(FileError::NotFound)) => bail!(
-            "model file {shown} does not exist: pass the path of a model component \
-             (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
-        ),
+        Ok(Err(FileError::NotFound)) => {
+            return Err(LoadError::NotFound(format!(
+                "model file {shown} does not exist: pass the path of a model component \
+                 (`make model` builds the example into target/wasm32-wasip2/release/guest_model.wasm)"
+            ))
+            .into());
+        }
         Ok(Err(FileError::Refused(why))) => bail!("{why}: pass the path of a .wasm component"),
         Ok(Ok(bytes)) => bytes,
     };
@@ -152,12 +156,14 @@ pub fn host_triple() -> String {
 fn check_arch(bytes: &[u8], shown: &str) -> Result<()> {
     let here = std::env::consts::ARCH;
     match elf_arch(bytes) {
-        Some(arch) if arch != here => bail!(
+        // Typed, so that a load says "unsupported" rather than "bad file".
+        Some(arch) if arch != here => Err(LoadError::Unsupported(format!(
             "{shown} was compiled for {arch}, this host is {here}: compile the .wasm for this \
              host with `wasm-host compile --target {} MODEL.wasm -o MODEL.cwasm` (on any \
              machine), or serve the .wasm itself",
             host_triple()
-        ),
+        ))
+        .into()),
         _ => Ok(()),
     }
 }
@@ -176,11 +182,12 @@ pub async fn compile(
     let started = Instant::now();
     check_arch(&bytes, shown)?;
     if is_precompiled(&bytes) && !cache.precompiled_allowed() {
-        bail!(
+        return Err(LoadError::Unsupported(format!(
             "{shown} is a precompiled artifact, i.e. native code that would run unchecked in \
              this process; refusing it: pass the .wasm component, or pass --allow-precompiled \
              if you built this file yourself with `wasm-host compile`"
-        );
+        ))
+        .into());
     }
     let (engine, cache, owned) = (engine.clone(), cache.clone(), shown.to_owned());
     tokio::task::spawn_blocking(move || compile_blocking(&engine, &bytes, &cache, &owned, started))
@@ -420,7 +427,7 @@ mod tests {
             std::thread::sleep(Duration::from_secs(2))
         })
         .await;
-        assert!(result.unwrap_err().contains("abandoned"));
+        assert!(result.unwrap_err().to_string().contains("abandoned"));
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -54,6 +54,27 @@ mod tests {
         }
     }
 
+    /// A failed load's code, variant by variant: what HTTP says with 400,
+    /// 400, 503, 404, 504 and 500.
+    #[test]
+    fn each_load_error_maps_to_its_code_with_its_message() {
+        use crate::core::error::LoadError;
+        let cases = [
+            (LoadError::BadFile("m".into()), Code::InvalidArgument),
+            (LoadError::Unsupported("m".into()), Code::InvalidArgument),
+            (LoadError::OverBudget("m".into()), Code::Unavailable),
+            (LoadError::NotFound("m".into()), Code::NotFound),
+            (LoadError::Timeout("m".into()), Code::DeadlineExceeded),
+            (LoadError::Internal("m".into()), Code::Internal),
+        ];
+        for (load, want) in cases {
+            let shown = format!("{load:?}");
+            let s = status(Error::from(load));
+            assert_eq!(s.code(), want, "{shown}");
+            assert_eq!(s.message(), "m");
+        }
+    }
+
     #[test]
     fn an_error_before_an_instance_has_no_instance_id() {
         let s = status(Error::not_found("unknown model \"nope\""));

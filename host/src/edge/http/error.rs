@@ -115,3 +115,31 @@ macro_rules! through_error {
 }
 
 through_error!(Fault, Lookup, Overloaded);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::error::LoadError;
+
+    /// A failed load's status, variant by variant: a bad or unsupported
+    /// file is Triton's 400, over the budget the 503 with `Retry-After` a
+    /// cold on-demand request has always had.
+    #[test]
+    fn each_load_error_maps_to_its_status_with_its_message() {
+        let cases = [
+            (LoadError::BadFile("m".into()), 400, None),
+            (LoadError::Unsupported("m".into()), 400, None),
+            (LoadError::OverBudget("m".into()), 503, Some(1)),
+            (LoadError::NotFound("m".into()), 404, None),
+            (LoadError::Timeout("m".into()), 504, None),
+            (LoadError::Internal("m".into()), 500, None),
+        ];
+        for (load, status, retry_after) in cases {
+            let shown = format!("{load:?}");
+            let err = ApiError::from(Error::from(load.context("failed to load x")));
+            assert_eq!(err.status.as_u16(), status, "{shown}");
+            assert_eq!(err.retry_after, retry_after, "{shown}");
+            assert_eq!(err.message, "failed to load x: m", "{shown}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! instances in the pooling allocator's room.
 
 use super::Registry;
+use crate::core::error::LoadError;
 use crate::lifecycle::served::ServedModel;
 use crate::lifecycle::settings::Settings;
 use crate::model;
@@ -11,7 +12,7 @@ impl Registry {
     /// A model's instances × memory limit must fit in what the other models
     /// leave of the budget (a model being replaced does not count: its
     /// memory goes when it drains).
-    pub(super) fn check_budget(&self, name: &str, settings: &Settings) -> Result<(), String> {
+    pub(super) fn check_budget(&self, name: &str, settings: &Settings) -> Result<(), LoadError> {
         let slots = self.slots.read().unwrap();
         let others = slots
             .iter()
@@ -32,7 +33,7 @@ impl Registry {
         let wanted = (count as u64).saturating_mul(pool.memory_limit as u64);
         let mib = |bytes: u64| bytes >> 20;
         if memory.saturating_add(wanted) > self.budget.memory {
-            return Err(format!(
+            return Err(LoadError::OverBudget(format!(
                 "model {name} needs {count} instances × {} MiB = {} MiB{grows}, but the models \
                  served hold {} MiB of the {} MiB --memory-budget; unload a model, give this one \
                  fewer instances or a lower memory-limit, or raise --memory-budget",
@@ -40,15 +41,15 @@ impl Registry {
                 mib(wanted),
                 mib(memory),
                 mib(self.budget.memory)
-            ));
+            )));
         }
         if instances.saturating_add(count) > self.budget.instances {
-            return Err(format!(
+            return Err(LoadError::OverBudget(format!(
                 "model {name} needs {count} instances{grows}, but the models served hold \
                  {instances} of the {} this host has room for; unload a model or give this one \
                  fewer instances",
                 self.budget.instances
-            ));
+            )));
         }
         Ok(())
     }
@@ -56,7 +57,7 @@ impl Registry {
     /// Resizes a served model's pool to `wanted` instances if they fit the
     /// budget beside the other models: a resize (the repository API, TTIN)
     /// never overcommits the host.
-    pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
+    pub async fn resize(&self, served: &ServedModel, wanted: usize) -> Result<usize, LoadError> {
         // Not while a load of the same name is in flight: its reservation
         // does not count against its own name, so the two could pass the
         // budget together.
@@ -68,7 +69,7 @@ impl Registry {
         result
     }
 
-    async fn resize_locked(&self, served: &ServedModel, wanted: usize) -> Result<usize, String> {
+    async fn resize_locked(&self, served: &ServedModel, wanted: usize) -> Result<usize, LoadError> {
         let _changing = self.changing.lock().await;
         let mut settings = served.settings.clone();
         if settings.pool.min_instances.is_none() {
@@ -79,7 +80,9 @@ impl Registry {
             .pool
             .resize(wanted)
             .await
-            .map_err(|err| model::root_cause(&err))
+            // Growing the pool boots instances: what fails is the model
+            // starting, as in a load.
+            .map_err(|err| LoadError::BadFile(model::root_cause(&err)))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{LoadRequest, Registry, Slot, State, UNLOADED};
+use crate::core::error::LoadError;
 use crate::core::name::ModelName;
 use crate::lifecycle::repository::Found;
 use crate::lifecycle::residency::{
@@ -125,7 +126,7 @@ impl Registry {
     /// Makes room for `name` with `settings` under the budget, evicting
     /// the least recently used models that may go; if even that cannot,
     /// evicts nothing and says why, naming the budget.
-    pub(super) fn make_room(&self, name: &str, settings: &Settings) -> Result<(), String> {
+    pub(super) fn make_room(&self, name: &str, settings: &Settings) -> Result<(), LoadError> {
         let pool = &settings.pool;
         let (count, grows) = super::budget::reserved_instances(settings);
         let wanted = Room {
@@ -166,7 +167,7 @@ impl Registry {
         let held: u64 = candidates.iter().map(|c| c.memory).sum();
         let Some(victims) = residency::victims(&candidates, wanted, budget) else {
             if wanted.memory > budget.memory || wanted.instances > budget.instances {
-                return Err(format!(
+                return Err(LoadError::OverBudget(format!(
                     "model {name} needs {count} instances × {} MiB = {} MiB{grows}, more than \
                      the whole --memory-budget of {} MiB ({} instances); give it fewer \
                      instances or a lower memory-limit, or raise --memory-budget",
@@ -174,14 +175,14 @@ impl Registry {
                     mib(wanted.memory),
                     mib(budget.memory),
                     budget.instances
-                ));
+                )));
             }
             let pinned = slots
                 .values()
                 .filter_map(|s| s.served.as_ref())
                 .filter(|s| s.given.pinned == Some(true))
                 .count();
-            return Err(format!(
+            return Err(LoadError::OverBudget(format!(
                 "model {name} needs {} MiB{grows}, but the {} MiB --memory-budget is full \
                  ({} MiB held by {} resident models and {} loading, none of which may be \
                  evicted now: {pinned} pinned, the others busy with requests in flight or not \
@@ -191,7 +192,7 @@ impl Registry {
                 mib(held),
                 candidates.len() - in_flight.len(),
                 in_flight.len(),
-            ));
+            )));
         };
         let could_go = candidates.iter().filter(|c| c.evictable).count();
         let mut freed = 0;

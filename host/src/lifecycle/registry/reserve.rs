@@ -28,6 +28,7 @@
 use std::sync::Arc;
 
 use super::Registry;
+use crate::core::error::LoadError;
 use crate::lifecycle::residency::Room;
 use crate::lifecycle::settings::Settings;
 
@@ -82,7 +83,7 @@ impl Registry {
         &self,
         name: &str,
         settings: &Settings,
-    ) -> Result<Reservation<'_>, String> {
+    ) -> Result<Reservation<'_>, LoadError> {
         self.fit(name, settings)?;
         self.reserved
             .lock()
@@ -96,7 +97,7 @@ impl Registry {
 
     /// The budget decision, with `changing` held: evict to make room
     /// (`--load on-demand`) or check that it fits.
-    pub(super) fn fit(&self, name: &str, settings: &Settings) -> Result<(), String> {
+    pub(super) fn fit(&self, name: &str, settings: &Settings) -> Result<(), LoadError> {
         if self.on_demand() {
             self.make_room(name, settings)
         } else {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Budget, Lookup, Registry, State};
+use super::{Budget, Lookup, Registry, State, from_model};
+use crate::core::error::LoadError;
 use crate::lifecycle::repository;
 use crate::lifecycle::settings::Settings;
 use crate::pool::PoolConfig;
@@ -238,7 +239,8 @@ async fn a_reservation_holds_its_room_until_dropped_and_a_failed_load_gives_it_b
     let Err(why) = registry.reserve("m1", &settings) else {
         panic!("two reservations in a budget of one");
     };
-    assert!(why.contains("1 loading"), "{why}");
+    assert!(matches!(why, LoadError::OverBudget(_)), "{why:?}");
+    assert!(why.message().contains("1 loading"), "{why}");
     let Err(Lookup::Unavailable { reason, .. }) = registry.resolve("m1", None).await else {
         panic!("m1 loaded beside a reservation that fills the budget");
     };
@@ -339,4 +341,22 @@ async fn concurrent_loads_of_many_models_never_pass_the_budget() {
     assert!(watcher.await.unwrap() <= budget);
     assert!(registry.reserved.lock().unwrap().is_empty());
     assert!(registry.residency().resident_bytes <= budget);
+}
+
+/// `model/` says which failures are not a bad file by their type; the text
+/// a load gives is the whole chain either way.
+#[test]
+fn a_failure_from_model_keeps_its_variant_and_its_whole_text() {
+    let typed = anyhow::Error::from(LoadError::Unsupported("native code".into()));
+    assert_eq!(
+        from_model(&typed.context("m.cwasm")),
+        LoadError::Unsupported("m.cwasm: native code".into())
+    );
+    let missing = anyhow::Error::from(LoadError::NotFound("no file".into()));
+    assert_eq!(from_model(&missing), LoadError::NotFound("no file".into()));
+    let plain = anyhow::anyhow!("m.wasm failed to compile");
+    assert_eq!(
+        from_model(&plain),
+        LoadError::BadFile("m.wasm failed to compile".into())
+    );
 }

@@ -165,10 +165,11 @@ async fn pack_bytes(
     let shown = path.display();
     let nodes = graph_nodes(&onnx).map_err(|why| anyhow!("{shown} is not an ONNX model: {why}"))?;
     if nodes > MAX_ONNX_NODES {
-        bail!(
+        return Err(crate::core::error::LoadError::Unsupported(format!(
             "{shown} has {nodes} nodes; wasm-host packs graphs of at most {MAX_ONNX_NODES} \
              (simplify it, e.g. with onnx-simplifier, or split it)"
-        );
+        ))
+        .into());
     }
     let _packing = PACKING
         .acquire()
@@ -457,7 +458,10 @@ async fn read_onnx(path: &Path) -> Result<Vec<u8>> {
     let read = move || files::read_regular(&owned, MAX_ONNX_FILE, "ONNX file");
     match files::off_runtime(crate::model::READ_TIMEOUT, read).await {
         Err(why) => bail!("reading ONNX file {shown} {why}"),
-        Ok(Err(FileError::NotFound)) => bail!("ONNX file {shown} does not exist"),
+        Ok(Err(FileError::NotFound)) => Err(crate::core::error::LoadError::NotFound(format!(
+            "ONNX file {shown} does not exist"
+        ))
+        .into()),
         Ok(Err(FileError::Refused(why))) => bail!("{why}"),
         Ok(Ok(bytes)) => Ok(bytes),
     }
