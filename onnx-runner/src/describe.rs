@@ -122,38 +122,3 @@ pub fn provenance(proto: &pb::ModelProto) -> String {
     })
     .to_string()
 }
-
-/// What the graph declares for each named value: its ONNX element type and
-/// dimensions (`-1` where blank or symbolic). For a graph tract can only plan
-/// per request ([`crate::parameters`]), the declarations are the metadata.
-pub fn declared(proto: &pb::ModelProto, names: &[String]) -> Result<Vec<(i32, Vec<i64>)>, String> {
-    let graph = graph(proto);
-    names
-        .iter()
-        .map(|name| {
-            let info = graph
-                .input
-                .iter()
-                .chain(&graph.output)
-                .find(|v| &v.name == name)
-                .ok_or_else(|| format!("`{name}` is not declared in the graph"))?;
-            let Some(pb::type_proto::Value::TensorType(tensor)) =
-                info.r#type.as_ref().and_then(|t| t.value.as_ref())
-            else {
-                return Err(format!("`{name}` is not declared as a tensor"));
-            };
-            let shape = tensor.shape.as_ref().ok_or_else(|| {
-                format!("`{name}` declares no shape, which wasm-host's metadata needs")
-            })?;
-            let dims = shape
-                .dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(pb::tensor_shape_proto::dimension::Value::DimValue(n)) if n > 0 => n,
-                    _ => -1,
-                })
-                .collect();
-            Ok((tensor.elem_type, dims))
-        })
-        .collect()
-}

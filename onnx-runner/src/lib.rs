@@ -18,7 +18,6 @@ mod alloc;
 mod corrected;
 mod describe;
 mod ml;
-mod parameters;
 
 use std::sync::OnceLock;
 
@@ -38,16 +37,9 @@ use wasm_host::model::types::{Datatype, Tensor, TensorSpec};
 /// What `load` leaves behind for `predict`: this is what the snapshot holds.
 struct Loaded {
     metadata: ModelMetadata,
-    plan: Plan,
+    plan: Arc<TypedRunnableModel>,
     /// tract's element type for each input, in metadata order.
     input_types: Vec<DatumType>,
-}
-
-enum Plan {
-    /// Planned at pack time: what every model tract can type gets.
-    Ready(Arc<TypedRunnableModel>),
-    /// Planned per request, for the values of the inputs that set its shapes.
-    PerValues(parameters::PerValues),
 }
 
 static LOADED: OnceLock<Loaded> = OnceLock::new();
@@ -78,30 +70,14 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
     let mut model = ml::onnx()
         .model_for_proto_model(&proto)
         .map_err(|err| format!("cannot read the graph: {}", one_line(&err)))?;
-    name_unknown_dimensions(&mut model, &input_names)?;
-    // A graph with small integer inputs may need their values to be typed
-    // (axes, shapes, pads as inputs): keep a copy to plan per request.
-    let spare = (!parameters::candidates(&model).is_empty()).then(|| model.clone());
-    let typed = match model.into_typed() {
-        Ok(typed) => typed,
-        Err(err) => {
-            let why = format!(
-                "cannot resolve the graph's types and shapes: {}",
-                one_line(&err)
-            );
-            return match spare.and_then(parameters::PerValues::new) {
-                Some(per_values) => load_per_values(
-                    per_values,
-                    &proto,
-                    (input_names, output_names),
-                    (name, version),
-                    provenance,
-                ),
-                None => Err(why),
-            };
-        }
-    };
     drop(proto);
+    name_unknown_dimensions(&mut model, &input_names)?;
+    let typed = model.into_typed().map_err(|err| {
+        format!(
+            "cannot resolve the graph's types and shapes: {}",
+            one_line(&err)
+        )
+    })?;
 
     let inputs = specs(
         &typed,
@@ -138,94 +114,10 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
     };
     let _ = LOADED.set(Loaded {
         metadata,
-        plan: Plan::Ready(plan),
+        plan,
         input_types,
     });
     Ok(provenance)
-}
-
-/// Loads a graph that is planned per request ([`parameters`]): its metadata
-/// is what the graph declares, since tract cannot type it without values.
-fn load_per_values(
-    per_values: parameters::PerValues,
-    proto: &tract_onnx::pb::ModelProto,
-    (input_names, output_names): (Vec<String>, Vec<String>),
-    (name, version): (String, String),
-    provenance: String,
-) -> Result<String, String> {
-    let declared_specs = |names: &[String], kind: &str| -> Result<Vec<TensorSpec>, String> {
-        describe::declared(proto, names)?
-            .into_iter()
-            .zip(names)
-            .map(|((elem_type, shape), name)| {
-                let datatype = onnx_datatype(elem_type).ok_or_else(|| {
-                    format!(
-                        "{kind} `{name}` is of ONNX type {elem_type}, which wasm-host cannot carry"
-                    )
-                })?;
-                Ok(TensorSpec {
-                    name: name.clone(),
-                    datatype,
-                    shape,
-                })
-            })
-            .collect()
-    };
-    let inputs = declared_specs(&input_names, "input")?;
-    let outputs = declared_specs(&output_names, "output")?;
-    let input_types = inputs
-        .iter()
-        .map(|spec| tract_type(spec.datatype))
-        .collect();
-    let _ = LOADED.set(Loaded {
-        metadata: ModelMetadata {
-            name,
-            version,
-            inputs,
-            outputs,
-        },
-        plan: Plan::PerValues(per_values),
-        input_types,
-    });
-    Ok(provenance)
-}
-
-/// The contract's datatype for an ONNX element type (onnx.proto's numbers).
-fn onnx_datatype(elem_type: i32) -> Option<Datatype> {
-    Some(match elem_type {
-        1 => Datatype::Fp32,
-        2 => Datatype::Uint8,
-        3 => Datatype::Int8,
-        4 => Datatype::Uint16,
-        5 => Datatype::Int16,
-        6 => Datatype::Int32,
-        7 => Datatype::Int64,
-        9 => Datatype::Bool,
-        10 => Datatype::Fp16,
-        11 => Datatype::Fp64,
-        12 => Datatype::Uint32,
-        13 => Datatype::Uint64,
-        _ => return None,
-    })
-}
-
-/// tract's element type for a contract datatype.
-fn tract_type(datatype: Datatype) -> DatumType {
-    match datatype {
-        Datatype::Bool => DatumType::Bool,
-        Datatype::Uint8 => DatumType::U8,
-        Datatype::Uint16 => DatumType::U16,
-        Datatype::Uint32 => DatumType::U32,
-        Datatype::Uint64 => DatumType::U64,
-        Datatype::Int8 => DatumType::I8,
-        Datatype::Int16 => DatumType::I16,
-        Datatype::Int32 => DatumType::I32,
-        Datatype::Int64 => DatumType::I64,
-        Datatype::Fp16 => DatumType::F16,
-        Datatype::Fp32 => DatumType::F32,
-        Datatype::Fp64 => DatumType::F64,
-        Datatype::Bytes => DatumType::Blob,
-    }
 }
 
 /// ONNX lets a dimension be left blank (skl2onnx writes the batch dimension
@@ -377,11 +269,7 @@ impl Model for Runner {
             values.push(value.into_tvalue());
         }
         drop(inputs);
-        let results = match &loaded.plan {
-            Plan::Ready(plan) => plan.run(values),
-            Plan::PerValues(per_values) => per_values.run(values),
-        };
-        let results = results.map_err(|err| {
+        let results = loaded.plan.run(values).map_err(|err| {
             Error::InvalidInput(format!(
                 "the model cannot run on these inputs: {}",
                 one_line(&err)
