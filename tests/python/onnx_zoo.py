@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import numpy as np
 from onnx_graphs import side_by_side
 
 ROOT = Path(__file__).resolve().parents[2]
+HOST = ROOT / "target" / "release" / "wasm-host"
 EXAMPLES = ROOT / "examples" / "onnx"
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
              np.dtype(np.int64): "INT64"}
@@ -100,3 +103,10 @@ def ask(addr: str, members: dict[str, Member]) -> dict:
         client.close()
     return {(name, tensor): result.as_numpy(f"{name}__{tensor}")
             for name, member in members.items() for tensor in member.expected}
+
+
+def pack(model: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    """`wasm-host pack MODEL -o OUT`, with the zoo's compile cache (the runner compiled once)."""
+    env = dict(os.environ, NO_COLOR="1", WASM_HOST_CACHE_DIR=str(cache))
+    return subprocess.run([str(HOST), "pack", str(model), "-o", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)

@@ -13,23 +13,12 @@ Malformed tree ensembles (lengths that disagree, children or leaves that do not 
 features or targets out of range) must fail `wasm-host pack` with one line, never a panic.
 """
 
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
-from conftest import HOST, ROOT
-from onnx_zoo import SKLEARN
+from onnx_zoo import SKLEARN, pack
 
 NAMES = list(SKLEARN.MODELS)
-
-
-def pack(model, out, cache):
-    """`wasm-host pack MODEL -o OUT`, with the zoo's compile cache (the runner compiled once)."""
-    env = dict(os.environ, NO_COLOR="1", WASM_HOST_CACHE_DIR=str(cache))
-    return subprocess.run([str(HOST), "pack", str(model), "-o", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("name", NAMES)
