@@ -585,7 +585,17 @@ fn inspect_and_plan_use_the_cache_dir_from_flags_and_environment() {
     assert!(first.contains("compiled in"), "{first}");
     let (_, second, _) = run_command_with_env(&inspect, &env);
     assert!(second.contains("loaded from the compile cache"), "{second}");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    // One entry: the artifact and its check file.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].ends_with(".check") && names[1].ends_with(".cwasm"),
+        "{names:?}"
+    );
 
     let (status, stdout, stderr) = run_command(&[
         "plan".as_ref(),
