@@ -3,26 +3,19 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter};
 use wasm_host::commands;
 use wasm_host::commands::cli::{Command, LogFormat};
+use wasm_host::telemetry::otel::{self, Export};
+use wasm_host::telemetry::spans;
 
 fn main() -> ExitCode {
     let cli = match wasm_host::commands::config::parse_cli() {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never in files or pipelines.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Pretty => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -30,6 +23,77 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Trace export starts its task on the runtime, before the first span.
+    let traces = match &cli.command {
+        None => Some(&cli.serve),
+        Some(Command::Serve(args)) => Some(args),
+        Some(_) => None,
+    }
+    .map(|args| {
+        let _entered = runtime.enter();
+        let export = Export::resolve(args.otlp_endpoint.as_deref(), args.otlp_protocol, |name| {
+            std::env::var(name).ok()
+        })?;
+        export
+            .map(|export| otel::install(&export).map(|installed| (export, installed)))
+            .transpose()
+    })
+    .transpose();
+    let traces = match traces {
+        Ok(traces) => traces.flatten(),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(wasm_host::Failure::USAGE);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in files or pipelines.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let json = cli.log_format == LogFormat::Json;
+    let logs = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    let logs = match json {
+        false => logs.boxed(),
+        true => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    // Logs never show the spans inside a request, and show the request's
+    // own span (its trace id on each line) only in JSON.
+    let logs = logs
+        .with_filter(filter)
+        .with_filter(filter::filter_fn(move |meta| {
+            meta.target() != spans::INNER && (json || meta.target() != spans::REQUEST)
+        }));
+    let otel_layer = traces.as_ref().map(|(_, installed)| {
+        tracing_opentelemetry::layer()
+            .with_tracer(installed.tracer())
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(filter::filter_fn(|meta| {
+                meta.is_span() && (meta.target() == spans::REQUEST || meta.target() == spans::INNER)
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(otel_layer)
+        .init();
+    if traces.is_some() || json {
+        spans::turn_on();
+    }
+    if let Some((export, _)) = &traces {
+        tracing::info!(
+            "exporting traces to {} over {:?}; sampler from OTEL_TRACES_SAMPLER (default \
+             parentbased_always_on)",
+            export.url,
+            export.protocol
+        );
+    }
     let result = runtime.block_on(async {
         match cli.into_command() {
             Command::Serve(args) => commands::serve::run(args).await,
@@ -39,6 +103,11 @@ fn main() -> ExitCode {
             Command::Pack(args) => commands::pack::run(args).await,
         }
     });
+    // Spans still queued go out before the exit (briefly: a dead collector
+    // must not hold it up).
+    if let Some((_, installed)) = &traces {
+        runtime.block_on(installed.flush(std::time::Duration::from_secs(2)));
+    }
     // Stop waiting for blocking work that is stuck (a model file read on a
     // hung mount, abandoned by its timeout): it must not hold up the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::core::batch;
 use crate::core::error::{Error, Kind};
@@ -27,6 +28,7 @@ use crate::lifecycle::served::ServedModel;
 use crate::pool::{Lease, ModelBoot};
 use crate::runtime::contract::Tensor;
 use crate::runtime::instance::{Fault, InstanceId};
+use crate::telemetry::spans;
 
 /// A request's outputs, ready to encode, and the instance that made them.
 /// Output i is the one the model's metadata declares i-th.
@@ -86,7 +88,7 @@ pub(crate) async fn run_alone(
     inference: &Inference,
     deadline: Option<Deadline>,
 ) -> Result<Answer, Error> {
-    let lease = acquire(served, deadline).await?;
+    let lease = acquire(served, deadline).instrument(spans::queue()).await?;
     call(served, lease, inference, deadline).await
 }
 
@@ -116,10 +118,13 @@ pub(crate) async fn call(
         let d = client.expect("only a client's deadline can have passed");
         return Err(d.passed("before the model was called").served_by(instance));
     }
+    let span = spans::guest_call(&served.name, &served.version, instance);
     let outputs = lease
         .predict(&inference.inputs, &inference.model_parameters(), limit)
-        .await
-        .map_err(|fault| fault_error(fault, client).served_by(instance))?;
+        .instrument(span.clone())
+        .await;
+    spans::outcome(&span, outputs.as_ref().map_or_else(Fault::kind, |_| "ok"));
+    let outputs = outputs.map_err(|fault| fault_error(fault, client).served_by(instance))?;
     // Give the instance back before encoding: the next request need not wait.
     drop(lease);
     let metadata = &served.model.metadata;

@@ -42,6 +42,8 @@ use crate::model::{self, Model};
 use crate::pool::{ModelBoot, Pool};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::sandbox::GuestState;
+use crate::telemetry::spans;
+use tracing::Instrument;
 
 mod budget;
 mod eviction;
@@ -407,6 +409,21 @@ impl Registry {
     /// [`Registry::load`], counted in `wasm_host_model_loads_total` under
     /// `cause`.
     pub async fn load_as(
+        &self,
+        request: LoadRequest,
+        cause: Cause,
+    ) -> Result<Arc<ServedModel>, LoadError> {
+        let span = spans::model_load(
+            request.name.as_deref().unwrap_or(""),
+            request.version.as_deref().unwrap_or(""),
+            cause.as_str(),
+        );
+        self.load_under_locks(request, cause).instrument(span).await
+    }
+
+    /// [`Registry::load_as`] under the model's lock (or `changing`, for a
+    /// model that names itself).
+    async fn load_under_locks(
         &self,
         request: LoadRequest,
         cause: Cause,

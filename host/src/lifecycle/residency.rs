@@ -40,6 +40,8 @@ use crate::lifecycle::repository::Found;
 use crate::lifecycle::served::ServedModel;
 use crate::lifecycle::settings::Settings;
 use crate::runtime::contract::Metadata;
+use crate::telemetry::spans;
+use tracing::Instrument;
 
 /// The most models one host registers: the registry's entries and the
 /// per-model series of the load metrics are bounded by it.
@@ -245,11 +247,16 @@ impl Registry {
         }
         registered.attempts.fetch_add(1, Ordering::SeqCst);
         let (registry, loading) = (Arc::clone(self), Arc::clone(registered));
-        let task = tokio::spawn(async move {
-            let result = registry.load_registered(&loading, Cause::Demand).await;
-            *flight = result.as_ref().err().map(ToString::to_string);
-            result
-        });
+        // The load runs in a task of its own, still under the request's
+        // span: its trace shows the load it waited for.
+        let task = tokio::spawn(
+            async move {
+                let result = registry.load_registered(&loading, Cause::Demand).await;
+                *flight = result.as_ref().err().map(ToString::to_string);
+                result
+            }
+            .instrument(spans::current()),
+        );
         match task.await {
             Ok(Ok(_)) => self.get(&name, version),
             Ok(Err(why)) => Err(unavailable(why.to_string())),

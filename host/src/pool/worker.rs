@@ -3,6 +3,8 @@
 //! and [`Instance`] are the real ones.
 
 use super::*;
+use crate::telemetry::spans;
+use tracing::Instrument;
 
 /// What the pool needs of one instance.
 pub trait Worker: Send + 'static {
@@ -57,6 +59,7 @@ impl Boot for ModelBoot {
             self.memory_limit,
             recycle_after,
         )
+        .instrument(spans::instance_boot(&self.model.metadata.name, id))
     }
 }
 

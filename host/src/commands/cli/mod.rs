@@ -366,6 +366,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WASM_HOST_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Export OpenTelemetry traces to this OTLP collector (e.g. http://127.0.0.1:4318 for
+    /// HTTP/protobuf, http://127.0.0.1:4317 with --otlp-protocol grpc). Also read from the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; sampling
+    /// from OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on).
+    /// Off when unset.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How spans reach the collector [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<crate::telemetry::otel::Protocol>,
+
     #[command(flatten)]
     pub code: CodeArgs,
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::core::error::Error;
 use crate::core::infer::{self, Answer, Deadline};
@@ -37,7 +38,8 @@ use crate::core::protocol::{self, Inference};
 use crate::lifecycle::served::ServedModel;
 use crate::pool::{Lease, ModelBoot};
 use crate::runtime::contract::{Metadata, Tensor};
-use crate::runtime::instance::InstanceId;
+use crate::runtime::instance::{Fault, InstanceId};
+use crate::telemetry::spans;
 
 mod rows;
 mod wake;
@@ -130,6 +132,9 @@ struct Member {
     /// Its rows of the outputs. Dropped unsent when the batch fails: the
     /// request then runs alone.
     reply: oneshot::Sender<Rows>,
+    /// The request's span, which its batch links to (disabled when traces
+    /// are off).
+    span: tracing::Span,
 }
 
 /// A request's share of a batch's outputs.
@@ -377,20 +382,28 @@ pub async fn run(
         arrived: Instant::now(),
         taken: Some(taken),
         reply,
+        span: spans::current(),
     };
     let _leave = Leave { batcher, id };
     if batcher.enqueue(member) {
         return answered(answer, served, inference, deadline).await;
     }
-    tokio::select! {
-        biased;
-        _ = taken_rx => answered(answer, served, inference, deadline).await,
-        lease = infer::acquire(served, deadline) => match lease {
-            Ok(lease) => lead(served, batcher, lease, id, answer, inference, deadline).await,
-            // No instance in time, unless a leader took it meanwhile.
-            Err(err) if batcher.withdraw(id) => Err(err),
-            Err(_) => answered(answer, served, inference, deadline).await,
-        },
+    // Until a leader takes it into a batch, or it gets an instance and leads.
+    let waited = async {
+        tokio::select! {
+            biased;
+            _ = taken_rx => None,
+            lease = infer::acquire(served, deadline) => Some(lease),
+        }
+    }
+    .instrument(spans::queue())
+    .await;
+    match waited {
+        None => answered(answer, served, inference, deadline).await,
+        Some(Ok(lease)) => lead(served, batcher, lease, id, answer, inference, deadline).await,
+        // No instance in time, unless a leader took it meanwhile.
+        Some(Err(err)) if batcher.withdraw(id) => Err(err),
+        Some(Err(_)) => answered(answer, served, inference, deadline).await,
     }
 }
 
@@ -480,9 +493,19 @@ async fn execute(
     let rows: Vec<usize> = batch.iter().map(|m| m.rows).collect();
     let inputs = concat(&batch);
     let instance = lease.instance_id();
+    let (name, version) = (&served.name, &served.version);
+    let span = spans::batch(name, version, batch.len(), rows.iter().sum());
+    for member in &batch {
+        spans::link(&span, &member.span);
+    }
+    // Opened inside the batch's span: its child.
+    let call = span.in_scope(|| spans::guest_call(name, version, instance));
     let result = lease
         .predict(&inputs, &parameters, served.settings.timeout)
+        .instrument(call.clone())
+        .instrument(span)
         .await;
+    spans::outcome(&call, result.as_ref().map_or_else(Fault::kind, |_| "ok"));
     drop(lease);
     drop(inputs);
     served

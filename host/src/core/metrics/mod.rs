@@ -255,6 +255,18 @@ impl Metrics {
              were restarted: each is a bug worth a report, logged with its message",
             task_restarts.clone(),
         );
+        let traces = crate::telemetry::otel::counters();
+        registry.register(
+            "trace_spans_exported",
+            "Spans sent to the OpenTelemetry collector (--otlp-endpoint)",
+            traces.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans lost because the collector was down or slow, or the export queue was full: \
+             requests are never held up for them",
+            traces.dropped.clone(),
+        );
         let loads = crate::core::loads::LoadMetrics::register(&mut registry);
         Metrics {
             loads,

@@ -32,8 +32,10 @@ use crate::edge::triton;
 use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
+use crate::telemetry::spans;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;
+use tracing::Instrument;
 
 pub use body::{Bounded, Share};
 pub use status::status;
@@ -108,6 +110,28 @@ impl Service {
         control::authorize(&self.app, token)
     }
 
+    /// `ModelInfer`: resolves the model (loading it if it is registered
+    /// but not resident), runs the request, records it in the metrics.
+    async fn model_infer_untraced(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Answered<ModelInferResponse> {
+        let arrived = Instant::now();
+        let grpc_timeout = grpc_timeout(request.metadata())?;
+        let request = request.into_inner();
+        let version = (!request.model_version.is_empty()).then_some(&*request.model_version);
+        let served = match self.app.registry.get(&request.model_name, version) {
+            Err(Lookup::NotResident { .. }) => {
+                Box::pin(self.app.registry.resolve(&request.model_name, version))
+                    .await
+                    .map_err(Error::from)?
+            }
+            found => found.map_err(Error::from)?,
+        };
+        let answer = self.infer(&served, request, grpc_timeout, arrived);
+        Ok(infer::measured(&served, arrived.into_std(), answer).await?)
+    }
+
     async fn infer(
         &self,
         served: &Arc<ServedModel>,
@@ -119,6 +143,7 @@ impl Service {
         let (inference, raw): (Inference, bool) = tensors::decode(request, metadata)?;
         let deadline = Deadline::tightest(arrived, &[inference.timeout, grpc_timeout]);
         let Answer { outputs, instance } = infer::run(served, &inference, deadline).await?;
+        spans::answered(&served.name, &served.version, instance);
         let encoded = tensors::encode(
             served,
             &inference,
@@ -184,20 +209,20 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Answered<ModelInferResponse> {
-        let arrived = Instant::now();
-        let grpc_timeout = grpc_timeout(request.metadata())?;
-        let request = request.into_inner();
-        let version = (!request.model_version.is_empty()).then_some(&*request.model_version);
-        let served = match self.app.registry.get(&request.model_name, version) {
-            Err(Lookup::NotResident { .. }) => {
-                Box::pin(self.app.registry.resolve(&request.model_name, version))
-                    .await
-                    .map_err(Error::from)?
-            }
-            found => found.map_err(Error::from)?,
+        if !spans::on() {
+            return self.model_infer_untraced(request).await;
+        }
+        let model = &request.get_ref().model_name;
+        let span = spans::grpc_request(request.metadata(), "ModelInfer", model);
+        let answered = Box::pin(self.model_infer_untraced(request))
+            .instrument(span.clone())
+            .await;
+        let code = match &answered {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
         };
-        let answer = self.infer(&served, request, grpc_timeout, arrived);
-        Ok(infer::measured(&served, arrived.into_std(), answer).await?)
+        spans::grpc_status(&span, code);
+        answered
     }
 
     async fn model_config(

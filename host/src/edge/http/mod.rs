@@ -26,6 +26,7 @@ use crate::edge::http::error::ApiError;
 use crate::edge::triton;
 use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::served::ServedModel;
+use crate::telemetry::spans;
 use body::Coding;
 
 /// The routes, by path. A known path with the wrong method is a 405, an
@@ -171,8 +172,49 @@ pub(crate) async fn handle(
         app.refused_one();
         return Err(Refused);
     }
+    if spans::on() {
+        return Ok(traced(app, plane, request).await);
+    }
+    Ok(handle_logged(app, plane, request).await)
+}
+
+/// [`handle`] when spans are on (an OTLP exporter, or JSON logs): an
+/// inference runs inside a request span joined to the caller's
+/// `traceparent`, which records the response's status.
+async fn traced(app: &App, plane: Plane, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use tracing::Instrument;
+    let path = request.uri().path();
+    let span = match Route::parse(path) {
+        Some(Route::Infer(model, version)) => {
+            let route = match version {
+                None => "/v2/models/{model}/infer",
+                Some(_) => "/v2/models/{model}/versions/{version}/infer",
+            };
+            spans::http_request(request.headers(), request.method(), route, path, &model)
+        }
+        Some(Route::Predict) => {
+            spans::http_request(request.headers(), request.method(), "/predict", path, "")
+        }
+        _ => tracing::Span::none(),
+    };
+    if span.is_disabled() {
+        return Box::pin(handle_logged(app, plane, request)).await;
+    }
+    let response = Box::pin(handle_logged(app, plane, request))
+        .instrument(span.clone())
+        .await;
+    spans::http_status(&span, response.status().as_u16());
+    response
+}
+
+/// [`respond`], with the access log line if it is on.
+async fn handle_logged(
+    app: &App,
+    plane: Plane,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if !app.config.access_log {
-        return Ok(respond(app, plane, request).await);
+        return respond(app, plane, request).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
@@ -186,7 +228,7 @@ pub(crate) async fn handle(
         headers: response.headers(),
         started,
     });
-    Ok(response)
+    response
 }
 
 async fn respond(app: &App, plane: Plane, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -437,6 +479,7 @@ async fn infer(
     }?;
     let deadline = Deadline::tightest(arrived.into(), &[inference.timeout]);
     let Answer { outputs, instance } = infer::run(served, &inference, deadline).await?;
+    spans::answered(&served.name, &served.version, instance);
 
     let limit = app.config.max_response;
     let (body, json_len) = match form {
