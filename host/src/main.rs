@@ -46,10 +46,18 @@ fn main() -> ExitCode {
             return ExitCode::from(wasm_host::Failure::USAGE);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = cli.log_format == LogFormat::Json;
+    // Logs never show the spans inside a request, and show the request's
+    // own span (its trace id on each line) only in JSON. Directives, not a
+    // closure: an `EnvFilter` tells tracing which callsites can never log,
+    // so a disabled span or a library's trace! stays a cached branch.
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let hidden = [Some(spans::INNER), (!json).then_some(spans::REQUEST)];
+    for target in hidden.into_iter().flatten() {
+        filter = filter.add_directive(format!("{target}=off").parse().expect("a valid directive"));
+    }
     // Colours only for a person at a terminal, never in files or pipelines.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let json = cli.log_format == LogFormat::Json;
     let logs = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
@@ -62,29 +70,25 @@ fn main() -> ExitCode {
             .with_span_list(false)
             .boxed(),
     };
-    // Logs never show the spans inside a request, and show the request's
-    // own span (its trace id on each line) only in JSON.
-    let logs = logs
-        .with_filter(filter)
-        .with_filter(filter::filter_fn(move |meta| {
-            meta.target() != spans::INNER && (json || meta.target() != spans::REQUEST)
-        }));
+    let logs = logs.with_filter(filter);
     let otel_layer = traces.as_ref().map(|(_, installed)| {
         tracing_opentelemetry::layer()
             .with_tracer(installed.tracer())
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(filter::filter_fn(|meta| {
-                meta.is_span() && (meta.target() == spans::REQUEST || meta.target() == spans::INNER)
-            }))
+            .with_filter(
+                filter::Targets::new()
+                    .with_target(spans::REQUEST, tracing::Level::INFO)
+                    .with_target(spans::INNER, tracing::Level::INFO),
+            )
     });
     tracing_subscriber::registry()
         .with(logs)
         .with(otel_layer)
         .init();
     if traces.is_some() || json {
-        spans::turn_on();
+        spans::turn_on(json);
     }
     if let Some((export, _)) = &traces {
         tracing::info!(

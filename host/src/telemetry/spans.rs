@@ -40,9 +40,15 @@ const GRPC_SERVICE: &str = "inference.GRPCInferenceService";
 /// or logs are JSON. When not, the edge skips even looking for them.
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// Turns request spans on (once, at start).
-pub fn turn_on() {
+/// Whether logs want every request's span, sampled or not (JSON logs
+/// show its trace id on each line).
+static LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Turns request spans on (once, at start): `logged` when JSON logs show
+/// them.
+pub fn turn_on(logged: bool) {
     ON.store(true, Ordering::Relaxed);
+    LOGGED.store(logged, Ordering::Relaxed);
 }
 
 /// Whether the edge opens request spans.
@@ -75,10 +81,10 @@ pub fn http_request(
         wasm_host.instance = Empty,
         trace_id = Empty,
     );
-    if !span.is_disabled() {
-        join(&span, &opentelemetry_http::HeaderExtractor(headers));
+    if span.is_disabled() {
+        return span;
     }
-    span
+    join(span, &opentelemetry_http::HeaderExtractor(headers))
 }
 
 /// The span of a gRPC inference call (`ModelInfer`), joined to the caller's
@@ -103,26 +109,40 @@ pub fn grpc_request(
         wasm_host.instance = Empty,
         trace_id = Empty,
     );
-    if !span.is_disabled() {
-        join(&span, &Metadata(metadata));
+    if span.is_disabled() {
+        return span;
     }
-    span
+    join(span, &Metadata(metadata))
 }
 
 /// Joins `span` to the trace the caller sent, and records the trace id
-/// (for JSON logs).
-fn join(span: &Span, carrier: &dyn Extractor) {
+/// (for JSON logs). A request the sampler leaves out is not traced at all
+/// (unless logs are JSON and want its trace id): its inner spans then cost
+/// nothing either, which is what makes 1 % sampling cheap.
+fn join(span: Span, carrier: &dyn Extractor) -> Span {
     let parent = TraceContextPropagator::new().extract(carrier);
     let trace_id = if otel::on() {
         // Only fails if the span has started, and it has not.
         let _ = span.set_parent(parent);
-        span.context().span().span_context().trace_id()
+        let context = span.context();
+        let own = context.span();
+        if !own.span_context().is_sampled() && !LOGGED.load(Ordering::Relaxed) {
+            return Span::none();
+        }
+        own.span_context().trace_id()
     } else {
         parent.span().span_context().trace_id()
     };
     if trace_id != TraceId::INVALID {
         span.record("trace_id", display(trace_id));
     }
+    span
+}
+
+/// Whether the caller is inside a traced request: spans inside a request
+/// are made only then.
+fn traced() -> bool {
+    otel::on() && !Span::current().is_disabled()
 }
 
 /// Records, on the request span the caller is in, the model version that
@@ -161,11 +181,17 @@ pub fn grpc_status(span: &Span, code: tonic::Code) {
 
 /// Waiting for a free instance (or for a batch to take the request).
 pub fn queue() -> Span {
+    if !traced() {
+        return Span::none();
+    }
     tracing::info_span!(target: INNER, "queue")
 }
 
 /// One call into the guest, on `instance`.
 pub fn guest_call(model: &str, version: &str, instance: u64) -> Span {
+    if !traced() {
+        return Span::none();
+    }
     tracing::info_span!(
         target: INNER,
         "guest call",
@@ -186,15 +212,25 @@ pub fn outcome(span: &Span, outcome: &'static str) {
 }
 
 /// A batch: the root of a trace of its own, since it belongs to several
-/// requests' traces at once; [`link`] ties it to each of them.
-pub fn batch(model: &str, version: &str, requests: usize, rows: usize) -> Span {
+/// requests' traces at once; [`link`] ties it to each of them. Made only
+/// if one of `requests` is traced.
+pub fn batch<'a>(
+    model: &str,
+    version: &str,
+    mut requests: impl ExactSizeIterator<Item = &'a Span>,
+    rows: usize,
+) -> Span {
+    let count = requests.len();
+    if !otel::on() || requests.all(Span::is_disabled) {
+        return Span::none();
+    }
     tracing::info_span!(
         target: INNER,
         parent: None,
         "batch",
         model.name = model,
         model.version = version,
-        wasm_host.batch.requests = requests as i64,
+        wasm_host.batch.requests = count as i64,
         wasm_host.batch.rows = rows as i64,
     )
 }

@@ -494,7 +494,8 @@ async fn execute(
     let inputs = concat(&batch);
     let instance = lease.instance_id();
     let (name, version) = (&served.name, &served.version);
-    let span = spans::batch(name, version, batch.len(), rows.iter().sum());
+    let requests = batch.iter().map(|m| &m.span);
+    let span = spans::batch(name, version, requests, rows.iter().sum());
     for member in &batch {
         spans::link(&span, &member.span);
     }
