@@ -886,3 +886,143 @@ fn a_reload_onto_a_stuck_model_fails_with_a_reason_and_signals_during_it_are_app
     });
     assert_eq!(host.post_json("/v2/models/echo/infer", &echo).status, 200);
 }
+
+/// A folder laid out as KServe's storage initializer leaves `/mnt/models`:
+/// each file copied in under the name it was uploaded with.
+fn storage(name: &str, files: &[(&str, &Path)]) -> PathBuf {
+    let dir = scratch_file(name);
+    for (rel, from) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::copy(from, path).unwrap();
+    }
+    dir
+}
+
+/// The digits model's label for the first reference row, from `model`.
+fn digits_label(host: &Host, model: &str, input: &str) -> Value {
+    let response = host.post_json(
+        &format!("/v2/models/{model}/infer"),
+        &json!({"inputs": [{"name": input, "shape": [1, 64], "datatype": "FP32",
+                            "data": support::digits_row()}],
+                "outputs": [{"name": "label"}]}),
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    response.json()["outputs"][0]["data"][0].clone()
+}
+
+#[test]
+fn a_folder_given_as_the_model_serves_its_one_wasm_file_under_model_name() {
+    let dir = storage(
+        "kserve-wasm",
+        &[("digits-classifier.wasm", &guest("guest_model"))],
+    );
+    let host = Host::start_without_model(
+        &[
+            "--model-name",
+            "kserve-digits",
+            dir.to_str().unwrap(),
+            "--instances",
+            "1",
+        ],
+        &[],
+    );
+    let want = support::reference()["predicted_labels"][0].clone();
+    assert_eq!(digits_label(&host, "kserve-digits", "x"), want);
+    // Under the name KServe gave it, not the one the model declares.
+    assert_eq!(host.get("/v2/models/digits").status, 404);
+}
+
+#[test]
+fn a_folder_given_as_the_model_packs_its_one_onnx_file_under_model_name() {
+    let onnx = support::workspace_root().join("guest-model/weights/digits_mlp.onnx");
+    let dir = storage("kserve-onnx", &[("sklearn_digits.onnx", &onnx)]);
+    let host = Host::start_without_model(
+        &[
+            "--model-name",
+            "sklearn-digits",
+            dir.to_str().unwrap(),
+            "--instances",
+            "1",
+        ],
+        &[],
+    );
+    let want = support::reference()["predicted_labels"][0].clone();
+    assert_eq!(digits_label(&host, "sklearn-digits", "input"), want);
+}
+
+#[test]
+fn a_folder_of_model_folders_given_as_the_model_is_a_repository_whatever_the_file_names() {
+    // KServe's model agent puts each TrainedModel under /mnt/models/NAME/.
+    let dir = storage(
+        "kserve-repository",
+        &[
+            ("digits/uploaded-digits.wasm", &guest("guest_model")),
+            ("echo/1/model.wasm", &guest("echo_model")),
+        ],
+    );
+    let host = Host::start_without_model(
+        &[
+            "--model-name",
+            "ignored",
+            dir.to_str().unwrap(),
+            "--instances",
+            "1",
+        ],
+        &[],
+    );
+    let want = support::reference()["predicted_labels"][0].clone();
+    assert_eq!(digits_label(&host, "digits", "x"), want);
+    assert_eq!(host.get("/v2/models/echo/ready").status, 200);
+    assert!(
+        host.log()
+            .iter()
+            .any(|line| line.contains("--model-name ignored names no model")),
+        "{:?}",
+        host.log()
+    );
+}
+
+#[test]
+fn a_folder_with_two_model_files_is_refused_with_what_to_do_and_a_usage_exit() {
+    let dir = storage(
+        "kserve-ambiguous",
+        &[
+            ("a.wasm", &guest("guest_model")),
+            ("b.wasm", &guest("echo_model")),
+        ],
+    );
+    let (status, _, stderr) = support::run_command(&[
+        "--model-name",
+        "m",
+        dir.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("holds 2 model files (a.wasm, b.wasm)")
+            && stderr.contains("keep one, or name the one to serve model.wasm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_model_file_linked_from_outside_the_folder_given_is_refused() {
+    let outside = scratch_file("kserve-outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(guest("guest_model"), outside.join("secret.wasm")).unwrap();
+    let dir = scratch_file("kserve-escape");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.wasm"), dir.join("model.wasm")).unwrap();
+    let (status, _, stderr) =
+        support::run_command(&[dir.to_str().unwrap(), "--bind", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("leads outside"), "{stderr}");
+    assert!(!stderr.contains("secret.wasm"), "{stderr}");
+}

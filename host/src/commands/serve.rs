@@ -1,14 +1,17 @@
 //! `wasm-host serve`: bind, load the models (files given, or a repository),
 //! boot their instances, serve until TERM or INT.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Failure;
 use crate::commands::cli::{LoadMode, ModelControl, ServeArgs};
+use crate::core::name::ModelName;
 use crate::edge::app::{App, ControlConfig, Plane, ServerConfig};
 use crate::edge::server;
 use crate::lifecycle::registry::{Budget, LoadRequest, Registry};
+use crate::lifecycle::repository::Holds;
 use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::lifecycle::{repository, signals};
@@ -39,13 +42,18 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             ),
         ));
     }
-    if cli.model_control == ModelControl::Poll && cli.model_repository.is_none() {
+    let Given {
+        files,
+        name,
+        repository: model_repository,
+    } = given_models(&cli)?;
+    if cli.model_control == ModelControl::Poll && model_repository.is_none() {
         return Err(Failure::new(
             Failure::USAGE,
             "--model-control poll needs --model-repository DIR: the folder to rescan",
         ));
     }
-    if cli.load == LoadMode::OnDemand && cli.model_repository.is_none() {
+    if cli.load == LoadMode::OnDemand && model_repository.is_none() {
         return Err(Failure::new(
             Failure::USAGE,
             "--load on-demand needs --model-repository DIR: the models to register and load \
@@ -133,13 +141,13 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         registry.enable_on_demand();
     }
 
-    for path in &cli.models {
+    for path in &files {
         let bytes = registry
             .read_model(path)
             .await
             .map_err(|why| Failure::new(Failure::MODEL, why.to_string()))?;
         let request = LoadRequest {
-            name: None,
+            name: name.clone(),
             version: None,
             bytes,
             path: Some(path.clone()),
@@ -151,7 +159,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|why| Failure::new(Failure::MODEL, why.to_string()))?;
     }
-    if registry.served().len() < cli.models.len() {
+    if registry.served().len() < files.len() {
         return Err(Failure::new(
             Failure::MODEL,
             "two of the model files declare the same model name; each model needs its own \
@@ -159,7 +167,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         ));
     }
     let mut found = Vec::new();
-    if let Some(dir) = &cli.model_repository {
+    if let Some(dir) = &model_repository {
         let loaded = match cli.load {
             LoadMode::Startup => repository::load_all(&registry, dir).await,
             LoadMode::OnDemand => repository::register_all(&registry, dir).await,
@@ -167,7 +175,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         found = loaded.map_err(|why| Failure::new(Failure::MODEL, why))?;
     }
     if cli.model_control == ModelControl::Poll
-        && let Some(dir) = &cli.model_repository
+        && let Some(dir) = &model_repository
     {
         repository::spawn_poll(
             Arc::clone(&registry),
@@ -195,7 +203,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         ControlConfig {
             mode: cli.model_control,
             token: cli.admin_token.clone().filter(|t| !t.is_empty()),
-            repository: cli.model_repository.clone(),
+            repository: model_repository.clone(),
         },
     );
     let address = listener
@@ -272,6 +280,80 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
     server::serve(listener, app, plane, wait(stopping)).await;
     while servers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// What `serve` was given to serve.
+struct Given {
+    /// The model files, each loaded at start.
+    files: Vec<PathBuf>,
+    /// `--model-name`, checked: the name of the one model file.
+    name: Option<ModelName>,
+    /// The repository: `--model-repository`, or a folder given as a model
+    /// that holds no model file.
+    repository: Option<PathBuf>,
+}
+
+/// The model files to serve and the repository, from the paths given and
+/// `--model-repository`: a folder given as a model is the one model file
+/// in it (KServe's storage initializer keeps the uploaded file's name), or
+/// the repository if it holds none. `--model-name` names one model file;
+/// beside a repository alone it names nothing (a KServe runtime passes it
+/// whatever the storage holds), and that is logged.
+fn given_models(cli: &ServeArgs) -> Result<Given, Failure> {
+    let name = match &cli.model_name {
+        Some(text) => Some(ModelName::parse(text).map_err(|why| {
+            Failure::new(Failure::USAGE, format!("--model-name {text:?}: {why}"))
+        })?),
+        None => None,
+    };
+    let mut files = Vec::new();
+    let mut repository = cli.model_repository.clone();
+    for path in &cli.models {
+        let given = repository::holds(path)
+            .map_err(|why| Failure::new(Failure::MODEL, why.message().to_owned()))?;
+        match given {
+            Holds::File(file) => files.push(file),
+            Holds::Ambiguous(why) => return Err(Failure::new(Failure::USAGE, why)),
+            Holds::Repository(dir) => match &repository {
+                None => repository = Some(dir),
+                Some(other) => {
+                    return Err(Failure::new(
+                        Failure::USAGE,
+                        format!(
+                            "{} holds no model file, so it would be a model repository, but \
+                             {} is one already; serve one repository, or put the model file \
+                             in the folder",
+                            path.display(),
+                            other.display()
+                        ),
+                    ));
+                }
+            },
+        }
+    }
+    if let Some(name) = &name {
+        match files.len() {
+            1 => {}
+            0 => tracing::info!(
+                "--model-name {name} names no model: the repository's models go by their \
+                 folder names"
+            ),
+            n => {
+                return Err(Failure::new(
+                    Failure::USAGE,
+                    format!(
+                        "--model-name names one model, and {n} model files were given; drop \
+                         it (each model goes by its own name), or serve one file"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Given {
+        files,
+        name,
+        repository,
+    })
 }
 
 fn bind(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Failure> {

@@ -13,6 +13,9 @@
 //! `wasm-host compile`) is accepted beside or instead of `model.wasm`; it is
 //! loaded only where the operator allows precompiled artifacts. A
 //! `model.onnx` is packed into a component on the fly (`wasm-host pack`).
+//! A folder with no file named so may hold its one model file under any
+//! name ending `.wasm`, `.cwasm` or `.onnx`: KServe's storage initializer
+//! and model agent keep the uploaded file's name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,10 @@ use crate::model::files::{self, Abandoned, FileError};
 /// The file names a model folder may hold its component under, in order of
 /// preference.
 const MODEL_FILES: [&str; 3] = ["model.wasm", "model.cwasm", "model.onnx"];
+
+/// The endings of a model file under another name: a folder with none of
+/// [`MODEL_FILES`] may hold one file so named, whatever it is called.
+const MODEL_EXTENSIONS: [&str; 3] = ["wasm", "cwasm", "onnx"];
 
 /// The largest `model.toml` read: settings are a few lines; anything bigger
 /// is a mistake or an attack (a link to `/dev/zero`, a huge file).
@@ -216,16 +223,7 @@ fn find_in(root: &Path, name: &ModelName) -> Result<Found, LoadError> {
         (None, Some(&latest)) => (folder.join(latest.to_string()), Some(latest.to_string())),
         (None, None) => (folder.clone(), None),
     };
-    let mut path = None;
-    for file in MODEL_FILES {
-        if let Some(real) = inside(root, &model_dir.join(file))?
-            && real.is_file()
-        {
-            path = Some(real);
-            break;
-        }
-    }
-    let path = path.ok_or_else(|| {
+    let path = model_file(root, &model_dir)?.ok_or_else(|| {
         LoadError::NotFound(format!(
             "{} holds no model: put the component there as model.wasm",
             model_dir.display()
@@ -247,6 +245,101 @@ fn find_in(root: &Path, name: &ModelName) -> Result<Found, LoadError> {
         path,
         settings,
         fingerprint,
+    })
+}
+
+/// The model file in `dir`, resolved and inside `root`: see
+/// [`model_files`]; two are refused, naming both.
+fn model_file(root: &Path, dir: &Path) -> Result<Option<PathBuf>, LoadError> {
+    match model_files(root, dir)?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(LoadError::BadFile(ambiguous(dir, many))),
+    }
+}
+
+/// The model files in `dir`, resolved and inside `root`: `model.wasm`,
+/// `model.cwasm` or `model.onnx` alone, the first of them there is; else
+/// every file ending in one of [`MODEL_EXTENSIONS`], whatever its name.
+fn model_files(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    for file in MODEL_FILES {
+        if let Some(real) = inside(root, &dir.join(file))?
+            && real.is_file()
+        {
+            return Ok(vec![real]);
+        }
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|err| LoadError::BadFile(format!("cannot read {}: {err}", dir.display())))?;
+    let mut named: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.extension()
+                .and_then(|ext| ext.to_str())
+                .is_some_and(|ext| MODEL_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    named.sort();
+    let mut found = Vec::new();
+    for path in named {
+        if let Some(real) = inside(root, &path)?
+            && real.is_file()
+        {
+            found.push(real);
+        }
+    }
+    Ok(found)
+}
+
+/// Why a folder with two or more model files is refused, and what to do:
+/// which one to serve is the operator's choice, not the host's.
+fn ambiguous(dir: &Path, files: &[PathBuf]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .map(|path| {
+            path.file_name()
+                .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+        })
+        .collect();
+    format!(
+        "{} holds {} model files ({}): keep one, or name the one to serve model.wasm \
+         (model.onnx for an ONNX file)",
+        dir.display(),
+        files.len(),
+        names.join(", ")
+    )
+}
+
+/// What a model path given to `serve` holds. KServe's storage initializer
+/// leaves one of these in `/mnt/models`: the uploaded file, a folder
+/// holding it (under the name it was uploaded with), or a repository.
+#[derive(Debug, PartialEq)]
+pub enum Holds {
+    /// A model file: the path itself, or the one model file at the top of
+    /// the folder, resolved inside it.
+    File(PathBuf),
+    /// A folder with no model file at its top: a repository, one folder
+    /// per model.
+    Repository(PathBuf),
+    /// A folder with two or more model files at its top, and why that is
+    /// refused.
+    Ambiguous(String),
+}
+
+/// Says what `path` holds: a file is a model file; a folder is the one
+/// model file at its top ([`model_files`]), or a repository if it has
+/// none, or ambiguous if it has more.
+pub fn holds(path: &Path) -> Result<Holds, LoadError> {
+    if !path.is_dir() {
+        return Ok(Holds::File(path.to_owned()));
+    }
+    let root = root(path)?;
+    let files = model_files(&root, &root)?;
+    Ok(match files.as_slice() {
+        [] => Holds::Repository(path.to_owned()),
+        [one] => Holds::File(one.clone()),
+        many => Holds::Ambiguous(ambiguous(path, many)),
     })
 }
 

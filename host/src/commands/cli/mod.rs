@@ -44,6 +44,7 @@ Commands (serve is the default):
   wasm-host plan MODEL.wasm --rate 200   how many instances sustain 200 requests/s here?
   wasm-host pack M.onnx -o MODEL.wasm    pack an ONNX model into a pre-initialised component
   wasm-host [serve] MODEL.onnx           pack on the fly (cached), then serve
+  wasm-host --model-name NAME /mnt/models the model file in a folder (KServe), under NAME
 
 Examples:
   wasm-host target/wasm32-wasip2/release/guest_model.wasm
@@ -214,13 +215,17 @@ pub enum LoadMode {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), or ONNX files (packed on the fly), each served under its own name.
+    /// The models: WebAssembly components exporting wasm-host:model/model (wit/model.wit), or ONNX files (packed on the fly), each served under its own name. A folder stands for the one model file in it, whatever its name, or is served as --model-repository if it holds none (as KServe's /mnt/models).
     #[arg(
         value_name = "MODEL.wasm",
         env = "WASM_HOST_MODEL",
         required_unless_present = "model_repository"
     )]
     pub models: Vec<PathBuf>,
+
+    /// Serve the model under this name in URLs instead of the one it declares (e.g. {{.Name}} in a KServe ServingRuntime); for one model file, or a folder holding one. A folder of model folders keeps their names.
+    #[arg(long, env = "WASM_HOST_MODEL_NAME", value_name = "NAME")]
+    pub model_name: Option<String>,
 
     /// A folder with one folder per model (DIR/NAME/model.wasm or DIR/NAME/1/model.wasm, and an optional DIR/NAME/model.toml of its settings), laid out as a Triton model repository.
     #[arg(long, env = "WASM_HOST_MODEL_REPOSITORY", value_name = "DIR")]
