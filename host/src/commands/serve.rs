@@ -16,6 +16,7 @@ use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::lifecycle::{repository, signals};
 use crate::model;
+use crate::model::files;
 use crate::pool::PoolConfig;
 use crate::runtime::cache::CompileCache;
 use crate::runtime::engine;
@@ -46,7 +47,7 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
         files,
         name,
         repository: model_repository,
-    } = given_models(&cli)?;
+    } = given_models(&cli).await?;
     if cli.model_control == ModelControl::Poll && model_repository.is_none() {
         return Err(Failure::new(
             Failure::USAGE,
@@ -299,7 +300,7 @@ struct Given {
 /// the repository if it holds none. `--model-name` names one model file;
 /// beside a repository alone it names nothing (a KServe runtime passes it
 /// whatever the storage holds), and that is logged.
-fn given_models(cli: &ServeArgs) -> Result<Given, Failure> {
+async fn given_models(cli: &ServeArgs) -> Result<Given, Failure> {
     let name = match &cli.model_name {
         Some(text) => Some(ModelName::parse(text).map_err(|why| {
             Failure::new(Failure::USAGE, format!("--model-name {text:?}: {why}"))
@@ -309,7 +310,14 @@ fn given_models(cli: &ServeArgs) -> Result<Given, Failure> {
     let mut files = Vec::new();
     let mut repository = cli.model_repository.clone();
     for path in &cli.models {
-        let given = repository::holds(path)
+        // Off the runtime and within the scan's deadline: a hung mount fails
+        // the start, it does not stall it.
+        let owned = path.clone();
+        let given = files::off_runtime(repository::SCAN_TIMEOUT, move || repository::holds(&owned))
+            .await
+            .map_err(|why| {
+                Failure::new(Failure::MODEL, format!("reading {} {why}", path.display()))
+            })?
             .map_err(|why| Failure::new(Failure::MODEL, why.message().to_owned()))?;
         match given {
             Holds::File(file) => files.push(file),
