@@ -871,6 +871,7 @@ def write_doc(target_rows):
         *grpc_section(),
         *written_section("batching.md"),
         *written_section("instructions.md"),
+        *written_section("tracing.md"),
         *edge_section(),
         "## Micro-benchmarks",
         "",

@@ -38,6 +38,9 @@
 #  10. instructions per request, counted under valgrind's callgrind for
 #      wasm-host and the native ceiling, grouped by where they go: a figure
 #      the machine's load does not move (bench/instructions.py);
+#  11. tracing: CPU per request with OpenTelemetry export off, on at 1 % and
+#      at 100 % sampling, to an OTLP/HTTP sink, in interleaved rounds
+#      (bench/tracing.py);
 # and finally prints the table and writes docs/benchmarks.md
 # (bench/report.py). Every server is started, measured and stopped by its PID.
 #
@@ -63,7 +66,7 @@
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
 #   BENCH_ONDEMAND_MODELS=10000  registered models for the on-demand part (its budget holds 1 %)
 #   BENCH_ONDEMAND_SECONDS=20    seconds of Zipf traffic for the on-demand part
-#   BENCH_ONLY="throughput density startup micro onnx models ondemand fleet grpc batching edge instructions"   run only some parts (the report
+#   BENCH_ONLY="throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -104,7 +107,7 @@ if [[ $PIN == 1 ]]; then
     WRK_PIN=(taskset -c "$WRK_CPU")
 fi
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models ondemand fleet grpc batching edge instructions"}
+ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -682,6 +685,14 @@ batching() {
 
 # --- instructions per request ------------------------------------------------------------
 
+tracing() {
+    say "tracing: CPU per request with OpenTelemetry export off, at 1 % and at 100 %"
+    wait_quiet
+    python3 bench/tracing.py --host "$HOST" --digits "$WASM/guest_model.wasm" \
+        --wrk-script "$LUA" --workdir "$OUT/tracing" \
+        --out-md "$OUT/tracing.md" --out-json "$OUT/tracing.json"
+}
+
 instructions() {
     say "instructions per request under callgrind: wasm-host and the native ceiling"
     wait_quiet
@@ -875,7 +886,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models ondemand fleet grpc batching edge instructions; do
+    for part in throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"

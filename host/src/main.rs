@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
             .with_filter(
                 filter::Targets::new()
                     .with_target(spans::REQUEST, tracing::Level::INFO)

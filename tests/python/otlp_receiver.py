@@ -69,7 +69,7 @@ def flatten(request: trace_service_pb2.ExportTraceServiceRequest, transport: str
 
 
 class Receiver:
-    def __init__(self):
+    def __init__(self, grpc_port=0, http_port=0):
         self._lock = threading.Lock()
         self.spans: list[Span] = []
         self.exports = 0
@@ -82,7 +82,7 @@ class Receiver:
 
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
-        grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
         self.grpc_url = f"http://127.0.0.1:{grpc_port}"
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,7 +109,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http = ThreadingHTTPServer(("127.0.0.1", http_port), Handler)
         self.http_url = f"http://127.0.0.1:{self._http.server_address[1]}"
         self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
 
@@ -140,3 +140,35 @@ class Receiver:
         self._grpc.stop(grace=None)
         self._http.shutdown()
         self._http.server_close()
+
+
+def main():
+    """Run the receiver alone and print each span as it arrives (for docs/tracing.md's session):
+
+        python tests/python/otlp_receiver.py [GRPC_PORT HTTP_PORT]
+    """
+    import sys
+
+    ports = [int(p) for p in sys.argv[1:3]] or [4317, 4318]
+    receiver = Receiver(*ports)
+    with receiver:
+        print(f"OTLP receiver: gRPC {receiver.grpc_url}, HTTP {receiver.http_url}/v1/traces",
+              flush=True)
+        shown = 0
+        try:
+            while True:
+                spans = receiver.snapshot()
+                for s in spans[shown:]:
+                    attrs = " ".join(f"{k}={v}" for k, v in sorted(s.attributes.items())
+                                     if not k.startswith("otel.") and k not in ("busy_ns", "idle_ns"))
+                    links = f" links={len(s.links)}" if s.links else ""
+                    print(f"{s.trace_id[:8]} {s.span_id[:8]} parent={s.parent_span_id[:8] or '-':<8} "
+                          f"{s.name:<32} {attrs}{links}", flush=True)
+                shown = len(spans)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

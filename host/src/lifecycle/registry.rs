@@ -418,7 +418,16 @@ impl Registry {
             request.version.as_deref().unwrap_or(""),
             cause.as_str(),
         );
-        self.load_under_locks(request, cause).instrument(span).await
+        let loaded = self
+            .load_under_locks(request, cause)
+            .instrument(span.clone())
+            .await;
+        // A model that names itself is known by name only now.
+        if let Ok(served) = &loaded {
+            span.record("model.name", served.name.as_str());
+            span.record("model.version", served.version.as_str());
+        }
+        loaded
     }
 
     /// [`Registry::load_as`] under the model's lock (or `changing`, for a

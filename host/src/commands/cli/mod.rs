@@ -379,7 +379,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
-    /// How spans reach the collector [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    /// How spans reach the collector (e.g. grpc) [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<crate::telemetry::otel::Protocol>,
 

@@ -59,6 +59,7 @@ fn waiting(config: BatchConfig, requests: &[(u64, usize)]) -> (Batcher, Listenin
             arrived: Instant::now(),
             taken: Some(taken),
             reply,
+            span: tracing::Span::none(),
         };
         assert!(!batcher.enqueue(member));
         receivers.push((answer, taken_rx));
