@@ -11,6 +11,7 @@
 //! runtime/    WebAssembly: engine, instance (deadline, faults), sandbox, contract, cache
 //! model/      model files: reading them safely, compiling, ONNX packing
 //! commands/   serve, pack, inspect, compile, plan: flags in, the library called
+//! telemetry/  logs (subscriber, live filter), trace settings: beside every layer
 //! ```
 //!
 //! An inference over HTTP: [`edge::server`] accepts the connection →
@@ -37,6 +38,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod pool;
 pub mod runtime;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
