@@ -350,7 +350,8 @@ impl LogControl {
     pub fn apply(&self, update: &LogUpdate) -> Result<LogSettings, String> {
         let mut settings = self.inner.settings.lock().unwrap();
         let next = settings.updated(update)?;
-        (self.inner.reload)(filter(&self.inner.base, &next))?;
+        // Said before the change, under the filter that shows it: a line
+        // that turns info off is the last info line, and says why.
         if *settings != next {
             tracing::info!(
                 "log settings: info {}, warning {}, error {}, verbose level {}",
@@ -360,6 +361,7 @@ impl LogControl {
                 next.log_verbose_level
             );
         }
+        (self.inner.reload)(filter(&self.inner.base, &next))?;
         *settings = next.clone();
         Ok(next)
     }
