@@ -11,7 +11,7 @@
 //! runtime/    WebAssembly: engine, instance (deadline, faults), sandbox, contract, cache
 //! model/      model files: reading them safely, compiling, ONNX packing
 //! commands/   serve, pack, inspect, compile, plan: flags in, the library called
-//! telemetry/  logs and traces: OpenTelemetry export, the spans of a request
+//! telemetry/  logs (subscriber, live filter), traces (a request's spans, OTLP export), trace settings
 //! ```
 //!
 //! An inference over HTTP: [`edge::server`] accepts the connection →

@@ -1,15 +1,14 @@
 //! The `wasm-host` binary: parse the settings, set up logging, run the command.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{Layer, filter};
 use wasm_host::commands;
 use wasm_host::commands::cli::{Command, LogFormat};
 use wasm_host::telemetry::otel::{self, Export};
-use wasm_host::telemetry::spans;
+use wasm_host::telemetry::{self, spans};
 
 fn main() -> ExitCode {
     let cli = match wasm_host::commands::config::parse_cli() {
@@ -47,30 +46,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.log_format == LogFormat::Json;
-    // Logs never show the spans inside a request, and show the request's
-    // own span (its trace id on each line) only in JSON. Directives, not a
-    // closure: an `EnvFilter` tells tracing which callsites can never log,
-    // so a disabled span or a library's trace! stays a cached branch.
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let hidden = [Some(spans::INNER), (!json).then_some(spans::REQUEST)];
-    for target in hidden.into_iter().flatten() {
-        filter = filter.add_directive(format!("{target}=off").parse().expect("a valid directive"));
-    }
-    // Colours only for a person at a terminal, never in files or pipelines.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt::layer()
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    let logs = match json {
-        false => logs.boxed(),
-        true => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
-    };
-    let logs = logs.with_filter(filter);
+    let (log_lines, logs) = telemetry::log_layer(cli.log_format);
     let otel_layer = traces.as_ref().map(|(_, installed)| {
         tracing_opentelemetry::layer()
             .with_tracer(installed.tracer())
@@ -85,7 +61,7 @@ fn main() -> ExitCode {
             )
     });
     tracing_subscriber::registry()
-        .with(logs)
+        .with(log_lines)
         .with(otel_layer)
         .init();
     if traces.is_some() || json {
@@ -101,7 +77,7 @@ fn main() -> ExitCode {
     }
     let result = runtime.block_on(async {
         match cli.into_command() {
-            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Serve(args) => commands::serve::run(args, logs).await,
             Command::Compile(args) => commands::compile::run(args).await,
             Command::Inspect(args) => commands::inspect::run(args).await,
             Command::Plan(args) => commands::plan::run(args).await,

@@ -201,3 +201,35 @@ def test_json_logs_carry_the_callers_trace_id_on_a_requests_lines(reference):
     access = [line for line in lines if line.get("target") == "access"]
     assert access, "the access log line is there"
     assert access[-1]["span"]["trace_id"] == trace_id, access[-1]
+
+
+def test_tritons_trace_settings_choose_which_requests_are_traced(reference):
+    auth = {"Authorization": f"Bearer {conftest.ADMIN_TOKEN}"}
+    with Receiver() as receiver, running_host(
+        ["--otlp-endpoint", receiver.grpc_url, "--otlp-protocol", "grpc", str(MODEL)],
+        {"WASM_HOST_ADMIN_TOKEN": conftest.ADMIN_TOKEN},
+    ) as addr:
+        client = httpclient.InferenceServerClient(addr)
+        # With an exporter, every request is offered to the sampler.
+        assert client.get_trace_settings(headers=auth)["trace_level"] == ["TIMESTAMPS"]
+        client.update_trace_settings(model_name="digits", settings={"trace_rate": "4"}, headers=auth)
+        rate = [traceparent(700 + i) for i in range(12)]
+        for _, _, header in rate:
+            http_infer(addr, reference, header)
+        client.update_trace_settings(model_name="digits", settings={"trace_rate": None,
+                                                                    "trace_count": "2"}, headers=auth)
+        count = [traceparent(800 + i) for i in range(5)]
+        for _, _, header in count:
+            http_infer(addr, reference, header)
+        client.update_trace_settings(settings={"trace_level": ["OFF"]}, headers=auth)
+        client.update_trace_settings(model_name="digits", settings={"trace_count": None}, headers=auth)
+        off = traceparent(900)
+        http_infer(addr, reference, off[2])
+        servers = lambda spans, calls: [t for t, _, _ in calls
+                                        if any(s.is_server and s.trace_id == t for s in spans)]
+        spans = receiver.wait_for(lambda spans: len(servers(spans, count)) >= 2)
+        __import__("time").sleep(0.5)  # the rest, had any been sent
+        spans = receiver.snapshot()
+    assert len(servers(spans, rate)) == 3, "trace_rate 4: one request in four"
+    assert len(servers(spans, count)) == 2, "trace_count 2: two more, then none"
+    assert not by_trace(spans, off[0]), "trace_level OFF: none"

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::Failure;
 use crate::commands::cli::{LoadMode, ModelControl, ServeArgs};
 use crate::core::name::ModelName;
-use crate::edge::app::{App, ControlConfig, Plane, ServerConfig};
+use crate::edge::app::{App, ControlConfig, Plane, ServerConfig, Telemetry};
 use crate::edge::server;
 use crate::lifecycle::registry::{Budget, LoadRequest, Registry};
 use crate::lifecycle::repository::Holds;
@@ -20,6 +20,7 @@ use crate::model::files;
 use crate::pool::PoolConfig;
 use crate::runtime::cache::CompileCache;
 use crate::runtime::engine;
+use crate::telemetry::{LogControl, TraceSettings};
 
 /// How many instances the memory budget makes room for: one per memory limit,
 /// counting at most this much each (an instance rarely uses its whole cap),
@@ -31,7 +32,8 @@ const SLOT_SHARE: u64 = 32 << 20;
 const MOST_INSTANCES: u64 = 16384;
 
 /// Binds, loads the models, boots their instances and serves until TERM or INT.
-pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
+/// `logs` changes the log filter ([`crate::telemetry::init_logs`]'s).
+pub async fn run(cli: ServeArgs, logs: LogControl) -> Result<(), Failure> {
     let started = Instant::now();
     if cli.body_budget < cli.max_body {
         return Err(Failure::new(
@@ -205,6 +207,12 @@ pub async fn run(cli: ServeArgs) -> Result<(), Failure> {
             mode: cli.model_control,
             token: cli.admin_token.clone().filter(|t| !t.is_empty()),
             repository: model_repository.clone(),
+        },
+        Telemetry {
+            // With an exporter every request is offered to the sampler
+            // (TIMESTAMPS); without, nothing is traced (OFF).
+            trace: Arc::new(TraceSettings::new(crate::telemetry::otel::on())),
+            logs,
         },
     );
     let address = listener

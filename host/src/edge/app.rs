@@ -1,6 +1,6 @@
 //! What every request shares: the registry of served models, the server's
-//! limits, the body budget, the model-control settings, and whether the
-//! host still accepts work or is draining.
+//! limits, the body budget, the model-control settings, the trace and log
+//! settings, and whether the host still accepts work or is draining.
 //!
 //! Readiness means "this host can serve": its models are loaded with at
 //! least one instance each, and it is neither draining nor shutting down.
@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::commands::cli::ModelControl;
 use crate::edge::http::body::BodyLimits;
 use crate::lifecycle::registry::Registry;
+use crate::telemetry::{LogControl, TraceSettings};
 
 /// Limits the server applies before a request reaches a model.
 #[derive(Debug, Clone)]
@@ -69,6 +70,31 @@ impl Plane {
     }
 }
 
+/// The largest trace or log settings body: a few keys and values.
+const SETTINGS_BODY: usize = 64 << 10;
+
+/// What the trace and logging endpoints change, and what the tracing code
+/// reads for every request.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Triton's trace settings: [`TraceSettings::admit`] says whether a
+    /// request is traced.
+    pub trace: Arc<TraceSettings>,
+    /// The live log settings and the filter they rebuild.
+    pub logs: LogControl,
+}
+
+impl Telemetry {
+    /// Nothing traced, and log settings that change no filter: for tests
+    /// and tools without the host's subscriber.
+    pub fn detached() -> Self {
+        Telemetry {
+            trace: Arc::new(TraceSettings::new(false)),
+            logs: LogControl::detached(),
+        }
+    }
+}
+
 pub struct App {
     pub registry: Arc<Registry>,
     pub config: ServerConfig,
@@ -77,6 +103,9 @@ pub struct App {
     /// The bounds on repository API bodies, which carry components.
     pub uploads: BodyLimits,
     pub control: ControlConfig,
+    pub telemetry: Telemetry,
+    /// The bounds on trace and log settings bodies: a few keys.
+    pub settings_bodies: BodyLimits,
     /// `--max-connections`, shared by the public HTTP and gRPC listeners.
     pub connections: Arc<Semaphore>,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
@@ -129,11 +158,22 @@ pub struct Traffic {
 }
 
 impl App {
-    pub fn new(registry: Arc<Registry>, config: ServerConfig, control: ControlConfig) -> Arc<App> {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: ServerConfig,
+        control: ControlConfig,
+        telemetry: Telemetry,
+    ) -> Arc<App> {
         Arc::new(App {
             registry,
             body: BodyLimits::new(config.max_body, config.body_timeout, config.body_budget),
             uploads: crate::edge::control::upload_limits(config.body_timeout * 4),
+            settings_bodies: BodyLimits::new(
+                SETTINGS_BODY,
+                config.body_timeout,
+                SETTINGS_BODY * 16,
+            ),
+            telemetry,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
             control,
@@ -176,6 +216,13 @@ impl App {
             ),
             _ => {}
         }
+    }
+
+    /// Whether a request to `model` gets a span: with an exporter, when
+    /// Triton's trace settings admit it (level, rate, count); without one,
+    /// always (JSON logs show its trace id).
+    pub fn traces(&self, model: &str) -> bool {
+        !crate::telemetry::otel::on() || self.telemetry.trace.admit(model)
     }
 
     /// Whether a drain refuses new inference requests.

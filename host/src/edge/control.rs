@@ -101,7 +101,8 @@ pub async fn unload(app: &App, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// With `--admin-token`, every repository call must carry it.
+/// With `--admin-token`, every repository call (and every trace or log
+/// settings call) must carry it.
 pub fn authorize(app: &App, given: Option<&str>) -> Result<(), Error> {
     check_token(&app.control, given)
 }
@@ -115,7 +116,8 @@ fn check_token(control: &ControlConfig, given: Option<&str>) -> Result<(), Error
     }
     Err(Error::new(
         Kind::Unauthenticated,
-        "the repository API needs Authorization: Bearer <the host's --admin-token>",
+        "the admin API (repository, trace and log settings) needs Authorization: Bearer \
+         <the host's --admin-token>",
     ))
 }
 
@@ -207,7 +209,7 @@ async fn admit(app: &App, request: Request<Incoming>, changes: bool) -> Result<V
 }
 
 /// The token of an `Authorization: Bearer` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

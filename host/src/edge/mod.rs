@@ -10,7 +10,8 @@
 //! edge maps [`crate::core::error::Error`] to its own statuses in one place
 //! ([`http::error`], [`grpc`]'s `status`). [`control`] is the repository API
 //! both edges share, [`triton`] the model config and statistics both report,
-//! [`status`] the status page, [`access`] the access log.
+//! [`telemetry`] Triton's trace and log settings endpoints, [`status`] the
+//! status page, [`access`] the access log.
 
 pub mod access;
 pub mod app;
@@ -19,4 +20,5 @@ pub mod grpc;
 pub mod http;
 pub mod server;
 pub mod status;
+pub mod telemetry;
 pub mod triton;

@@ -85,7 +85,10 @@ async fn accept(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => {
+                    tracing::debug!("connection from {peer}");
+                    stream
+                }
                 Err(err) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!("accept failed: {err}");

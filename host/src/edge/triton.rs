@@ -2,7 +2,8 @@
 //! tools call: model configuration (`GET /v2/models/{m}/config`) and
 //! statistics (`GET /v2/models[/{m}[/versions/{v}]]/stats`), in Triton's
 //! JSON shapes, so that `perf_analyzer` and tritonclient's
-//! `get_model_config` / `get_inference_statistics` work unchanged.
+//! `get_model_config` / `get_inference_statistics` work unchanged. The
+//! trace and logging extensions are in [`crate::edge::telemetry`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,12 +16,14 @@ use crate::lifecycle::settings::Settings;
 use crate::runtime::contract::{Datatype, TensorSpec};
 
 /// The extensions `GET /v2` advertises.
-pub const EXTENSIONS: [&str; 5] = [
+pub const EXTENSIONS: [&str; 7] = [
     "binary_tensor_data",
     "classification",
     "model_repository",
     "model_configuration",
     "statistics",
+    "trace",
+    "logging",
 ];
 
 /// Triton's `TYPE_*` name for a datatype, as model configs spell it.

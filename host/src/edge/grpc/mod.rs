@@ -28,10 +28,13 @@ use crate::core::infer::{self, Answer, Deadline};
 use crate::core::protocol::Inference;
 use crate::edge::app::App;
 use crate::edge::control::{self, LoadParameters};
+use crate::edge::telemetry;
 use crate::edge::triton;
 use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
+use crate::telemetry::logging::{LogUpdate, LogValue};
+use crate::telemetry::settings::TraceUpdate;
 use crate::telemetry::spans;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;
@@ -95,12 +98,14 @@ impl Service {
         Ok(Box::pin(self.app.registry.describe(name, version)).await?)
     }
 
-    /// The repository calls' gate: served here, and the token right.
+    /// The gate of the repository, trace settings and log settings calls:
+    /// served here, and the token right.
     fn admin(&self, metadata: &MetadataMap) -> Result<(), Error> {
         if !self.admin {
             return Err(Error::new(
                 Kind::Forbidden,
-                "the repository API is served on the --admin-bind address only",
+                "the admin API (repository, trace and log settings) is served on the \
+                 --admin-bind address only",
             ));
         }
         let token = metadata
@@ -209,10 +214,10 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Answered<ModelInferResponse> {
-        if !spans::on() {
+        let model = &request.get_ref().model_name;
+        if !spans::on() || !self.app.traces(model) {
             return self.model_infer_untraced(request).await;
         }
-        let model = &request.get_ref().model_name;
         let span = spans::grpc_request(request.metadata(), "ModelInfer", model);
         let answered = Box::pin(self.model_infer_untraced(request))
             .instrument(span.clone())
@@ -302,6 +307,80 @@ impl GrpcInferenceService for Service {
         self.admin(request.metadata())?;
         control::unload(&self.app, &request.get_ref().model_name).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
+    /// A call with no settings reads them (tritonclient's
+    /// `get_trace_settings`); a setting with no value clears it.
+    async fn trace_setting(
+        &self,
+        request: Request<TraceSettingRequest>,
+    ) -> Answered<TraceSettingResponse> {
+        self.admin(request.metadata())?;
+        let request = request.into_inner();
+        let model = (!request.model_name.is_empty()).then_some(&*request.model_name);
+        let update = if request.settings.is_empty() {
+            None
+        } else {
+            let pairs = request
+                .settings
+                .into_iter()
+                .map(|(key, given)| (key, (!given.value.is_empty()).then_some(given.value)));
+            Some(TraceUpdate::parse(pairs).map_err(Error::bad_input)?)
+        };
+        let values = telemetry::trace(&self.app, model, update)?;
+        let settings = values
+            .pairs()
+            .into_iter()
+            .map(|(key, value)| {
+                let value = trace_setting_response::SettingValue { value };
+                (key.to_owned(), value)
+            })
+            .collect();
+        Ok(Response::new(TraceSettingResponse { settings }))
+    }
+
+    /// A call with no settings reads them (tritonclient's
+    /// `get_log_settings`).
+    async fn log_settings(
+        &self,
+        request: Request<LogSettingsRequest>,
+    ) -> Answered<LogSettingsResponse> {
+        use log_settings_request::setting_value::ParameterChoice as Given;
+        use log_settings_response::setting_value::ParameterChoice as Answer;
+        self.admin(request.metadata())?;
+        let settings = request.into_inner().settings;
+        let update = if settings.is_empty() {
+            None
+        } else {
+            let pairs = settings.into_iter().map(|(key, given)| {
+                let value = match given.parameter_choice {
+                    Some(Given::BoolParam(b)) => LogValue::Bool(b),
+                    Some(Given::Uint32Param(n)) => LogValue::Uint(n.into()),
+                    Some(Given::StringParam(text)) => LogValue::Text(text),
+                    None => LogValue::Unset,
+                };
+                (key, value)
+            });
+            Some(LogUpdate::parse(pairs).map_err(Error::bad_input)?)
+        };
+        let now = telemetry::logging(&self.app, update)?;
+        let settings = now
+            .pairs()
+            .into_iter()
+            .map(|(key, value)| {
+                let choice = match value {
+                    LogValue::Bool(b) => Answer::BoolParam(b),
+                    LogValue::Uint(n) => Answer::Uint32Param(n as u32),
+                    LogValue::Text(text) => Answer::StringParam(text),
+                    LogValue::Unset => Answer::StringParam(String::new()),
+                };
+                let value = log_settings_response::SettingValue {
+                    parameter_choice: Some(choice),
+                };
+                (key.to_owned(), value)
+            })
+            .collect();
+        Ok(Response::new(LogSettingsResponse { settings }))
     }
 }
 

@@ -4,7 +4,7 @@
 //! to a status here, once; errors only HTTP has (a body too large, a wrong
 //! method, a bad content type) are made here directly.
 
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 
 use crate::core::error::{Error, Kind};
 use crate::lifecycle::registry::Lookup;
@@ -19,8 +19,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// The instance that served the request, once one was chosen.
     pub instance: Option<u64>,
-    /// The method the route takes (405 only).
-    pub allow: Option<Method>,
+    /// The methods the route takes (405 only).
+    pub allow: Option<&'static str>,
     /// The metrics label for what happened.
     pub outcome: &'static str,
     /// Close the connection after this response (a body that timed out:

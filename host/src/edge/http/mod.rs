@@ -23,6 +23,7 @@ use crate::edge::access::{self, X_INSTANCE_ID};
 use crate::edge::app::{App, Plane};
 use crate::edge::control;
 use crate::edge::http::error::ApiError;
+use crate::edge::telemetry;
 use crate::edge::triton;
 use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::served::ServedModel;
@@ -52,6 +53,10 @@ enum Route<'a> {
     RepositoryUnload(Cow<'a, str>),
     Drain,
     Undrain,
+    /// Triton's trace settings: the global ones, or a model's.
+    TraceSetting(Option<Cow<'a, str>>),
+    /// Triton's log settings.
+    Logging,
 }
 
 impl Route<'_> {
@@ -91,6 +96,11 @@ impl Route<'_> {
             ["v2"] => Route::Server,
             ["v2", "health", "live"] => Route::Live,
             ["v2", "health", "ready"] => Route::Ready,
+            ["v2", "trace", "setting"] => Route::TraceSetting(None),
+            ["v2", "logging"] => Route::Logging,
+            ["v2", "models", m, "trace", "setting"] => {
+                Route::TraceSetting(Some(percent_decode(m)?))
+            }
             ["v2", "models", "stats"] => Route::ModelStats(None, None),
             ["v2", "models", m] => Route::ModelMetadata(percent_decode(m)?, version),
             ["v2", "models", m, "ready"] => Route::ModelReady(percent_decode(m)?, version),
@@ -121,6 +131,23 @@ impl Route<'_> {
         }
     }
 
+    /// Whether the route reads with GET and changes with POST (Triton's
+    /// settings extensions); [`Route::method`] is then GET.
+    fn also_post(&self) -> bool {
+        matches!(self, Route::TraceSetting(_) | Route::Logging)
+    }
+
+    /// The methods for `Allow`.
+    fn allow(&self) -> &'static str {
+        if self.also_post() {
+            "GET, POST"
+        } else if self.method() == Method::POST {
+            "POST"
+        } else {
+            "GET"
+        }
+    }
+
     fn is_admin(&self) -> bool {
         matches!(
             self,
@@ -129,6 +156,8 @@ impl Route<'_> {
                 | Route::RepositoryUnload(_)
                 | Route::Drain
                 | Route::Undrain
+                | Route::TraceSetting(_)
+                | Route::Logging
         )
     }
 }
@@ -185,14 +214,14 @@ async fn traced(app: &App, plane: Plane, request: Request<Incoming>) -> Response
     use tracing::Instrument;
     let path = request.uri().path();
     let span = match Route::parse(path) {
-        Some(Route::Infer(model, version)) => {
+        Some(Route::Infer(model, version)) if app.traces(&model) => {
             let route = match version {
                 None => "/v2/models/{model}/infer",
                 Some(_) => "/v2/models/{model}/versions/{version}/infer",
             };
             spans::http_request(request.headers(), request.method(), route, path, &model)
         }
-        Some(Route::Predict) => {
+        Some(Route::Predict) if app.traces("") => {
             spans::http_request(request.headers(), request.method(), "/predict", path, "")
         }
         _ => tracing::Span::none(),
@@ -248,12 +277,16 @@ async fn respond(app: &App, plane: Plane, request: Request<Incoming>) -> Respons
             "no route {path}; see GET /v2 for the server, POST /v2/models/{{name}}/infer and \
              /predict for inference"
         ))),
-        Some(route) if *request.method() != route.method() && !head_of_get(&request, &route) => {
+        Some(route)
+            if *request.method() != route.method()
+                && !head_of_get(&request, &route)
+                && !(route.also_post() && *request.method() == Method::POST) =>
+        {
             let mut err = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{path} takes {}, not {}", route.method(), request.method()),
+                format!("{path} takes {}, not {}", route.allow(), request.method()),
             );
-            err.allow = Some(route.method());
+            err.allow = Some(route.allow());
             Err(err)
         }
         Some(route) => route_request(app, route, request).await,
@@ -377,6 +410,10 @@ async fn route_request(
         Route::RepositoryUnload(name) => Box::pin(control::http_unload(app, &name, request)).await,
         Route::Drain => Box::pin(control::drain(app, request, true)).await,
         Route::Undrain => Box::pin(control::drain(app, request, false)).await,
+        Route::TraceSetting(name) => {
+            Box::pin(telemetry::http_trace(app, name.as_deref(), request)).await
+        }
+        Route::Logging => Box::pin(telemetry::http_logging(app, request)).await,
     }
 }
 
@@ -626,11 +663,8 @@ fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     if err.close_connection {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(method) = &err.allow {
-        headers.insert(
-            header::ALLOW,
-            HeaderValue::from_str(method.as_str()).expect("a method is a valid header"),
-        );
+    if let Some(methods) = err.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(methods));
     }
     response
 }

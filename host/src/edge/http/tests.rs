@@ -51,3 +51,24 @@ fn paths_route_with_versions_percent_decoding_and_a_bound_on_segments() {
     assert_eq!(Route::parse("//v2/health/live//"), Some(Route::Live));
     assert_eq!(Route::parse("/v2/models/digits/unknown"), None);
 }
+
+#[test]
+fn trace_and_logging_settings_route_with_get_and_post_on_the_admin_plane() {
+    assert_eq!(
+        Route::parse("/v2/trace/setting"),
+        Some(Route::TraceSetting(None))
+    );
+    assert_eq!(
+        Route::parse("/v2/models/a%20b/trace/setting"),
+        Some(Route::TraceSetting(Some(Cow::Owned("a b".into()))))
+    );
+    assert_eq!(Route::parse("/v2/logging"), Some(Route::Logging));
+    assert_eq!(Route::parse("/v2/models/m/versions/1/trace/setting"), None);
+    for route in [Route::TraceSetting(None), Route::Logging] {
+        assert!(route.is_admin() && route.also_post());
+        assert_eq!(route.method(), Method::GET);
+        assert_eq!(route.allow(), "GET, POST");
+    }
+    assert_eq!(Route::Drain.allow(), "POST");
+    assert_eq!(Route::Health.allow(), "GET");
+}
