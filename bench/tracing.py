@@ -133,6 +133,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_TRACING_ROUNDS", "3")))
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_TRACING_SECONDS", "5")))
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--only", help="comma-separated contenders to run (e.g. before,off)")
     parser.add_argument("--server-cpu", type=int, default=1 if os.cpu_count() >= 2 else None)
     parser.add_argument("--wrk-cpu", type=int, default=0 if os.cpu_count() >= 2 else None)
     ARGS = parser.parse_args()
@@ -151,6 +152,8 @@ def main():
         ("on, 1 %", ARGS.host, otlp, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}),
         ("on, 100 %", ARGS.host, otlp, {"OTEL_TRACES_SAMPLER": "always_on"}),
     ]
+    if ARGS.only:
+        contenders = [c for c in contenders if c[0] in ARGS.only.split(",")]
     rows = []
     for rnd in range(1, ARGS.rounds + 1):
         order = contenders if rnd % 2 else list(reversed(contenders))

@@ -33,20 +33,21 @@ def rows(reference, n=1):
     return np.asarray(reference["inputs"][:n], dtype=np.float32)
 
 
-def http_infer(addr, reference, header):
-    client = httpclient.InferenceServerClient(addr)
+def infer_with(client_module, addr, reference, header):
+    """One row through tritonclient's HTTP or gRPC client, with the caller's `traceparent`."""
+    client = client_module.InferenceServerClient(addr)
     x = rows(reference)
-    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp = client_module.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     return client.infer("digits", [inp], headers={"traceparent": header})
+
+
+def http_infer(addr, reference, header):
+    return infer_with(httpclient, addr, reference, header)
 
 
 def grpc_infer(addr, reference, header):
-    client = grpcclient.InferenceServerClient(addr)
-    x = rows(reference)
-    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer("digits", [inp], headers={"traceparent": header})
+    return infer_with(grpcclient, addr, reference, header)
 
 
 def concurrently(calls):
