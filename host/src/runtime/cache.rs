@@ -342,15 +342,44 @@ fn sealed_copy(path: &Path, check: &Path, key: &[u8; 32]) -> Result<Option<File>
             "its checksum does not match: it was truncated, modified, renamed or swapped".into(),
         );
     }
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS on a descriptor this function owns.
-    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(format!(
-            "cannot seal its copy: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    seal(&copy)?;
     Ok(Some(copy))
+}
+
+/// Seals a memory file this process wrote with `write` and never mapped
+/// against any change of size or content.
+///
+/// `F_SEAL_FUTURE_WRITE` refuses every later `write`, writable shared
+/// mapping and hole punch; with no writable mapping made before it, that is
+/// exactly `F_SEAL_WRITE`'s guarantee. `F_SEAL_WRITE` itself waits for the
+/// kernel to drop every transient reference to the file's pages and fails
+/// with EBUSY when a busy machine keeps one past its short wait (seen under
+/// a parallel test run), which cost a recompile. It stays the fallback for
+/// kernels older than 5.1, which refuse `F_SEAL_FUTURE_WRITE` with EINVAL,
+/// retried a few times on EBUSY.
+fn seal(copy: &File) -> Result<(), String> {
+    let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    let add = |seals: libc::c_int| {
+        // SAFETY: F_ADD_SEALS on a descriptor the caller owns.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let mut result = add(fixed | libc::F_SEAL_FUTURE_WRITE);
+    if matches!(&result, Err(err) if err.raw_os_error() == Some(libc::EINVAL)) {
+        for attempt in 0..5 {
+            result = add(fixed | libc::F_SEAL_WRITE);
+            match &result {
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
+                }
+                _ => break,
+            }
+        }
+    }
+    result.map_err(|err| format!("cannot seal its copy: {err}"))
 }
 
 /// An anonymous memory file that can be sealed.
@@ -428,5 +457,29 @@ impl Hasher for ShaHasher {
 
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_copy_can_be_read_but_never_written_shrunk_or_grown() {
+        let mut copy = memory_file().unwrap();
+        copy.write_all(b"artifact bytes").unwrap();
+        seal(&copy).unwrap();
+
+        let refused = copy.write(b"patched").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
+        assert!(copy.set_len(4).is_err(), "shrinking a sealed copy");
+        assert!(copy.set_len(1 << 20).is_err(), "growing a sealed copy");
+
+        // A second open, as wasmtime makes through /proc/self/fd, reads it
+        // whole and cannot open it for writing.
+        let mapped = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        assert_eq!(std::fs::read(&mapped).unwrap(), b"artifact bytes");
+        let mut reopened = OpenOptions::new().write(true).open(&mapped).unwrap();
+        assert!(reopened.write(b"x").is_err(), "writing through a reopened copy");
     }
 }
