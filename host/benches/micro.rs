@@ -224,7 +224,7 @@ async fn run(samples: usize) -> Vec<Row> {
     )];
     let echo = load("echo_model.wasm").await;
     if std::env::var("MICRO_ONLY").is_ok_and(|only| only == "echo") {
-        let mut instance = Instance::new(&engine, Arc::clone(&echo), 1, MEMORY_LIMIT, None)
+        let mut instance = Instance::new(&engine, &echo.pre, 1, MEMORY_LIMIT, None)
             .await
             .expect("an echo instance");
         let times = time_predict(&mut instance, &inputs, samples).await;
@@ -237,7 +237,7 @@ async fn run(samples: usize) -> Vec<Row> {
 
     // predict: the guest against the same code natively, on one row.
     let mlp = mlp::Mlp::embedded();
-    let mut instance = Instance::new(&engine, Arc::clone(&digits), 1, MEMORY_LIMIT, None)
+    let mut instance = Instance::new(&engine, &digits.pre, 1, MEMORY_LIMIT, None)
         .await
         .expect("a digits instance");
     let guest = instance
@@ -259,7 +259,7 @@ async fn run(samples: usize) -> Vec<Row> {
     drop(instance);
 
     // The fixed cost of a guest call: the smallest model, the same 64 floats.
-    let mut instance = Instance::new(&engine, Arc::clone(&echo), 1, MEMORY_LIMIT, None)
+    let mut instance = Instance::new(&engine, &echo.pre, 1, MEMORY_LIMIT, None)
         .await
         .expect("an echo instance");
     let times = time_predict(&mut instance, &inputs, samples).await;
@@ -297,7 +297,7 @@ async fn run(samples: usize) -> Vec<Row> {
         let mut times = Vec::with_capacity(samples);
         for id in 0..samples {
             let started = Instant::now();
-            let instance = Instance::new(&engine, Arc::clone(model), id as u64, MEMORY_LIMIT, None)
+            let instance = Instance::new(&engine, &model.pre, id as u64, MEMORY_LIMIT, None)
                 .await
                 .expect("an instance");
             times.push(started.elapsed());
@@ -313,7 +313,7 @@ async fn run(samples: usize) -> Vec<Row> {
         vec![2],
         [1i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
     )];
-    let mut instance = Instance::new(&engine, Arc::clone(&fault), 0, MEMORY_LIMIT, None)
+    let mut instance = Instance::new(&engine, &fault.pre, 0, MEMORY_LIMIT, None)
         .await
         .expect("a fault instance");
     let (mut trap_times, mut drop_times, mut replace_times) = (Vec::new(), Vec::new(), Vec::new());
@@ -329,7 +329,7 @@ async fn run(samples: usize) -> Vec<Row> {
         let started = Instant::now();
         drop(instance);
         drop_times.push(started.elapsed());
-        instance = Instance::new(&engine, Arc::clone(&fault), id, MEMORY_LIMIT, None)
+        instance = Instance::new(&engine, &fault.pre, id, MEMORY_LIMIT, None)
             .await
             .expect("a replacement");
         replace_times.push(started.elapsed());

@@ -1,18 +1,24 @@
 //! wasm-host serves ML models from sandboxed WebAssembly instances.
 //!
 //! One folder per layer; a request flows down through them and its answer
-//! back up, and nothing imports from a layer above its own:
+//! back up, and nothing imports from a layer above its own (top to bottom
+//! in this table; the `layers` test checks every import):
 //!
 //! ```text
+//! commands/   serve, pack, inspect, compile, plan: flags in, the library called
 //! edge/       connections, HTTP and gRPC, the admission gate, the repository API, status page
 //! core/       the protocol-neutral inference API: the request, batching, the domain error
 //! lifecycle/  which models serve: registry, settings, repository (explicit, poll), signals
 //! pool/       a model's instances: a free one for each request, a fair queue, replacement
-//! runtime/    WebAssembly: engine, instance (deadline, faults), sandbox, contract, cache
 //! model/      model files: reading them safely, compiling, ONNX packing
-//! commands/   serve, pack, inspect, compile, plan: flags in, the library called
+//! runtime/    WebAssembly: engine, instance (deadline, faults), sandbox, contract, cache
 //! telemetry/  logs (subscriber, live filter), traces (a request's spans, OTLP export), trace settings
 //! ```
+//!
+//! Two kinds of module serve every layer because they import none: the
+//! core's vocabulary ([`core::error`], [`core::name`], [`core::metrics`],
+//! [`core::supervise`]) and [`telemetry`]. One import points up on purpose:
+//! a served model (lifecycle) owns its scheduler, a [`core::batch`] batcher.
 //!
 //! An inference over HTTP: [`edge::server`] accepts the connection →
 //! [`edge::http`] routes it, passes the drain gate on [`edge::app::App`] and
@@ -39,6 +45,9 @@ pub mod model;
 pub mod pool;
 pub mod runtime;
 pub mod telemetry;
+
+#[cfg(test)]
+mod layers;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, filter};
 use wasm_host::commands;
-use wasm_host::commands::cli::{Command, LogFormat};
+use wasm_host::commands::cli::Command;
+use wasm_host::telemetry::LogFormat;
 use wasm_host::telemetry::otel::{self, Export};
 use wasm_host::telemetry::{self, spans};
 

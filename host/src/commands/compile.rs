@@ -60,7 +60,10 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
                 .map_err(|err| {
                     Failure::new(
                         Failure::MODEL,
-                        format!("{shown} failed to compile: {}", model::root_cause(&err)),
+                        format!(
+                            "{shown} failed to compile: {}",
+                            crate::runtime::root_cause(&err)
+                        ),
                     )
                 })?;
             let arch = model::elf_arch(&artifact).unwrap_or_default();

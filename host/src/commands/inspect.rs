@@ -8,7 +8,6 @@ use wasmtime::component::types::ComponentItem;
 use crate::Failure;
 use crate::commands::cli::InspectArgs;
 use crate::model;
-use crate::runtime::cache::CompileCache;
 use crate::runtime::contract::{self, TensorSpec};
 
 const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
@@ -21,7 +20,7 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
         .map_err(super::model_failure)?;
     let size = bytes.len();
     let onnx = crate::model::pack::provenance(&bytes);
-    let cache = CompileCache::from_args(&args.code);
+    let cache = args.code.compile_cache();
     let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
         .await
         .map_err(super::model_failure)?;

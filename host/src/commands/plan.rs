@@ -17,7 +17,6 @@ use crate::Failure;
 use crate::commands::cli::PlanArgs;
 use crate::core::protocol;
 use crate::model::Model;
-use crate::runtime::cache::CompileCache;
 use crate::runtime::contract::{Metadata, Tensor};
 use crate::runtime::instance::Instance;
 
@@ -34,7 +33,7 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
         ));
     }
     let (engine, linker) = super::tool_engine(MEMORY_LIMIT)?;
-    let cache = CompileCache::from_args(&args.code);
+    let cache = args.code.compile_cache();
     let model = Model::load(&engine, &linker, &args.model, MEMORY_LIMIT, &cache)
         .await
         .map_err(super::model_failure)?;
@@ -46,9 +45,9 @@ pub async fn run(args: PlanArgs) -> Result<(), Failure> {
             .to_vec(),
         None => zeros(&model.metadata),
     };
-    let mut instance = Instance::new(&engine, Arc::clone(&model), 1, MEMORY_LIMIT, None)
+    let mut instance = Instance::new(&engine, &model.pre, 1, MEMORY_LIMIT, None)
         .await
-        .map_err(|err| Failure::new(Failure::MODEL, crate::model::root_cause(&err)))?;
+        .map_err(|err| Failure::new(Failure::MODEL, crate::runtime::root_cause(&err)))?;
 
     timed_call(&mut instance, &inputs).await?; // warm-up: first-touch faults, lazy statics
     // Latency: exactly the `--samples` calls the report names.

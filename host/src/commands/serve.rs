@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Failure;
-use crate::commands::cli::{LoadMode, ModelControl, ServeArgs};
+use crate::commands::cli::{LoadMode, ServeArgs};
 use crate::core::name::ModelName;
 use crate::edge::app::{App, ControlConfig, Plane, ServerConfig, Telemetry};
 use crate::edge::server;
 use crate::lifecycle::registry::{Budget, LoadRequest, Registry};
 use crate::lifecycle::repository::Holds;
+use crate::lifecycle::repository::ModelControl;
 use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::lifecycle::{repository, signals};
 use crate::model;
 use crate::model::files;
 use crate::pool::PoolConfig;
-use crate::runtime::cache::CompileCache;
 use crate::runtime::engine;
 use crate::telemetry::{LogControl, TraceSettings};
 
@@ -110,7 +110,7 @@ pub async fn run(cli: ServeArgs, logs: LogControl) -> Result<(), Failure> {
     engine::start_epoch_ticker(&engine);
     let linker =
         model::linker(&engine).map_err(|err| Failure::new(Failure::OTHER, format!("{err:#}")))?;
-    let cache = CompileCache::from_args(&cli.code);
+    let cache = cli.code.compile_cache();
     let fixed = Settings {
         pool: PoolConfig {
             instances,

@@ -9,10 +9,10 @@
 //! A model load (or resize) fails with a [`LoadError`], which says what was
 //! wrong in the load's own terms; it becomes an [`Error`] of the matching
 //! kind at the repository API, so each edge still maps kinds in one place.
-
-use crate::lifecycle::registry::Lookup;
-use crate::pool::Overloaded;
-use crate::runtime::instance::Fault;
+//!
+//! This module imports no layer: every layer may use it, and each failure
+//! type of a lower layer (a guest's fault, a full pool, a failed lookup)
+//! says how it becomes an [`Error`] beside its own definition.
 
 /// Who must act on a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,36 +89,6 @@ impl Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
-    }
-}
-
-impl From<Fault> for Error {
-    fn from(fault: Fault) -> Self {
-        match fault {
-            Fault::InvalidInput(why) => {
-                Error::bad_input(format!("the model rejected the input: {why}"))
-            }
-            Fault::Failed(why) => Error::model_failed(format!("the model failed: {why}")),
-            Fault::Trap(why) => Error::new(
-                Kind::Trap,
-                format!("the model trapped: {why}; its instance was replaced, retrying is safe"),
-            ),
-            Fault::Timeout(limit) => Error::new(
-                Kind::DeadlineExceeded,
-                format!(
-                    "the model ran past its deadline of {limit:?} and was stopped; \
-                     raise --timeout if it needs longer"
-                ),
-            ),
-            Fault::MemoryCap(limit) => Error::new(
-                Kind::MemoryCap,
-                format!(
-                    "the model hit its memory cap of {} MiB and was stopped; \
-                     send a smaller input or raise --memory-limit",
-                    limit >> 20
-                ),
-            ),
-        }
     }
 }
 
@@ -230,25 +200,5 @@ impl From<LoadError> for Error {
     fn from(err: LoadError) -> Self {
         let kind = err.kind();
         Error::new(kind, err.to_string())
-    }
-}
-
-/// A registry lookup's failure: a model that is not there is not found
-/// (with what is there), one that is loading or broken unavailable.
-impl From<Lookup> for Error {
-    fn from(lookup: Lookup) -> Self {
-        let message = lookup.to_string();
-        match lookup {
-            Lookup::Unavailable { .. } | Lookup::NotResident { .. } => {
-                Error::new(Kind::Unavailable, message)
-            }
-            _ => Error::not_found(message),
-        }
-    }
-}
-
-impl From<Overloaded> for Error {
-    fn from(overloaded: Overloaded) -> Self {
-        Error::new(Kind::Unavailable, overloaded.to_string())
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::commands::cli::ModelControl;
 use crate::edge::http::body::BodyLimits;
 use crate::lifecycle::registry::Registry;
+use crate::lifecycle::repository::ModelControl;
 use crate::telemetry::{LogControl, TraceSettings};
 
 /// Limits the server applies before a request reaches a model.

@@ -25,7 +25,6 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::commands::cli::ModelControl;
 use crate::core::error::{Error, Kind, LoadError};
 use crate::core::name::ModelName;
 use crate::edge::app::{App, ControlConfig, Drain};
@@ -34,6 +33,7 @@ use crate::edge::http::error::ApiError;
 use crate::edge::http::{empty, json};
 use crate::lifecycle::registry::{IndexEntry, LoadRequest, State};
 use crate::lifecycle::repository;
+use crate::lifecycle::repository::ModelControl;
 use crate::lifecycle::settings::ModelSettings;
 
 /// The most a load request may carry (its base64 components): an operator's
@@ -424,9 +424,9 @@ mod tests {
         ControlConfig, Drain, bearer, changes_allowed, check_token, constant_time_eq, drain_mode,
         load_config, load_parameters, uploaded,
     };
-    use crate::commands::cli::ModelControl;
     use crate::core::error::Kind;
     use crate::core::name::ModelName;
+    use crate::lifecycle::repository::ModelControl;
     use crate::lifecycle::settings::ModelSettings;
 
     fn control(mode: ModelControl, token: Option<&str>) -> ControlConfig {

@@ -580,7 +580,7 @@ impl Registry {
             // host's memory: a bad file, 400, as a failed load always was.
             LoadError::BadFile(format!(
                 "{shown} failed to start: {} ({})",
-                model::root_cause(&err),
+                crate::runtime::root_cause(&err),
                 out_of_memory_hint()
             ))
         })?;

@@ -29,6 +29,17 @@ use crate::lifecycle::residency::Cause;
 use crate::lifecycle::settings::ModelSettings;
 use crate::model::files::{self, Abandoned, FileError};
 
+/// Who may change the served models while the host runs (Triton's --model-control-mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelControl {
+    /// The models given at start serve until the host stops; the repository API only reads.
+    None,
+    /// The repository API loads, swaps and unloads models (POST /v2/repository/models/{m}/load).
+    Explicit,
+    /// As explicit, and the repository folder is rescanned: new folders load, changed files reload, removed folders unload.
+    Poll,
+}
+
 /// The file names a model folder may hold its component under, in order of
 /// preference.
 const MODEL_FILES: [&str; 3] = ["model.wasm", "model.cwasm", "model.onnx"];

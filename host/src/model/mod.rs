@@ -17,6 +17,7 @@ use crate::core::error::LoadError;
 use crate::core::name::{self, ModelName};
 use crate::runtime::cache::CompileCache;
 use crate::runtime::contract::{self, Metadata, PredictorPre};
+use crate::runtime::root_cause;
 use crate::runtime::sandbox::GuestState;
 use files::FileError;
 
@@ -337,12 +338,6 @@ fn check_metadata(metadata: &Metadata) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The innermost message of an error chain, without the host backtrace that
-/// `RUST_BACKTRACE=1` attaches: that is for developers, not for operators.
-pub fn root_cause(err: &wasmtime::Error) -> String {
-    err.root_cause().to_string()
 }
 
 #[cfg(test)]

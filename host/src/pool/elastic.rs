@@ -32,7 +32,7 @@ impl<B: Boot> Pool<B> {
                     model = %pool.metrics.model_name(),
                     "could not boot an instance for waiting requests: {}; they wait for the \
                      running ones",
-                    crate::model::root_cause(&err)
+                    crate::runtime::root_cause(&err)
                 );
             }
             pool.booting.fetch_sub(1, Ordering::SeqCst);
@@ -113,7 +113,7 @@ impl<B: Boot> Pool<B> {
         }
         match self.resize(target + 1).await {
             Ok(n) => tracing::info!("TTIN: {n} instances"),
-            Err(err) => tracing::error!("TTIN failed: {}", crate::model::root_cause(&err)),
+            Err(err) => tracing::error!("TTIN failed: {}", crate::runtime::root_cause(&err)),
         }
     }
 

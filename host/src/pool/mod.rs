@@ -44,6 +44,7 @@ mod replace;
 mod tests;
 mod worker;
 
+use crate::core::error::{Error, Kind};
 use elastic::spawn_reaper;
 pub use lease::Lease;
 use replace::jitter;
@@ -377,5 +378,11 @@ impl<'a> QueueSlot<'a> {
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl From<Overloaded> for Error {
+    fn from(overloaded: Overloaded) -> Self {
+        Error::new(Kind::Unavailable, overloaded.to_string())
     }
 }

@@ -53,7 +53,7 @@ impl<B: Boot> Pool<B> {
                     old = old_id,
                     "could not replace instance {old_id} ({cause}): {}; \
                      retrying in {delay:?}, one instance short until then",
-                    crate::model::root_cause(err)
+                    crate::runtime::root_cause(err)
                 );
                 true
             })

@@ -54,7 +54,7 @@ impl Boot for ModelBoot {
     ) -> impl Future<Output = wasmtime::Result<Instance>> + Send {
         Instance::new(
             &self.engine,
-            Arc::clone(&self.model),
+            &self.model.pre,
             id,
             self.memory_limit,
             recycle_after,

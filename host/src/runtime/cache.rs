@@ -70,17 +70,6 @@ impl CompileCache {
         }
     }
 
-    /// The cache the `--cache-dir`, `--no-cache` and `--allow-precompiled`
-    /// flags describe.
-    pub fn from_args(args: &crate::commands::cli::CodeArgs) -> Self {
-        let dir = match (&args.cache_dir, args.no_cache) {
-            (_, true) => None,
-            (Some(dir), false) => Some(dir.clone()),
-            (None, false) => CompileCache::default_dir(),
-        };
-        CompileCache::new(dir).allow_precompiled(args.allow_precompiled)
-    }
-
     /// Lets model files that are precompiled artifacts be loaded.
     pub fn allow_precompiled(mut self, allow: bool) -> Self {
         self.allow_precompiled = allow;
@@ -480,6 +469,9 @@ mod tests {
         let mapped = format!("/proc/self/fd/{}", copy.as_raw_fd());
         assert_eq!(std::fs::read(&mapped).unwrap(), b"artifact bytes");
         let mut reopened = OpenOptions::new().write(true).open(&mapped).unwrap();
-        assert!(reopened.write(b"x").is_err(), "writing through a reopened copy");
+        assert!(
+            reopened.write(b"x").is_err(),
+            "writing through a reopened copy"
+        );
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use crate::model::Model;
-use crate::runtime::contract::{ModelError, Predictor, Tensor};
+use crate::core::error::{self, Kind};
+use crate::runtime::contract::{ModelError, Predictor, PredictorPre, Tensor};
 use crate::runtime::engine::EPOCH_TICK;
 use crate::runtime::escape;
 use crate::runtime::sandbox::{GuestState, OUTPUT_LIMIT, OUTPUT_LINES};
@@ -70,11 +70,38 @@ impl Fault {
     }
 }
 
+impl From<Fault> for error::Error {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::InvalidInput(why) => {
+                error::Error::bad_input(format!("the model rejected the input: {why}"))
+            }
+            Fault::Failed(why) => error::Error::model_failed(format!("the model failed: {why}")),
+            Fault::Trap(why) => error::Error::new(
+                Kind::Trap,
+                format!("the model trapped: {why}; its instance was replaced, retrying is safe"),
+            ),
+            Fault::Timeout(limit) => error::Error::new(
+                Kind::DeadlineExceeded,
+                format!(
+                    "the model ran past its deadline of {limit:?} and was stopped; \
+                     raise --timeout if it needs longer"
+                ),
+            ),
+            Fault::MemoryCap(limit) => error::Error::new(
+                Kind::MemoryCap,
+                format!(
+                    "the model hit its memory cap of {} MiB and was stopped; \
+                     send a smaller input or raise --memory-limit",
+                    limit >> 20
+                ),
+            ),
+        }
+    }
+}
+
 pub struct Instance {
     pub id: InstanceId,
-    /// The model this instance was made from: after a reload, instances of
-    /// the old model finish their request and retire.
-    pub model: Arc<Model>,
     store: Store<GuestState>,
     bindings: Predictor,
     /// Requests served, for `--max-requests` recycling.
@@ -167,16 +194,15 @@ pub fn new_store(engine: &Engine, memory_limit: usize) -> Store<GuestState> {
 impl Instance {
     pub async fn new(
         engine: &Engine,
-        model: Arc<Model>,
+        pre: &PredictorPre<GuestState>,
         id: InstanceId,
         memory_limit: usize,
         recycle_after: Option<u64>,
     ) -> wasmtime::Result<Instance> {
         let mut store = new_store(engine, memory_limit);
-        let bindings = set_up(model.pre.instantiate_async(&mut store)).await?;
+        let bindings = set_up(pre.instantiate_async(&mut store)).await?;
         Ok(Instance {
             id,
-            model,
             store,
             bindings,
             served: 0,
@@ -270,7 +296,7 @@ impl Instance {
         let cause = match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => return Fault::Timeout(timeout),
             Some(trap) => trap.to_string(),
-            None => crate::model::root_cause(&err),
+            None => super::root_cause(&err),
         };
         Fault::Trap(match stderr.as_deref().and_then(panic_message) {
             Some(message) => format!("{cause} ({message})"),

@@ -10,3 +10,9 @@ pub mod engine;
 pub mod escape;
 pub mod instance;
 pub mod sandbox;
+
+/// The innermost message of an error chain, without the host backtrace that
+/// `RUST_BACKTRACE=1` attaches: that is for developers, not for operators.
+pub fn root_cause(err: &wasmtime::Error) -> String {
+    err.root_cause().to_string()
+}

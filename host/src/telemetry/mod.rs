@@ -22,7 +22,14 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, reload};
 
-use crate::commands::cli::LogFormat;
+/// How log lines are written: for a person at a terminal, or one JSON
+/// object a line for a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
 pub use logging::LogControl;
 pub use settings::TraceSettings;
 

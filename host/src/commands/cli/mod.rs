@@ -8,9 +8,14 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::lifecycle::repository::ModelControl;
+use crate::lifecycle::settings::values::{parse_duration, parse_queue_delay, parse_size};
+use crate::runtime::cache::CompileCache;
+use crate::telemetry::LogFormat;
+
 mod values;
 
-pub use values::{LONGEST_DURATION, parse_bind, parse_duration, parse_queue_delay, parse_size};
+pub use values::parse_bind;
 
 const ABOUT: &str = "Serve an ML model from N sandboxed WebAssembly instances";
 
@@ -92,12 +97,6 @@ impl Cli {
     pub fn into_command(self) -> Command {
         self.command.unwrap_or(Command::Serve(self.serve))
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -191,17 +190,6 @@ pub struct PlanArgs {
 
     #[command(flatten)]
     pub code: CodeArgs,
-}
-
-/// Who may change the served models while the host runs (Triton's --model-control-mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModelControl {
-    /// The models given at start serve until the host stops; the repository API only reads.
-    None,
-    /// The repository API loads, swaps and unloads models (POST /v2/repository/models/{m}/load).
-    Explicit,
-    /// As explicit, and the repository folder is rescanned: new folders load, changed files reload, removed folders unload.
-    Poll,
 }
 
 /// When a repository's models load (design §11: more models than memory).
@@ -401,6 +389,18 @@ pub struct CodeArgs {
     /// Accept a model file precompiled by `wasm-host compile` (.cwasm). It is loaded as native code and runs unchecked in this process: give only artifacts you built yourself with `wasm-host compile`.
     #[arg(long, env = "WASM_HOST_ALLOW_PRECOMPILED", value_parser = BoolishValueParser::new())]
     pub allow_precompiled: bool,
+}
+
+impl CodeArgs {
+    /// The cache these flags describe.
+    pub fn compile_cache(&self) -> CompileCache {
+        let dir = match (&self.cache_dir, self.no_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir.clone()),
+            (None, false) => CompileCache::default_dir(),
+        };
+        CompileCache::new(dir).allow_precompiled(self.allow_precompiled)
+    }
 }
 
 impl ServeArgs {

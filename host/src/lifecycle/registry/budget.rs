@@ -6,7 +6,6 @@ use super::Registry;
 use crate::core::error::LoadError;
 use crate::lifecycle::served::ServedModel;
 use crate::lifecycle::settings::Settings;
-use crate::model;
 
 impl Registry {
     /// A model's instances × memory limit must fit in what the other models
@@ -82,7 +81,7 @@ impl Registry {
             .await
             // Growing the pool boots instances: what fails is the model
             // starting, as in a load.
-            .map_err(|err| LoadError::BadFile(model::root_cause(&err)))
+            .map_err(|err| LoadError::BadFile(crate::runtime::root_cause(&err)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! words (the edges map it once, through the core's error).
 
 use super::State;
+use crate::core::error::{Error, Kind};
 use crate::lifecycle::residency::NOT_RESIDENT;
 
 /// Why a request found no model to serve it: the registry's own words,
@@ -64,6 +65,20 @@ impl std::fmt::Display for Lookup {
                 "model {name:?} version {wanted:?} is not served; it serves version {served:?} \
                  (/v2/models/{name}/versions/{served}/...)"
             ),
+        }
+    }
+}
+
+/// A registry lookup's failure: a model that is not there is not found
+/// (with what is there), one that is loading or broken unavailable.
+impl From<Lookup> for Error {
+    fn from(lookup: Lookup) -> Self {
+        let message = lookup.to_string();
+        match lookup {
+            Lookup::Unavailable { .. } | Lookup::NotResident { .. } => {
+                Error::new(Kind::Unavailable, message)
+            }
+            _ => Error::not_found(message),
         }
     }
 }

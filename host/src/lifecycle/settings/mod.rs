@@ -5,14 +5,16 @@
 //! durations are written as the flags take them (`memory-limit = "64MiB"`,
 //! `timeout = "2s"`) or as plain numbers (bytes, seconds).
 
+pub mod values;
+
 use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
-use crate::commands::cli::{parse_duration, parse_queue_delay, parse_size};
 use crate::core::batch::BatchConfig;
 use crate::pool::PoolConfig;
+use values::{parse_duration, parse_queue_delay, parse_size};
 
 /// What a model may set for itself. Unknown keys are refused, so a typo is
 /// an error that names the key rather than a setting silently ignored.

@@ -293,7 +293,7 @@ fn any_model_toml_resolves_to_bounded_settings_or_a_message_never_a_panic() {
             continue;
         };
         resolved += 1;
-        let week = crate::commands::cli::LONGEST_DURATION;
+        let week = super::values::LONGEST_DURATION;
         assert!(settings.timeout <= week, "{toml}");
         assert!(settings.pool.queue_timeout <= week, "{toml}");
         assert!(settings.pool.idle_timeout <= week, "{toml}");

@@ -26,8 +26,8 @@ use wasmtime::component::{Component, Instance, Lift, WasmList};
 use wasmtime::{Engine, Store};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use crate::model::root_cause;
 use crate::runtime::cache::CompileCache;
+use crate::runtime::root_cause;
 use crate::runtime::sandbox::GuestState;
 
 mod section;
