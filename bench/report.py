@@ -285,12 +285,16 @@ def round_ratios():
         host, native, peer = got.get("wasm-host"), got.get("native"), got.get("wasmtime")
         if not (host and native):
             continue
+        before = got.get("before")
         rows.append({
             "round": n,
             "rps": rps(host) / rps(native),
             "cpu": cpu(host) / cpu(native),
             "peer": rps(host) / rps(peer) if peer else None,
             "p99": (float(host["p99_us"]), float(native["p99_us"]), float(peer["p99_us"]) if peer else None),
+            # BENCH_BEFORE: the same host built from an earlier commit.
+            "before": (rps(host) / rps(before), cpu(host) / cpu(before),
+                       float(host["p99_us"]), float(before["p99_us"])) if before else None,
         })
     return rows
 
@@ -344,6 +348,31 @@ def rounds_section():
         "the medians.",
         "",
         table(header, body),
+        "",
+        before_section(rows),
+    ])
+
+
+def before_section(rows):
+    """wasm-host against the same host built from an earlier commit (BENCH_BEFORE), read from
+    the same rounds: a change that should cost nothing (a refactor) shows as a ratio within the
+    rounds' spread."""
+    rows = [r for r in rows if r["before"]]
+    if not rows:
+        return ""
+    body = [[str(r["round"]), ratio(r["before"][0]), ratio(r["before"][1]),
+             f"{us(r['before'][2])} / {us(r['before'][3])}"] for r in rows]
+    cpu = [r["before"][1] for r in rows]
+    body.append(["**median**", f"**{ratio(median([r['before'][0] for r in rows]))}**",
+                 f"**{ratio(median(cpu))}**", ""])
+    return "\n".join([
+        f"### Against an earlier build: {M.get('before', 'BENCH_BEFORE')}",
+        "",
+        "The same rounds also ran wasm-host built from that commit (`BENCH_BEFORE`), on the same "
+        "core, in the same order rule, so each ratio is this build over that one within a minute. "
+        f"CPU per request ranged {ratio(min(cpu))}–{ratio(max(cpu))} over the rounds.",
+        "",
+        table(["round", "req/s, this ÷ before", "CPU/req, this ÷ before", "p99: this / before"], body),
         "",
     ])
 

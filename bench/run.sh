@@ -62,11 +62,14 @@
 #   BENCH_ROUNDS=7           interleaved rounds of wasm-host, the native ceiling and `wasmtime serve` at
 #                            the top connection count, whose median ratios issue 15's targets read (0: skip)
 #   BENCH_ROUND_SECONDS=3    seconds per server per round
+#   BENCH_BEFORE=PATH        a wasm-host binary built from an earlier commit (e.g. before a refactor): the
+#                            rounds run it too, as "before", and the report gives wasm-host ÷ before
+#   BENCH_BEFORE_LABEL=TEXT  what that binary is, for the report (e.g. its commit)
 #   BENCH_BUILD=1            0: use what is already built (target/release)
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
 #   BENCH_ONDEMAND_MODELS=10000  registered models for the on-demand part (its budget holds 1 %)
 #   BENCH_ONDEMAND_SECONDS=20    seconds of Zipf traffic for the on-demand part
-#   BENCH_ONLY="throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"   run only some parts (the report
+#   BENCH_ONLY="throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -107,7 +110,9 @@ if [[ $PIN == 1 ]]; then
     WRK_PIN=(taskset -c "$WRK_CPU")
 fi
 BUILD=${BENCH_BUILD:-1}
-ONLY=${BENCH_ONLY:-"throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"}
+BEFORE=${BENCH_BEFORE:-}
+[[ -z $BEFORE || -x $BEFORE ]] || { echo "BENCH_BEFORE=$BEFORE is not an executable" >&2; exit 2; }
+ONLY=${BENCH_ONLY:-"throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -425,11 +430,6 @@ throughput() {
         load "gunicorn (4 workers)" /predict "http://127.0.0.1:$port/predict" "$OUT/predict.json"
         stop
     fi
-
-    # Written afresh below, or not at all: the report must not read an earlier run's rounds.
-    rm -f "$OUT/rounds.tsv"
-    ((ROUNDS > 0)) && rounds
-    return 0
 }
 
 # Issue 15's ratios, interleaved. One window per server is at the mercy of
@@ -443,6 +443,10 @@ rounds() {
     local round contender port=$((PORT + 100)) top=${CONNECTIONS##* } url
     local contenders="wasm-host native"
     [[ $WASMTIME == 1 ]] && contenders+=" wasmtime"
+    [[ -n $BEFORE ]] && contenders+=" before"
+    # Written afresh, or not at all: the report must not read an earlier run's rounds.
+    rm -f "$OUT/rounds.tsv"
+    ((ROUNDS > 0)) || return 0
     say "interleaved rounds: $contenders, $ROUNDS × ${ROUND_SECONDS} s each at $top connections"
     printf 'round\tcontender\trequests\tseconds\trps\tp50_us\tp99_us\terrors\tcpu_s\n' >"$OUT/rounds.tsv"
     local order reversed
@@ -456,8 +460,10 @@ rounds() {
             port=$((port + 1))
             url=http://127.0.0.1:$port/v2/models/digits/infer
             case $contender in
-            wasm-host)
-                start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$HOST" "${CACHE_FLAGS[@]}" \
+            wasm-host | before)
+                local binary=$HOST
+                [[ $contender == before ]] && binary=$BEFORE
+                start "$OUT/rounds-$contender.log" "${SERVER_PIN[@]}" "$binary" "${CACHE_FLAGS[@]}" \
                     --instances 2 --bind "127.0.0.1:$port" "$WASM/guest_model.wasm"
                 wait_ready "http://127.0.0.1:$port/v2/health/ready" "$OUT/rounds-$contender.log"
                 ;;
@@ -856,6 +862,7 @@ machine() {
         echo "seconds=$SECONDS_PER_RUN"
         echo "rounds=$ROUNDS"
         echo "round_seconds=$ROUND_SECONDS"
+        [[ -n $BEFORE ]] && echo "before=${BENCH_BEFORE_LABEL:-$BEFORE}"
         echo "connections=$CONNECTIONS"
         echo "instances=$BENCH_INSTANCES"
         echo "density=$DENSITY"
@@ -879,14 +886,14 @@ main() {
     [[ $BUILD == 1 ]] && build
     BUILD_SECONDS=$((SECONDS - BUILD_SECONDS))
     [[ $GUNICORN == 1 ]] && setup_venv
-    [[ $WASMTIME == 1 && " $ONLY " == *" throughput "* ]] && install_wasmtime
+    [[ $WASMTIME == 1 && ( " $ONLY " == *" throughput "* || " $ONLY " == *" rounds "* ) ]] && install_wasmtime
     write_bodies
     # Every wasm-host run keeps its compiled-artifact cache here, not in ~/.cache.
     CACHE_FLAGS=()
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput density startup micro onnx models ondemand fleet grpc batching edge instructions tracing; do
+    for part in throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
