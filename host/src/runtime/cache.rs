@@ -480,6 +480,9 @@ mod tests {
         let mapped = format!("/proc/self/fd/{}", copy.as_raw_fd());
         assert_eq!(std::fs::read(&mapped).unwrap(), b"artifact bytes");
         let mut reopened = OpenOptions::new().write(true).open(&mapped).unwrap();
-        assert!(reopened.write(b"x").is_err(), "writing through a reopened copy");
+        assert!(
+            reopened.write(b"x").is_err(),
+            "writing through a reopened copy"
+        );
     }
 }
