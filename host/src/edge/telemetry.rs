@@ -27,7 +27,7 @@ use crate::edge::http::error::ApiError;
 use crate::edge::http::json;
 use crate::lifecycle::registry::Lookup;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
-use crate::telemetry::settings::{TraceUpdate, Values};
+use crate::telemetry::settings::update::{TraceUpdate, Values};
 
 /// Applies `update`, if any, to the trace settings of `model` (or the
 /// global ones), and answers those in force there.

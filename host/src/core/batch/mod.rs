@@ -34,17 +34,18 @@ use tracing::Instrument;
 
 use crate::core::error::Error;
 use crate::core::infer::{self, Answer, Deadline};
-use crate::core::protocol::{self, Inference};
+use crate::core::protocol::Inference;
 use crate::lifecycle::served::ServedModel;
 use crate::pool::{Lease, ModelBoot};
 use crate::runtime::contract::{Metadata, Tensor};
-use crate::runtime::instance::{Fault, InstanceId};
+use crate::runtime::instance::InstanceId;
 use crate::telemetry::spans;
 
+mod execute;
 mod rows;
 mod wake;
 
-use rows::{concat, split};
+use execute::{answered, call_alone, execute};
 use wake::{wake_at, wake_up, woke_up_after};
 
 /// A model's batching settings (`max-batch-size`, `max-queue-delay`,
@@ -433,107 +434,6 @@ async fn lead(
     let parameters = inference.model_parameters();
     tokio::spawn(execute(Arc::clone(served), lease, batch, parameters));
     answered(answer, served, inference, deadline).await
-}
-
-/// Runs a request that found no batch-mates, as a batch of its own rows.
-async fn call_alone(
-    served: &ServedModel,
-    lease: Lease<ModelBoot>,
-    rows: usize,
-    inference: &Inference,
-    deadline: Option<Deadline>,
-) -> Result<Answer, Error> {
-    let started = Instant::now();
-    let answer = infer::call(served, lease, inference, deadline).await;
-    served.metrics.batch_executed(rows, started.elapsed());
-    answer
-}
-
-/// A request's answer from its batch, within its deadline; if the batch
-/// failed or was abandoned, the request runs alone.
-async fn answered(
-    answer: oneshot::Receiver<Rows>,
-    served: &Arc<ServedModel>,
-    inference: &Inference,
-    deadline: Option<Deadline>,
-) -> Result<Answer, Error> {
-    let rows = match deadline {
-        None => answer.await,
-        Some(d) => tokio::time::timeout_at(d.at, answer)
-            .await
-            .map_err(|_| d.passed("while its batch waited or ran"))?,
-    };
-    match rows {
-        Ok(Rows { outputs, instance }) => Ok(Answer {
-            outputs: protocol::classify_requested(outputs, inference, &served.model.metadata),
-            instance,
-        }),
-        Err(_) => infer::run_alone(served, inference, deadline).await,
-    }
-}
-
-/// Runs a batch of two or more requests in one call and hands each its
-/// rows; on any failure, hands none, so each runs alone.
-async fn execute(
-    served: Arc<ServedModel>,
-    mut lease: Lease<ModelBoot>,
-    batch: Vec<Member>,
-    parameters: Vec<(String, String)>,
-) {
-    let leader = batch[0].id;
-    // Requests whose clients left (or whose deadlines passed) cost nothing.
-    let batch: Vec<Member> = batch.into_iter().filter(|m| !m.reply.is_closed()).collect();
-    if batch.is_empty() {
-        return;
-    }
-    let started = Instant::now();
-    for member in batch.iter().filter(|m| m.id != leader) {
-        served.metrics.queued(started - member.arrived);
-    }
-    let rows: Vec<usize> = batch.iter().map(|m| m.rows).collect();
-    let inputs = concat(&batch);
-    let instance = lease.instance_id();
-    let (name, version) = (&served.name, &served.version);
-    let requests = batch.iter().map(|m| &m.span);
-    let span = spans::batch(name, version, requests, rows.iter().sum());
-    for member in &batch {
-        spans::link(&span, &member.span);
-    }
-    // Opened inside the batch's span: its child.
-    let call = span.in_scope(|| spans::guest_call(name, version, instance));
-    let result = lease
-        .predict(&inputs, &parameters, served.settings.timeout)
-        .instrument(call.clone())
-        .instrument(span)
-        .await;
-    spans::outcome(&call, result.as_ref().map_or_else(Fault::kind, |_| "ok"));
-    drop(lease);
-    drop(inputs);
-    served
-        .metrics
-        .batch_executed(rows.iter().sum(), started.elapsed());
-    let model = &served.model.metadata;
-    let split = result
-        .map_err(|fault| fault.to_string())
-        .and_then(|outputs| {
-            protocol::check_outputs(&outputs, model)?;
-            split(outputs, &rows, model)
-        });
-    match split {
-        Ok(parts) => {
-            for (member, outputs) in batch.into_iter().zip(parts) {
-                let _ = member.reply.send(Rows { outputs, instance });
-            }
-        }
-        Err(why) => tracing::info!(
-            model = %served.name,
-            instance,
-            "a batch of {} requests ({} rows) failed on instance {instance}: {why}; each \
-             request is run again alone",
-            rows.len(),
-            rows.iter().sum::<usize>()
-        ),
-    }
 }
 
 #[cfg(test)]

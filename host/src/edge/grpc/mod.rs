@@ -34,7 +34,7 @@ use crate::lifecycle::registry::Lookup;
 use crate::lifecycle::residency::Described;
 use crate::lifecycle::served::ServedModel;
 use crate::telemetry::logging::{LogUpdate, LogValue};
-use crate::telemetry::settings::TraceUpdate;
+use crate::telemetry::settings::update::TraceUpdate;
 use crate::telemetry::spans;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;

@@ -6,18 +6,18 @@
 
 pub mod body;
 pub mod error;
+mod inference;
+mod route;
 
-use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::core::infer::{self, Answer, Deadline};
+use crate::core::infer;
 use crate::core::protocol;
 use crate::edge::access::{self, X_INSTANCE_ID};
 use crate::edge::app::{App, Plane};
@@ -26,163 +26,9 @@ use crate::edge::http::error::ApiError;
 use crate::edge::telemetry;
 use crate::edge::triton;
 use crate::lifecycle::registry::Lookup;
-use crate::lifecycle::served::ServedModel;
 use crate::telemetry::spans;
-use body::Coding;
-
-/// The routes, by path. A known path with the wrong method is a 405, an
-/// unknown path a 404. Model routes carry the model's name and, when the
-/// path names one, its version.
-#[derive(Debug, PartialEq)]
-enum Route<'a> {
-    StatusPage,
-    Status,
-    Health,
-    Predict,
-    Server,
-    Live,
-    Ready,
-    Metrics,
-    ModelMetadata(Cow<'a, str>, Option<&'a str>),
-    ModelReady(Cow<'a, str>, Option<&'a str>),
-    ModelConfig(Cow<'a, str>, Option<&'a str>),
-    ModelStats(Option<Cow<'a, str>>, Option<&'a str>),
-    Infer(Cow<'a, str>, Option<&'a str>),
-    RepositoryIndex,
-    RepositoryLoad(Cow<'a, str>),
-    RepositoryUnload(Cow<'a, str>),
-    Drain,
-    Undrain,
-    /// Triton's trace settings: the global ones, or a model's.
-    TraceSetting(Option<Cow<'a, str>>),
-    /// Triton's log settings.
-    Logging,
-}
-
-impl Route<'_> {
-    /// `None` for an unknown path. Model names are percent-decoded, so
-    /// `/v2/models/a%20b/infer` reaches a model named `a b`.
-    fn parse(path: &str) -> Option<Route<'_>> {
-        // Into an array, not a `Vec`: every request is routed, and no route
-        // has more than six segments. Split at each `/` byte by hand:
-        // `str::split('/')` runs a memchr per segment, 440 instructions a
-        // request for paths this short.
-        let mut all = [""; 6];
-        let mut count = 0;
-        let path = path.trim_matches('/');
-        let mut start = 0;
-        for end in (0..path.len()).filter(|&i| path.as_bytes()[i] == b'/') {
-            *all.get_mut(count)? = &path[start..end];
-            count += 1;
-            start = end + 1;
-        }
-        *all.get_mut(count)? = &path[start..];
-        count += 1;
-        let mut versioned = [""; 4];
-        let (segments, version) = match &all[..count] {
-            ["v2", "models", m, "versions", v, rest @ ..] if rest.len() <= 1 => {
-                versioned[..3].copy_from_slice(&["v2", "models", m]);
-                versioned[3..3 + rest.len()].copy_from_slice(rest);
-                (&versioned[..3 + rest.len()], Some(*v))
-            }
-            segments => (segments, None),
-        };
-        Some(match segments {
-            [""] => Route::StatusPage,
-            ["status"] => Route::Status,
-            ["health"] => Route::Health,
-            ["metrics"] => Route::Metrics,
-            ["predict"] => Route::Predict,
-            ["v2"] => Route::Server,
-            ["v2", "health", "live"] => Route::Live,
-            ["v2", "health", "ready"] => Route::Ready,
-            ["v2", "trace", "setting"] => Route::TraceSetting(None),
-            ["v2", "logging"] => Route::Logging,
-            ["v2", "models", m, "trace", "setting"] => {
-                Route::TraceSetting(Some(percent_decode(m)?))
-            }
-            ["v2", "models", "stats"] => Route::ModelStats(None, None),
-            ["v2", "models", m] => Route::ModelMetadata(percent_decode(m)?, version),
-            ["v2", "models", m, "ready"] => Route::ModelReady(percent_decode(m)?, version),
-            ["v2", "models", m, "config"] => Route::ModelConfig(percent_decode(m)?, version),
-            ["v2", "models", m, "stats"] => Route::ModelStats(Some(percent_decode(m)?), version),
-            ["v2", "models", m, "infer"] => Route::Infer(percent_decode(m)?, version),
-            ["v2", "repository", "index"] => Route::RepositoryIndex,
-            ["v2", "repository", "drain"] => Route::Drain,
-            ["v2", "repository", "undrain"] => Route::Undrain,
-            ["v2", "repository", "models", m, "load"] => Route::RepositoryLoad(percent_decode(m)?),
-            ["v2", "repository", "models", m, "unload"] => {
-                Route::RepositoryUnload(percent_decode(m)?)
-            }
-            _ => return None,
-        })
-    }
-
-    fn method(&self) -> Method {
-        match self {
-            Route::Predict
-            | Route::Infer(..)
-            | Route::RepositoryIndex
-            | Route::RepositoryLoad(_)
-            | Route::RepositoryUnload(_)
-            | Route::Drain
-            | Route::Undrain => Method::POST,
-            _ => Method::GET,
-        }
-    }
-
-    /// Whether the route reads with GET and changes with POST (Triton's
-    /// settings extensions); [`Route::method`] is then GET.
-    fn also_post(&self) -> bool {
-        matches!(self, Route::TraceSetting(_) | Route::Logging)
-    }
-
-    /// The methods for `Allow`.
-    fn allow(&self) -> &'static str {
-        if self.also_post() {
-            "GET, POST"
-        } else if self.method() == Method::POST {
-            "POST"
-        } else {
-            "GET"
-        }
-    }
-
-    fn is_admin(&self) -> bool {
-        matches!(
-            self,
-            Route::RepositoryIndex
-                | Route::RepositoryLoad(_)
-                | Route::RepositoryUnload(_)
-                | Route::Drain
-                | Route::Undrain
-                | Route::TraceSetting(_)
-                | Route::Logging
-        )
-    }
-}
-
-/// A path segment with its `%XX` escapes decoded; `None` if an escape is
-/// malformed or the result is not UTF-8.
-fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
-    if !segment.bytes().any(|b| b == b'%') {
-        return Some(Cow::Borrowed(segment));
-    }
-    let mut bytes = Vec::with_capacity(segment.len());
-    let mut rest = segment.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let hex = tail.get(..2)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(b);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok().map(Cow::Owned)
-}
+use inference::{Form, X_MODEL_LOAD, infer};
+use route::Route;
 
 pub use crate::edge::app::Refused;
 
@@ -481,143 +327,6 @@ fn health(app: &App) -> serde_json::Value {
         "traffic": traffic,
         "models": models,
     })
-}
-
-#[derive(Clone, Copy)]
-enum Form {
-    /// `/v2/models/{m}/infer`
-    OpenInference,
-    /// `/predict`
-    Simple,
-}
-
-async fn infer(
-    app: &App,
-    served: &Arc<ServedModel>,
-    request: Request<Incoming>,
-    form: Form,
-    arrived: Instant,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let json_len = binary_header_length(&request)?;
-    check_content_type(&request, json_len.is_some())?;
-    let compression = Coding::accepted(request.headers());
-    // `_held` is this body's share of --body-budget, kept until the end.
-    let (body, _held) = body::read(request, &app.body, arrived)
-        .await
-        .inspect_err(|err| {
-            if err.status == StatusCode::REQUEST_TIMEOUT {
-                app.registry.metrics().body_timed_out();
-            }
-        })?;
-    let metadata = &served.model.metadata;
-    let inference = match form {
-        Form::OpenInference => protocol::decode_infer(&body, json_len, metadata),
-        Form::Simple => protocol::decode_predict(&body, metadata),
-    }?;
-    let deadline = Deadline::tightest(arrived.into(), &[inference.timeout]);
-    let Answer { outputs, instance } = infer::run(served, &inference, deadline).await?;
-    spans::answered(&served.name, &served.version, instance);
-
-    let limit = app.config.max_response;
-    let (body, json_len) = match form {
-        Form::OpenInference => {
-            // The name and version the client addressed, which for a
-            // repository model are its folder's, not the model's own.
-            let (name, version) = (&served.name, &served.version);
-            let encoded = protocol::encode_infer_response(
-                name, version, metadata, &inference, &outputs, limit,
-            )
-            .map_err(|err| err.served_by(instance))?;
-            (encoded.body, encoded.json_len)
-        }
-        Form::Simple => {
-            let body = protocol::encode_predict_response(metadata, &outputs, instance, limit)
-                .map_err(|err| err.served_by(instance))?;
-            (body, None)
-        }
-    };
-    drop(outputs);
-    let body = match compression {
-        Some(coding) => body::compress(body, coding).await,
-        None => body,
-    };
-    let mut response = json(StatusCode::OK, body.into());
-    let headers = response.headers_mut();
-    if let Some(len) = json_len {
-        headers.insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(len));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-    }
-    if let Some(coding) = compression {
-        headers.insert(header::CONTENT_ENCODING, body::header_value(coding));
-        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
-    headers.insert(X_INSTANCE_ID, HeaderValue::from(instance));
-    Ok(response)
-}
-
-/// On a response whose request found its model not resident and waited
-/// for its load (`--load on-demand`).
-const X_MODEL_LOAD: HeaderName = HeaderName::from_static("x-model-load");
-
-/// The binary tensor data extension's header: the length of the JSON part
-/// of a body that continues with raw tensor bytes.
-/// A `HeaderName`, not a `&str`: looking a header up by a string parses
-/// and hashes the name on every request (650 instructions, by callgrind).
-const INFERENCE_HEADER_LENGTH: HeaderName =
-    HeaderName::from_static("inference-header-content-length");
-
-fn binary_header_length(request: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
-    let Some(value) = request.headers().get(INFERENCE_HEADER_LENGTH) else {
-        return Ok(None);
-    };
-    // Digits only: `parse` would also take a sign ("+362").
-    value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "Inference-Header-Content-Length must be a number of bytes, digits only",
-            )
-        })
-}
-
-fn check_content_type(request: &Request<Incoming>, binary: bool) -> Result<(), ApiError> {
-    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let mime = value.to_str().unwrap_or("");
-    let mime = mime.split_once(';').map_or(mime, |(mime, _)| mime).trim();
-    if media_type_accepted(mime, binary) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type {mime:?} is not supported; send JSON with Content-Type: application/json"
-            ),
-        ))
-    }
-}
-
-/// Whether a request body of media type `mime` (parameters removed) is read
-/// as JSON, or as JSON followed by raw tensor bytes when `binary`. Media
-/// types are case-insensitive: compared in place, with no lowercase copy.
-fn media_type_accepted(mime: &str, binary: bool) -> bool {
-    let is = |name: &str| mime.eq_ignore_ascii_case(name);
-    let suffix = mime.len().checked_sub(5).map(|at| &mime.as_bytes()[at..]);
-    is("application/json")
-        || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case(b"+json"))
-        || is("text/plain")
-        // curl -d sends form-urlencoded by default; the body is still JSON.
-        || is("application/x-www-form-urlencoded")
-        || (binary && is("application/octet-stream"))
 }
 
 fn ready_response(ready: bool) -> Response<Full<Bytes>> {

@@ -1,3 +1,6 @@
+use std::borrow::Cow;
+
+use super::inference::media_type_accepted;
 use super::*;
 
 #[test]

@@ -1,33 +1,15 @@
-//! TreeEnsembleClassifier and TreeEnsembleRegressor: scikit-learn's
-//! decision trees, random forests and gradient boosting, XGBoost and
-//! LightGBM (through onnxmltools).
-//!
-//! Both attribute forms are read: the classic lists (`nodes_values`,
-//! `class_weights`, `target_weights`, `base_values`) and ai.onnx.ml opset 3's
-//! `*_as_tensor` doubles. The trees are checked whole when the graph is read
-//! (list lengths, child and leaf references, feature numbers, cycles), so a
-//! malformed ensemble fails `pack`, never a request, and evaluation only
-//! follows indices it knows are valid.
-//!
-//! Scores, labels and the binary special cases follow onnxruntime's
-//! aggregators: trees summed in order in f32, base values added after, a
-//! label the first class with the highest score, and for two classes its
-//! rules on one score (the positive class when the score passes 0.5 for
-//! probabilities, 0 for margins).
+//! The trees of an ensemble, shared by the classifier and the regressor:
+//! their nodes read from the attribute lists and checked whole (lengths,
+//! child and leaf references, cycles) when the graph is read, and a row
+//! walked down each tree to its leaf. Evaluation indexes without checks
+//! because parsing here has already refused every index it could not follow.
 
 use std::collections::{BTreeSet, HashMap};
 
-use tract_onnx::model::OnnxOpRegister;
 use tract_onnx::tract_hir::internal::*;
 
-use super::attrs::Attrs;
-use super::transform::{Post, SecondClass, write_scores};
-use super::{Kernel, Out, features, labels, ml_op, rows, table};
-
-pub fn register(reg: &mut OnnxOpRegister) {
-    ml_op!(reg, "TreeEnsembleClassifier", TreeClassifier::parse);
-    ml_op!(reg, "TreeEnsembleRegressor", TreeRegressor::parse);
-}
+use crate::ml::attrs::Attrs;
+use crate::ml::rows;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -86,21 +68,21 @@ struct Node {
 /// root is its first node in the attribute lists, trees in the order their
 /// first node appears.
 #[derive(Debug)]
-struct Forest {
+pub(super) struct Forest {
     nodes: Vec<Node>,
-    roots: Vec<usize>,
+    pub(super) roots: Vec<usize>,
     weights: Vec<(usize, f32)>,
     /// Features read by the trees: the input needs more than the highest.
     needs_features: usize,
     /// The distinct class or target ids the leaves name.
-    ids: BTreeSet<usize>,
-    all_weights_positive: bool,
+    pub(super) ids: BTreeSet<usize>,
+    pub(super) all_weights_positive: bool,
 }
 
 impl Forest {
     /// `prefix` is `class` or `target`; `outputs` the number of classes or
     /// targets the leaves may name.
-    fn parse(a: &Attrs, prefix: &str, outputs: usize) -> TractResult<Forest> {
+    pub(super) fn parse(a: &Attrs, prefix: &str, outputs: usize) -> TractResult<Forest> {
         let tree_ids = a.indices("nodes_treeids")?;
         let n = tree_ids.len();
         if n == 0 {
@@ -230,7 +212,7 @@ impl Forest {
         })
     }
 
-    fn check_features(&self, name: &str, width: Option<usize>) -> TractResult<()> {
+    pub(super) fn check_features(&self, name: &str, width: Option<usize>) -> TractResult<()> {
         match width {
             Some(w) if w < self.needs_features => bail!(
                 "{name} reads feature {} but the input has {w} features per row",
@@ -264,7 +246,7 @@ impl Forest {
     /// Calls `visit` with the leaf entries each tree gives each row, trees
     /// in order; the input is compared in f64 when it is f64 and in f32
     /// otherwise, as onnxruntime does.
-    fn each_row(
+    pub(super) fn each_row(
         &self,
         name: &str,
         input: &TValue,
@@ -338,292 +320,4 @@ fn check_acyclic(
         }
     }
     Ok(())
-}
-
-fn base_values(a: &Attrs) -> TractResult<Vec<f32>> {
-    Ok(a.floats_or_tensor("base_values")?
-        .iter()
-        .map(|&v| v as f32)
-        .collect())
-}
-
-#[derive(Debug)]
-struct TreeClassifier {
-    forest: Forest,
-    labels: Vec<i64>,
-    base: Vec<f32>,
-    post: Post,
-    /// Two classes and the leaves score only one of them.
-    binary_case: bool,
-}
-
-impl TreeClassifier {
-    fn parse(a: &Attrs) -> TractResult<TreeClassifier> {
-        let labels = a.class_labels("classlabels_int64s", "classlabels_strings")?;
-        if labels.len() < 2 {
-            bail!(
-                "classlabels_int64s has {} labels: a classifier needs two or more",
-                labels.len()
-            );
-        }
-        let forest = Forest::parse(a, "class", labels.len())?;
-        let base = base_values(a)?;
-        let ok = if labels.len() == 2 {
-            base.len() <= 2
-        } else {
-            base.is_empty() || base.len() == labels.len()
-        };
-        if !ok {
-            bail!(
-                "base_values has {} values for {} classes",
-                base.len(),
-                labels.len()
-            );
-        }
-        Ok(TreeClassifier {
-            binary_case: labels.len() == 2 && forest.ids.len() == 1,
-            forest,
-            labels,
-            base,
-            post: Post::parse(&a.string("post_transform", "NONE"))?,
-        })
-    }
-
-    /// One row's label and scores from the summed leaf weights, by
-    /// onnxruntime's `TreeAggregatorClassifier::FinalizeScores`.
-    fn finish(&self, mut scores: Vec<f32>, mut has: Vec<bool>) -> (i64, Vec<f32>) {
-        let classes = self.labels.len();
-        if classes > 2 {
-            for (k, &b) in self.base.iter().enumerate() {
-                if has[k] {
-                    scores[k] += b;
-                } else {
-                    scores[k] = b;
-                    has[k] = true;
-                }
-            }
-            // The first class with the highest score among the scored ones.
-            let mut best: Option<usize> = None;
-            for k in 0..classes {
-                if has[k] && best.is_none_or(|b| scores[k] > scores[b]) {
-                    best = Some(k);
-                }
-            }
-            let label = self.labels[best.unwrap_or(0)];
-            return (label, write_scores(scores, self.post, SecondClass::No));
-        }
-        let mut second = SecondClass::No;
-        match self.base[..] {
-            [b0, b1] => {
-                if has[1] {
-                    // onnxruntime's rule: the score is class 0's plus the
-                    // second base value, and class 0 gets its negation.
-                    scores[1] = b1 + scores[0];
-                    scores[0] = -scores[1];
-                } else {
-                    scores[1] += b1;
-                    scores[0] += b0;
-                }
-            }
-            [b0] => {
-                scores[0] += b0;
-                if !has[1] {
-                    scores.pop();
-                }
-            }
-            _ => {
-                second = SecondClass::Negation;
-                if !has[1] {
-                    scores.pop();
-                }
-            }
-        }
-        let positive = if scores.len() == 2 && has[1] {
-            scores[1]
-        } else if has[0] {
-            scores[0]
-        } else {
-            0.0
-        };
-        let label = if self.binary_case {
-            if self.forest.all_weights_positive {
-                second = SecondClass::Complement;
-                if positive > 0.5 {
-                    self.labels[1]
-                } else {
-                    self.labels[0]
-                }
-            } else {
-                second = SecondClass::Negation;
-                if positive > 0.0 {
-                    self.labels[1]
-                } else {
-                    self.labels[0]
-                }
-            }
-        } else if positive > 0.0 {
-            // onnxruntime answers 1 or 0 here, not the class labels.
-            1
-        } else {
-            0
-        };
-        let mut out = write_scores(scores, self.post, second);
-        out.resize(2, 0.0);
-        (label, out)
-    }
-}
-
-impl Kernel for TreeClassifier {
-    fn name(&self) -> &'static str {
-        "TreeEnsembleClassifier"
-    }
-    fn outputs(&self) -> Vec<Out> {
-        vec![
-            Out::Rows(DatumType::I64),
-            Out::Table(DatumType::F32, self.labels.len()),
-        ]
-    }
-    fn check_inputs(&self, inputs: &[&TypedFact]) -> TractResult<()> {
-        self.forest
-            .check_features("TreeEnsembleClassifier", features(inputs[0]))
-    }
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let classes = self.labels.len();
-        let mut sums: Vec<(Vec<f32>, Vec<bool>)> = vec![];
-        let n = self.forest.each_row(self.name(), &inputs[0], |r, leaf| {
-            if r == sums.len() {
-                sums.push((vec![0.0; classes], vec![false; classes]));
-            }
-            let (scores, has) = &mut sums[r];
-            for &(k, w) in leaf {
-                scores[k] += w;
-                has[k] = true;
-            }
-        })?;
-        sums.resize(n, (vec![0.0; classes], vec![false; classes]));
-        let mut chosen = Vec::with_capacity(n);
-        let mut out = Vec::with_capacity(n * classes);
-        for (scores, has) in sums {
-            let (label, row) = self.finish(scores, has);
-            chosen.push(label);
-            out.extend(row);
-        }
-        Ok(tvec!(labels(chosen)?, table(out, n, classes)?))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Aggregate {
-    Sum,
-    Average,
-    Min,
-    Max,
-}
-
-#[derive(Debug)]
-struct TreeRegressor {
-    forest: Forest,
-    targets: usize,
-    aggregate: Aggregate,
-    base: Vec<f32>,
-    post: Post,
-}
-
-impl TreeRegressor {
-    fn parse(a: &Attrs) -> TractResult<TreeRegressor> {
-        let targets = usize::try_from(a.int("n_targets", 1))
-            .ok()
-            .filter(|&t| t > 0)
-            .ok_or_else(|| format_err!("n_targets must be 1 or more"))?;
-        let aggregate = match a.string("aggregate_function", "SUM").as_str() {
-            "SUM" => Aggregate::Sum,
-            "AVERAGE" => Aggregate::Average,
-            "MIN" => Aggregate::Min,
-            "MAX" => Aggregate::Max,
-            other => bail!("aggregate_function {other:?} is none of SUM, AVERAGE, MIN, MAX"),
-        };
-        let forest = Forest::parse(a, "target", targets)?;
-        let base = base_values(a)?;
-        if !base.is_empty() && base.len() != targets && !(targets == 1 && base.len() == 1) {
-            bail!(
-                "base_values has {} values for {targets} targets",
-                base.len()
-            );
-        }
-        Ok(TreeRegressor {
-            forest,
-            targets,
-            aggregate,
-            base,
-            post: Post::parse(&a.string("post_transform", "NONE"))?,
-        })
-    }
-
-    fn fold(&self, acc: &mut (f32, bool), w: f32) {
-        let (score, has) = acc;
-        *score = match self.aggregate {
-            Aggregate::Sum | Aggregate::Average => *score + w,
-            Aggregate::Min if *has => score.min(w),
-            Aggregate::Max if *has => score.max(w),
-            _ => w,
-        };
-        *has = true;
-    }
-
-    /// One row's values, by onnxruntime's regression aggregators.
-    fn finish(&self, acc: Vec<(f32, bool)>) -> Vec<f32> {
-        let trees = self.forest.roots.len() as f32;
-        let values: Vec<f32> = acc
-            .iter()
-            .enumerate()
-            .map(|(k, &(score, has))| {
-                let base = self.base.get(k).copied().unwrap_or(0.0);
-                match self.aggregate {
-                    Aggregate::Sum => score + base,
-                    Aggregate::Average => score / trees + base,
-                    _ if has => score + base,
-                    _ => base,
-                }
-            })
-            .collect();
-        write_scores(values, self.post, SecondClass::No)
-    }
-}
-
-impl Kernel for TreeRegressor {
-    fn name(&self) -> &'static str {
-        "TreeEnsembleRegressor"
-    }
-    fn outputs(&self) -> Vec<Out> {
-        vec![Out::Table(DatumType::F32, self.targets)]
-    }
-    fn check_inputs(&self, inputs: &[&TypedFact]) -> TractResult<()> {
-        self.forest
-            .check_features("TreeEnsembleRegressor", features(inputs[0]))
-    }
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let targets = self.targets;
-        let mut accs: Vec<Vec<(f32, bool)>> = vec![];
-        let n = self.forest.each_row(self.name(), &inputs[0], |r, leaf| {
-            if r == accs.len() {
-                accs.push(vec![(0.0, false); targets]);
-            }
-            if targets == 1 {
-                // onnxruntime's one-target path takes each leaf's first weight.
-                if let Some(&(_, w)) = leaf.first() {
-                    self.fold(&mut accs[r][0], w);
-                }
-            } else {
-                for &(k, w) in leaf {
-                    self.fold(&mut accs[r][k], w);
-                }
-            }
-        })?;
-        accs.resize(n, vec![(0.0, false); targets]);
-        let mut out = Vec::with_capacity(n * targets);
-        for acc in accs {
-            out.extend(self.finish(acc));
-        }
-        Ok(tvec!(table(out, n, targets)?))
-    }
 }
