@@ -318,13 +318,23 @@ impl Capped {
     }
 }
 
+/// serde_json writes a response in many small pieces, each through
+/// `write_all`: taking the whole piece in one step, instead of the default
+/// loop over `write`, took the digits request from 105,400 to 102,900
+/// instructions (bench/instructions.py).
 impl std::io::Write for Capped {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes).map(|()| bytes.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.body.len() + bytes.len() > self.limit {
             return Err(std::io::Error::other("over the response limit"));
         }
         self.body.extend_from_slice(bytes);
-        Ok(bytes.len())
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
