@@ -35,9 +35,9 @@ const SHARED: [&str; 6] = [
 /// Imports that point up on purpose, with the reason.
 const ALLOWED_UP: [(&str, &str, &str); 1] = [(
     "lifecycle",
-    "core::batch",
-    "a served model owns its scheduler: the registry builds the batcher core runs the \
-     model's batches with, from the batching settings in model.toml",
+    "core::scheduler",
+    "a served model owns its scheduler (direct or batching), which the registry builds at load \
+     from the model's settings",
 )];
 
 fn sources(dir: &Path, found: &mut Vec<PathBuf>) {

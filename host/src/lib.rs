@@ -18,7 +18,7 @@
 //! Two kinds of module serve every layer because they import none: the
 //! core's vocabulary ([`core::error`], [`core::name`], [`core::metrics`],
 //! [`core::supervise`]) and [`telemetry`]. One import points up on purpose:
-//! a served model (lifecycle) owns its scheduler, a [`core::batch`] batcher.
+//! a served model (lifecycle) owns its [`core::scheduler`], direct or batching.
 //!
 //! An inference over HTTP: [`edge::server`] accepts the connection →
 //! [`edge::http`] routes it, passes the drain gate on [`edge::app::App`] and

@@ -24,6 +24,7 @@ use crate::core::batch;
 use crate::core::error::{Error, Kind};
 use crate::core::metrics::ModelMetrics;
 use crate::core::protocol::{self, Inference};
+use crate::core::scheduler::Scheduler;
 use crate::lifecycle::served::ServedModel;
 use crate::pool::{Lease, ModelBoot};
 use crate::runtime::contract::Tensor;
@@ -74,11 +75,13 @@ pub async fn run(
     inference: &Inference,
     deadline: Option<Deadline>,
 ) -> Result<Answer, Error> {
-    match &served.batcher {
+    match &served.scheduler {
         // Boxed: the batcher's future is the larger, and only batching
         // models pay for it; every request's future is moved whole.
-        Some(batcher) => Box::pin(batch::run(served, batcher, inference, deadline)).await,
-        None => run_alone(served, inference, deadline).await,
+        Scheduler::Batching(batcher) => {
+            Box::pin(batch::run(served, batcher, inference, deadline)).await
+        }
+        Scheduler::Direct => run_alone(served, inference, deadline).await,
     }
 }
 

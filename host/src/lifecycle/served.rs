@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use crate::core::batch::Batcher;
 use crate::core::metrics::ModelMetrics;
+use crate::core::scheduler::Scheduler;
 use crate::lifecycle::settings::{ModelSettings, Settings};
 use crate::model::Model;
 use crate::pool::ModelPool;
@@ -26,9 +26,9 @@ pub struct ServedModel {
     pub given: ModelSettings,
     pub model: Arc<Model>,
     pub pool: Arc<ModelPool>,
-    /// Joins concurrent requests into one call, for a model with
-    /// `max-batch-size`.
-    pub batcher: Option<Batcher>,
+    /// Each request alone, or joined into batches (a model with
+    /// `max-batch-size`).
+    pub scheduler: Scheduler,
     pub metrics: ModelMetrics,
     pub source: Source,
     pub loaded_at: Instant,

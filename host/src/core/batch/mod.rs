@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot};
@@ -36,6 +35,7 @@ use crate::core::error::Error;
 use crate::core::infer::{self, Answer, Deadline};
 use crate::core::protocol::Inference;
 use crate::lifecycle::served::ServedModel;
+use crate::lifecycle::settings::BatchConfig;
 use crate::pool::{Lease, ModelBoot};
 use crate::runtime::contract::{Metadata, Tensor};
 use crate::runtime::instance::InstanceId;
@@ -47,21 +47,6 @@ mod wake;
 
 use execute::{answered, call_alone, execute};
 use wake::{wake_at, wake_up, woke_up_after};
-
-/// A model's batching settings (`max-batch-size`, `max-queue-delay`,
-/// `preferred-batch-sizes` in model.toml, or the flags).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchConfig {
-    /// Most rows (the sum of the requests' dimension 0) in one call.
-    pub max_batch_size: usize,
-    /// How long a batch that holds an instance may wait for more requests
-    /// (Triton's `max_queue_delay_microseconds`); 0: batch only what is
-    /// already waiting.
-    pub max_queue_delay: Duration,
-    /// Sizes at which a batch goes at once, without waiting out the delay
-    /// (Triton's `preferred_batch_size`).
-    pub preferred_batch_sizes: Vec<usize>,
-}
 
 impl BatchConfig {
     /// Whether a batch of `rows` should go now rather than wait for more.

@@ -1,6 +1,7 @@
 use super::rows::split;
 use super::*;
 use crate::runtime::contract::Datatype;
+use std::time::Duration;
 
 fn tensor(datatype: Datatype, shape: &[u64], data: Vec<u8>) -> Tensor {
     Tensor {

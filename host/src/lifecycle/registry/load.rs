@@ -14,9 +14,9 @@ use tracing::Instrument;
 
 use super::logs::{describe, describe_batching, describe_pool, out_of_memory_hint};
 use super::{LoadRequest, Registry, Slot, State};
-use crate::core::batch::{self, Batcher};
 use crate::core::error::LoadError;
 use crate::core::name::ModelName;
+use crate::core::scheduler::Scheduler;
 use crate::lifecycle::residency::Cause;
 use crate::lifecycle::served::{ServedModel, Source};
 use crate::model::{self, Model};
@@ -184,10 +184,8 @@ impl Registry {
         if reservation.is_none() {
             self.fit(&name, &settings)?;
         }
-        if let Some(batching) = &settings.batching {
-            batch::check_batchable(&metadata, batching)
-                .map_err(|why| LoadError::BadFile(format!("{shown}: {why}")))?;
-        }
+        let scheduler = Scheduler::new(&metadata, settings.batching.as_ref())
+            .map_err(|why| LoadError::BadFile(format!("{shown}: {why}")))?;
 
         let model = Arc::new(Model {
             path: request.path.clone().unwrap_or_default(),
@@ -227,7 +225,6 @@ impl Registry {
             },
             None => Source::Uploaded { digest },
         };
-        let batcher = settings.batching.clone().map(Batcher::new);
         let served = Arc::new(ServedModel {
             name: name.clone(),
             version: version.clone(),
@@ -235,7 +232,7 @@ impl Registry {
             given: request.settings.clone(),
             model,
             pool,
-            batcher,
+            scheduler,
             metrics,
             source,
             loaded_at: Instant::now(),

@@ -1,7 +1,7 @@
 //! What the registry's log lines say about a model: its tensors, its pool,
 //! its batching, and what to try when its instances cannot be made.
 
-use crate::core::batch::BatchConfig;
+use crate::lifecycle::settings::BatchConfig;
 use crate::pool::PoolConfig;
 
 pub(super) fn describe(specs: &[crate::runtime::contract::TensorSpec]) -> String {

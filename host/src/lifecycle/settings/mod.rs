@@ -12,9 +12,23 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 
-use crate::core::batch::BatchConfig;
 use crate::pool::PoolConfig;
 use values::{parse_duration, parse_queue_delay, parse_size};
+
+/// A model's batching settings (`max-batch-size`, `max-queue-delay`,
+/// `preferred-batch-sizes` in model.toml, or the flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Most rows (the sum of the requests' dimension 0) in one call.
+    pub max_batch_size: usize,
+    /// How long a batch that holds an instance may wait for more requests
+    /// (Triton's `max_queue_delay_microseconds`); 0: batch only what is
+    /// already waiting.
+    pub max_queue_delay: Duration,
+    /// Sizes at which a batch goes at once, without waiting out the delay
+    /// (Triton's `preferred_batch_size`).
+    pub preferred_batch_sizes: Vec<usize>,
+}
 
 /// What a model may set for itself. Unknown keys are refused, so a typo is
 /// an error that names the key rather than a setting silently ignored.
