@@ -7,6 +7,7 @@ Triton's classification extension; the parameters Triton gives meaning to; the i
 `x-instance-id` response metadata.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -490,8 +491,9 @@ def test_perf_analyzer_runs_over_grpc(hosts):
 
 def test_a_draining_host_refuses_new_grpc_inferences_and_waits_for_those_in_flight():
     """gRPC inference passes the same admission gate as HTTP: calls in flight are counted from
-    their first byte and finish; once the drain refuses, a new call gets UNAVAILABLE (which
-    clients and balancers retry elsewhere) and is counted as refused."""
+    their first byte and finish, also while a new version of their model is loaded (a host's
+    upgrade, as deploy/rolling-upgrade.sh does it); once the drain refuses, a new call gets
+    UNAVAILABLE (which clients and balancers retry elsewhere) and is counted as refused."""
     args = ["--instances", "2", "--model-control", "explicit", str(FAULT)]
     env = {"WASM_HOST_ADMIN_TOKEN": ADMIN_TOKEN}
     with conftest.host_process(args, env, grpc=True) as ((http, grpc_addr), _proc):
@@ -499,7 +501,8 @@ def test_a_draining_host_refuses_new_grpc_inferences_and_waits_for_those_in_flig
         answers = []
 
         def slow_call():
-            answers.append(int(client.infer("fault", [fault_input(4, 1_500)]).as_numpy("result")[0]))
+            answer = client.infer("fault", [fault_input(4, 3_000)])
+            answers.append((int(answer.as_numpy("result")[0]), answer.get_response().model_version))
 
         calls = [threading.Thread(target=slow_call) for _ in range(2)]
         for call in calls:
@@ -511,25 +514,31 @@ def test_a_draining_host_refuses_new_grpc_inferences_and_waits_for_those_in_flig
                     break
             time.sleep(0.01)
 
-        def drain(path, body):
+        def admin(path, body):
             request = urllib.request.Request(
                 f"http://{http}/v2/repository/{path}", data=json.dumps(body).encode(),
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
                          "Content-Type": "application/json"}, method="POST")
             with urllib.request.urlopen(request) as response:
-                return json.load(response)
+                text = response.read()
+                return json.loads(text) if text else None
 
-        traffic = drain("drain", {"refuse": True})
+        traffic = admin("drain", {"refuse": True})
         assert traffic["refusing"] and traffic["in_flight"] == 2, traffic
         status, message = grpc_error(lambda: client.infer("fault", [fault_input(4, 1)]))
         assert status == "StatusCode.UNAVAILABLE", (status, message)
         assert "draining" in message, message
+        # The upgrade: version 2 loads beside version 1 while both calls still run on it.
+        component = base64.b64encode(FAULT.read_bytes()).decode()
+        admin("models/fault/load", {"parameters": {"file:2/model.wasm": component}})
+        assert admin("drain", {"refuse": True})["in_flight"] == 2, "the calls outlived the load"
         for call in calls:
             call.join(timeout=10)
-        assert answers == [1_500, 1_500]
-        traffic = drain("drain", {"refuse": True})
+        assert answers == [(3_000, "1"), (3_000, "1")], "both calls finish on the old version"
+        traffic = admin("drain", {"refuse": True})
         assert traffic["in_flight"] == 0 and traffic["refused"] >= 1, traffic
-        # Undrained, gRPC inference is served again.
-        drain("undrain", {})
-        assert client.infer("fault", [fault_input(4, 1)]).as_numpy("result")[0] == 1
+        # Undrained, gRPC inference is served again, by the new version.
+        admin("undrain", {})
+        answer = client.infer("fault", [fault_input(4, 1)])
+        assert (answer.as_numpy("result")[0], answer.get_response().model_version) == (1, "2")
         client.close()
