@@ -217,6 +217,9 @@ def test_verbose_level_shows_debug_lines_and_log_info_off_silences_info_lines(ho
     mark = len(conftest._host_log)
     live(addr)
     assert logged_after(mark, "DEBUG wasm_host::edge::server: connection from 127.0.0.1:")
+    # The access line comes after the debug line: wait for it here, or it could be read after
+    # the next mark and pass for a line written with info off.
+    assert logged_after(mark, "GET /v2/health/live 200")
 
     http.update_log_settings({"log_info": False, "log_verbose_level": 0}, headers=AUTH)
     mark = len(conftest._host_log)
