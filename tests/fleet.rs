@@ -124,6 +124,68 @@ fn a_refusing_drain_closes_new_inference_requests_unanswered_and_finishes_the_re
 }
 
 #[test]
+fn a_request_still_sending_its_body_is_in_flight_so_a_drain_waits_for_it_and_it_is_answered() {
+    let host = Host::start(
+        &guest("guest_model"),
+        &["--instances", "1", "--model-control", "explicit"],
+    );
+    let addr = host.addr;
+    // The head and half the body: admitted, its body still on the wire.
+    let body = serde_json::to_vec(&digits_request()).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut sending = Client::connect(addr).unwrap();
+    let head = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sending.write_raw(head.as_bytes()).unwrap();
+    sending.write_raw(first).unwrap();
+    host.wait_for_health(
+        "the request reading its body",
+        Duration::from_secs(5),
+        |h| h["traffic"]["in_flight"] == 1 && h["bodies"]["held_bytes"] != 0,
+    );
+
+    let drained = admin(&host, "/v2/repository/drain", None);
+    assert_eq!(drained.status, 200, "{}", drained.error());
+    let drained = drained.json();
+    assert_eq!(
+        (&drained["refusing"], &drained["in_flight"]),
+        (&json!(false), &json!(1)),
+        "the drain counts the request that has not finished its body: {drained}"
+    );
+    let refusing = request(
+        addr,
+        "POST",
+        "/v2/repository/drain",
+        &[],
+        br#"{"refuse": true}"#,
+    )
+    .unwrap()
+    .json();
+    assert_eq!(refusing["in_flight"], 1, "{refusing}");
+    let refused = Client::connect(addr)
+        .unwrap()
+        .post_json("/v2/models/digits/infer", &digits_request());
+    assert!(
+        refused.is_err(),
+        "a new request is closed unanswered: {refused:?}"
+    );
+
+    // The rest of the body arrives: the admitted request is answered.
+    sending.write_raw(rest).unwrap();
+    let answered = sending.read_response().unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.error());
+    let after = admin(&host, "/v2/repository/drain", None).json();
+    assert_eq!(
+        (&after["in_flight"], &after["refused"]),
+        (&json!(0), &json!(1)),
+        "{after}"
+    );
+}
+
+#[test]
 fn draining_needs_model_control_like_every_other_change() {
     let host = Host::start(&guest("guest_model"), &["--instances", "1"]);
     let refused = admin(&host, "/v2/repository/drain", None);

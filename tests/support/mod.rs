@@ -407,6 +407,12 @@ impl Client {
         }
     }
 
+    /// Reads the response to a request written with [`Client::write_raw`]
+    /// or [`Client::send_only`].
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
+        read_response(&mut self.stream)
+    }
+
     /// Writes a request without waiting for its response.
     pub fn send_only(&mut self, method: &str, path: &str, body: &[u8]) {
         let head = format!(
