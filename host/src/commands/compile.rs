@@ -33,7 +33,8 @@ pub async fn run(args: CompileArgs) -> Result<(), Failure> {
     };
     let started = Instant::now();
     let no_cache = CompileCache::new(None);
-    let (component, _) = model::compile(&engine, bytes.clone(), &no_cache, &shown)
+    let bytes = bytes::Bytes::from(bytes);
+    let model::Code { component, .. } = model::compile(&engine, bytes.clone(), &no_cache, &shown)
         .await
         .map_err(super::model_failure)?;
     // Only a model that fits the contract is worth shipping: it is checked

@@ -21,7 +21,11 @@ pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let size = bytes.len();
     let onnx = crate::model::pack::provenance(&bytes);
     let cache = args.code.compile_cache();
-    let (component, compiled) = model::compile(&engine, bytes, &cache, &shown)
+    let model::Code {
+        component,
+        compiled,
+        ..
+    } = model::compile(&engine, bytes.into(), &cache, &shown)
         .await
         .map_err(super::model_failure)?;
 

@@ -29,13 +29,14 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
     // so serving it here starts at once), instantiate it under the memory
     // limit and read its metadata, as `serve` will.
     let shown = args.output.display().to_string();
-    let (component, _) = model::compile(&engine, packed.wasm.clone(), &cache, &shown)
+    let wasm = bytes::Bytes::from(packed.wasm);
+    let model::Code { component, .. } = model::compile(&engine, wasm.clone(), &cache, &shown)
         .await
         .map_err(super::model_failure)?;
     model::prepare(&engine, &linker, &component, memory_limit, &shown)
         .await
         .map_err(super::model_failure)?;
-    pack::write_file(&args.output, &packed.wasm).map_err(|err| {
+    pack::write_file(&args.output, &wasm).map_err(|err| {
         Failure::new(
             Failure::OTHER,
             format!("cannot write {}: {err}", args.output.display()),
@@ -49,7 +50,7 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
         p["producer_version"].as_str().unwrap_or(""),
         p["nodes"],
         args.output.display(),
-        packed.wasm.len() / 1024,
+        wasm.len() / 1024,
         started.elapsed(),
         p["name"].as_str().unwrap_or("?"),
         p["version"].as_str().unwrap_or("?"),

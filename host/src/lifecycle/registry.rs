@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -122,7 +123,8 @@ pub struct LoadRequest {
     pub name: Option<ModelName>,
     /// The version to report; `None` takes the model's own.
     pub version: Option<String>,
-    pub bytes: Vec<u8>,
+    /// The component (shared, not copied, on its way to the compiler).
+    pub bytes: Bytes,
     /// The file it was read from, for logs and reloads; `None` if uploaded.
     pub path: Option<PathBuf>,
     pub settings: ModelSettings,
@@ -227,14 +229,14 @@ impl Registry {
 
     /// A model file's component: read as it is, or, for an `.onnx` file,
     /// packed on the fly (and cached by content hash).
-    pub async fn read_model(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
+    pub async fn read_model(&self, path: &Path) -> Result<Bytes, LoadError> {
         let read = if crate::model::pack::is_onnx(path) {
             let limit = self.defaults.pool.memory_limit;
             crate::model::pack::packed_for_serving(&self.engine, path, limit, &self.cache).await
         } else {
             model::read(path).await
         };
-        read.map_err(|err| from_model(&err))
+        read.map(Bytes::from).map_err(|err| from_model(&err))
     }
 
     /// The host's flags, as settings.

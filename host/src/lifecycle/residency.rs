@@ -334,13 +334,13 @@ impl Registry {
         let path = &registered.found.path;
         let shown = path.display().to_string();
         let bytes = self.read_model(path).await.map_err(|why| why.to_string())?;
-        let (component, _) = crate::model::compile(self.engine(), bytes, self.cache(), &shown)
+        let code = crate::model::compile(self.engine(), bytes, self.cache(), &shown)
             .await
             .map_err(|err| format!("{err:#}"))?;
         let (_, metadata) = crate::model::prepare(
             self.engine(),
             self.linker(),
-            &component,
+            &code.component,
             memory_limit,
             &shown,
         )

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use bytes::Bytes;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::core::error::LoadError;
 use crate::core::name::{self, ModelName};
-use crate::runtime::cache::CompileCache;
+use crate::runtime::cache::{self, CompileCache};
 use crate::runtime::contract::{self, Metadata, PredictorPre};
 use crate::runtime::root_cause;
 use crate::runtime::sandbox::GuestState;
@@ -41,6 +42,15 @@ pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|err| anyhow::anyhow!("cannot link WASI: {err}"))?;
     Ok(linker)
+}
+
+/// A model file turned into code: the component, how it came to be, and
+/// the file's SHA-256 (hashed once, off the runtime, for the compile cache's
+/// key and the served model's source digest).
+pub struct Code {
+    pub component: Component,
+    pub compiled: Compiled,
+    pub sha256: [u8; 32],
 }
 
 /// How a model's code came to be: compiled now, or loaded ready-made.
@@ -176,10 +186,10 @@ fn check_arch(bytes: &[u8], shown: &str) -> Result<()> {
 /// reload.
 pub async fn compile(
     engine: &Engine,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     cache: &CompileCache,
     shown: &str,
-) -> Result<(Component, Compiled)> {
+) -> Result<Code> {
     let started = Instant::now();
     check_arch(&bytes, shown)?;
     if is_precompiled(&bytes) && !cache.precompiled_allowed() {
@@ -202,7 +212,13 @@ fn compile_blocking(
     cache: &CompileCache,
     shown: &str,
     started: Instant,
-) -> Result<(Component, Compiled)> {
+) -> Result<Code> {
+    let sha256 = cache::sha256(bytes);
+    let code = |component, compiled| Code {
+        component,
+        compiled,
+        sha256,
+    };
     if is_precompiled(bytes) {
         // SAFETY: the operator passed --allow-precompiled, promising this is
         // an artifact of `wasm-host compile` they built; the bytes are in
@@ -210,7 +226,7 @@ fn compile_blocking(
         // wasmtime checks that they were made by this version with this
         // configuration before using them.
         return match unsafe { Component::deserialize(engine, bytes) } {
-            Ok(component) => Ok((component, Compiled::Ahead(started.elapsed()))),
+            Ok(component) => Ok(code(component, Compiled::Ahead(started.elapsed()))),
             Err(err) => {
                 let why = root_cause(&err);
                 let hint = if why.contains("memory reservation") || why.contains("memory guard") {
@@ -225,13 +241,13 @@ fn compile_blocking(
             }
         };
     }
-    if let Some(component) = cache.load(engine, bytes) {
-        return Ok((component, Compiled::FromCache(started.elapsed())));
+    if let Some(component) = cache.load(engine, &sha256) {
+        return Ok(code(component, Compiled::FromCache(started.elapsed())));
     }
     match Component::new(engine, bytes) {
         Ok(component) => {
-            cache.store(engine, bytes, &component);
-            Ok((component, Compiled::Now(started.elapsed())))
+            cache.store(engine, &sha256, &component);
+            Ok(code(component, Compiled::Now(started.elapsed())))
         }
         Err(err) => bail!("{shown} failed to compile: {}", root_cause(&err)),
     }
@@ -252,7 +268,11 @@ impl Model {
             read(path).await?
         };
         let file_size = bytes.len();
-        let (component, compiled) = compile(engine, bytes, cache, &shown).await?;
+        let Code {
+            component,
+            compiled,
+            ..
+        } = compile(engine, bytes.into(), cache, &shown).await?;
         let (pre, metadata) = prepare(engine, linker, &component, memory_limit, &shown).await?;
         Ok(Model {
             path: path.to_owned(),

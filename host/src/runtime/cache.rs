@@ -2,10 +2,12 @@
 //! milliseconds to many seconds, and start-up (and every edge node's cold
 //! start) should pay it once per model, not once per start.
 //!
-//! An artifact is keyed by the SHA-256 of the component's bytes and of the
-//! engine's compatibility hash (wasmtime version, target, and every setting
-//! that changes generated code), so a new model, a new wasm-host or a new
-//! CPU never loads a stale artifact.
+//! An artifact is keyed by a SHA-256 over the component's own SHA-256 and
+//! the engine's compatibility hash (wasmtime version, target, and every
+//! setting that changes generated code), so a new model, a new wasm-host or
+//! a new CPU never loads a stale artifact. The component's SHA-256 is the
+//! one a load computes anyway, for the served model's source digest: a load
+//! hashes the component once (300 MB take about 0.2 s).
 //!
 //! A cache entry is native code that this process will run, so the cache
 //! trusts nothing it did not write itself:
@@ -95,11 +97,12 @@ impl CompileCache {
     }
 
     /// The entry's key: SHA-256 over the engine's compatibility hash and
-    /// the component's bytes.
-    fn key(engine: &Engine, wasm: &[u8]) -> [u8; 32] {
+    /// the component's SHA-256. The component is hashed once per load, by
+    /// [`sha256`]; the served model's source digest is the same hash.
+    fn key(engine: &Engine, wasm_sha256: &[u8; 32]) -> [u8; 32] {
         let mut hasher = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        hasher.0.update(wasm);
+        hasher.0.update(wasm_sha256);
         hasher.0.finalize().into()
     }
 
@@ -112,9 +115,11 @@ impl CompileCache {
         )
     }
 
-    /// The cached artifact for these bytes, if there is a trustworthy one.
-    /// Blocking (it hashes and reads files): call it off the runtime.
-    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> Option<Component> {
+    /// The cached artifact for the component whose SHA-256 is
+    /// `wasm_sha256` (from [`sha256`] over the very bytes the caller would
+    /// otherwise compile), if there is a trustworthy one. Blocking (it reads
+    /// and hashes the artifact): call it off the runtime.
+    pub fn load(&self, engine: &Engine, wasm_sha256: &[u8; 32]) -> Option<Component> {
         let dir = self.dir.as_ref()?;
         match std::fs::symlink_metadata(dir) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
@@ -129,7 +134,7 @@ impl CompileCache {
                 }
             }
         }
-        let key = Self::key(engine, wasm);
+        let key = Self::key(engine, wasm_sha256);
         let (path, check) = Self::entry_paths(dir, &key);
         let sealed = match sealed_copy(&path, &check, &key) {
             Ok(Some(sealed)) => sealed,
@@ -163,11 +168,11 @@ impl CompileCache {
 
     /// Saves an artifact; a cache that cannot be written only costs speed.
     /// Blocking: call it off the runtime.
-    pub fn store(&self, engine: &Engine, wasm: &[u8], component: &Component) {
+    pub fn store(&self, engine: &Engine, wasm_sha256: &[u8; 32], component: &Component) {
         let Some(dir) = self.dir.as_ref() else {
             return;
         };
-        let key = Self::key(engine, wasm);
+        let key = Self::key(engine, wasm_sha256);
         let (path, check) = Self::entry_paths(dir, &key);
         let result = (|| -> Result<(), String> {
             DirBuilder::new()
@@ -433,6 +438,13 @@ fn create_private(dir: &Path, key: &[u8; 32]) -> Result<(PathBuf, File), String>
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A component's SHA-256: the compile cache's key is made from it, and a
+/// served model's source digest is it. Blocking for big components (about
+/// 0.2 s for 300 MB): call it off the runtime.
+pub fn sha256(wasm: &[u8]) -> [u8; 32] {
+    Sha256::digest(wasm).into()
 }
 
 /// Feeds `Hash` impls into SHA-256, which, unlike std's hasher, is the same

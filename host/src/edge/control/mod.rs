@@ -317,7 +317,7 @@ fn uploaded(
     Ok(LoadRequest {
         name: Some(name.clone()),
         version,
-        bytes,
+        bytes: bytes.into(),
         path: None,
         settings: config,
         replaces: None,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::logs::{describe, describe_batching, describe_pool, out_of_memory_hint};
@@ -151,12 +150,14 @@ impl Registry {
                 settings.pool.memory_limit >> 20
             )));
         }
-        let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
         let file_size = request.bytes.len();
-        let (component, compiled) =
-            model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
-                .await
-                .map_err(|err| from_model(&err))?;
+        let model::Code {
+            component,
+            compiled,
+            sha256: digest,
+        } = model::compile(&self.engine, request.bytes.clone(), &self.cache, &shown)
+            .await
+            .map_err(|err| from_model(&err))?;
         // Room is reserved before the first instance (`metadata()`), after
         // the compile, which takes no guest memory: a file that does not
         // compile evicts nothing.

@@ -192,7 +192,7 @@ async fn pack_bytes(
             root_cause(&err)
         )
     })?;
-    let component = compile_cached(engine, &instrumented, cache).await?;
+    let component = compile_cached(engine, instrumented, cache).await?;
 
     let mut store = crate::runtime::instance::new_store(engine, options.memory_limit);
     store.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
@@ -292,15 +292,17 @@ async fn pack_bytes(
 
 /// Compiling the instrumented runner (16 MB of tract) takes Cranelift seconds;
 /// it is the same for every model, so it goes through the compile cache.
-async fn compile_cached(engine: &Engine, wasm: &[u8], cache: &CompileCache) -> Result<Component> {
-    if let Some(component) = cache.load(engine, wasm) {
-        return Ok(component);
-    }
-    let (engine, cache, wasm) = (engine.clone(), cache.clone(), wasm.to_vec());
+/// Hashing, the cache's read and the compile all run off the runtime.
+async fn compile_cached(engine: &Engine, wasm: Vec<u8>, cache: &CompileCache) -> Result<Component> {
+    let (engine, cache) = (engine.clone(), cache.clone());
     tokio::task::spawn_blocking(move || {
+        let sha256 = crate::runtime::cache::sha256(&wasm);
+        if let Some(component) = cache.load(&engine, &sha256) {
+            return Ok(component);
+        }
         let component = Component::new(&engine, &wasm)
             .map_err(|err| anyhow!("the ONNX runner failed to compile: {}", root_cause(&err)))?;
-        cache.store(&engine, &wasm, &component);
+        cache.store(&engine, &sha256, &component);
         Ok(component)
     })
     .await
