@@ -16,7 +16,7 @@ measures it (wasm_host_model_load_duration_seconds: from the read file to the bo
 Usage:
   python3 cold_big.py --model resnet.wasm --host now=target/release/wasm-host \
       [--host before=/path/to/older/wasm-host] [--rounds 2] [--requests 4] \
-      [--memory-limit 1GiB] [--workdir DIR] [--out-json cold_big.json]
+      [--memory-limit 1GiB] [--workdir DIR] [--out-json cold_big.json] [--out-md cold_big.md]
 Every host started is stopped by its PID (process.Server).
 """
 import argparse
@@ -120,6 +120,36 @@ def summary(xs):
     return {"min": min(xs), "p50": statistics.median(xs), "max": max(xs), "n": len(xs)}
 
 
+def markdown(opts, report):
+    """The report's section: one row per host, and each host's ratio to `before` if it ran."""
+    mib = os.path.getsize(opts.model) / 1e6
+    lines = [
+        "### A big model's cold request (`bench/cold_big.py`)",
+        "",
+        f"`{os.path.basename(opts.model)}` ({mib:.0f} MB, packed), two hard-linked copies under "
+        f"`--load on-demand --instances 1 --memory-limit {opts.memory_limit}` and a budget that holds "
+        f"one: each cold request evicts the other copy and loads its own from the compile cache. "
+        f"{opts.rounds} interleaved rounds of a fresh host each: a warm-up, {opts.requests} cold "
+        f"requests, {opts.requests} warm ones (the inference alone). Seconds, client side; the load "
+        "is the host's own measure (`wasm_host_model_load_duration_seconds`).",
+        "",
+        "| host | cold: min / p50 / max | warm p50 | load, mean |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, r in report.items():
+        c, w = r["cold_s"], r["warm_s"]
+        lines.append(f"| {label} | {c['min']:.2f} / {c['p50']:.2f} / {c['max']:.2f} | "
+                     f"{w['p50']:.2f} | {r['host_load_s_mean']:.2f} |")
+    base = report.get("before")
+    if base:
+        for label, r in report.items():
+            if label != "before":
+                lines += ["", f"{label} ÷ before: cold p50 "
+                          f"{r['cold_s']['p50'] / base['cold_s']['p50']:.2f}×, load "
+                          f"{r['host_load_s_mean'] / base['host_load_s_mean']:.2f}×."]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a packed model component (.wasm)")
@@ -129,6 +159,7 @@ def main():
     parser.add_argument("--memory-limit", default="1GiB")
     parser.add_argument("--workdir", default="target/bench/cold_big")
     parser.add_argument("--out-json", default=None)
+    parser.add_argument("--out-md", default=None, help="a Markdown section for the report")
     opts = parser.parse_args()
     os.makedirs(opts.workdir, exist_ok=True)
     repo = repository(opts.workdir, os.path.abspath(opts.model))
@@ -159,6 +190,9 @@ def main():
         print(f"{label}: cold min/p50/max {c['min']:.2f}/{c['p50']:.2f}/{c['max']:.2f} s; "
               f"warm p50 {w['p50']:.2f} s; host-measured load mean "
               f"{report[label]['host_load_s_mean']:.2f} s")
+    if opts.out_md:
+        with open(opts.out_md, "w") as f:
+            f.write(markdown(opts, report))
     if opts.out_json:
         with open(opts.out_json, "w") as f:
             json.dump({"model": opts.model, "model_bytes": os.path.getsize(opts.model),

@@ -896,6 +896,7 @@ def write_doc(target_rows):
         *onnx_section(),
         *many_models_section(),
         *written_section("on_demand.md"),
+        *written_section("cold_big.md"),
         *fleet_section(),
         *grpc_section(),
         *written_section("batching.md"),

@@ -69,7 +69,7 @@
 #   BENCH_FLEET="1 2 3"      host counts behind nginx for the fleet part
 #   BENCH_ONDEMAND_MODELS=10000  registered models for the on-demand part (its budget holds 1 %)
 #   BENCH_ONDEMAND_SECONDS=20    seconds of Zipf traffic for the on-demand part
-#   BENCH_ONLY="throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"   run only some parts (the report
+#   BENCH_ONLY="throughput rounds density startup micro onnx models ondemand coldbig fleet grpc batching edge instructions tracing"   run only some parts (the report
 #                            then uses the last results of the others, in target/bench/)
 #   BENCH_QUIET_WAIT=300     seconds to wait for other work on the machine to stop
 #                            before each measurement (0: do not wait)
@@ -112,7 +112,7 @@ fi
 BUILD=${BENCH_BUILD:-1}
 BEFORE=${BENCH_BEFORE:-}
 [[ -z $BEFORE || -x $BEFORE ]] || { echo "BENCH_BEFORE=$BEFORE is not an executable" >&2; exit 2; }
-ONLY=${BENCH_ONLY:-"throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing"}
+ONLY=${BENCH_ONLY:-"throughput rounds density startup micro onnx models ondemand coldbig fleet grpc batching edge instructions tracing"}
 FLEET=${BENCH_FLEET:-"1 2 3"}
 PORT=${BENCH_PORT:-18080}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
@@ -662,6 +662,23 @@ ondemand() {
         --workdir "$OUT/on-demand" --out-md "$OUT/on_demand.md" --out-json "$OUT/on_demand.json"
 }
 
+# A big packed model's cold request: ResNet-50 with its 102 MB of weights (issue 29's 2 s target),
+# with BENCH_BEFORE's host in the same rounds when it is set.
+coldbig() {
+    say "a big model's cold request: ResNet-50 packed, two copies, a budget that holds one"
+    local dir=$OUT/cold-big venv=$OUT/onnx-venv
+    onnx_venv
+    mkdir -p "$dir"
+    [[ -f $dir/resnet.onnx ]] || "$venv/bin/python" examples/onnx/make_networks.py "$dir" resnet
+    [[ -f $dir/resnet.wasm ]] || "$HOST" pack "$dir/resnet.onnx" -o "$dir/resnet.wasm" \
+        --memory-limit 1GiB --cache-dir "$OUT/cache"
+    local hosts=(--host "now=$HOST")
+    [[ -n $BEFORE ]] && hosts=(--host "before=$BEFORE" "${hosts[@]}")
+    wait_quiet
+    python3 bench/cold_big.py --model "$dir/resnet.wasm" "${hosts[@]}" --rounds 3 --requests 4 \
+        --workdir "$dir/run" --out-json "$OUT/cold_big.json" --out-md "$OUT/cold_big.md"
+}
+
 # The virtualenv with onnx, onnxruntime and numpy, at the test suite's pinned versions.
 onnx_venv() {
     local venv=$OUT/onnx-venv
@@ -893,7 +910,7 @@ main() {
     "$HOST" --help | grep -q -- '--cache-dir' && CACHE_FLAGS=(--cache-dir "$OUT/cache")
     machine
     local part
-    for part in throughput rounds density startup micro onnx models ondemand fleet grpc batching edge instructions tracing; do
+    for part in throughput rounds density startup micro onnx models ondemand coldbig fleet grpc batching edge instructions tracing; do
         [[ " $ONLY " == *" $part "* ]] && "$part"
     done
     python3 bench/report.py "$OUT" "$DOC" "$((SECONDS - started))"
