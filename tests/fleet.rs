@@ -26,6 +26,20 @@ fn admin(host: &Host, path: &str, token: Option<&str>) -> support::Response {
     request(host.addr, "POST", path, &headers, b"").unwrap()
 }
 
+/// Turns on a drain that refuses new inference requests; answers the
+/// host's traffic.
+fn refusing_drain(addr: std::net::SocketAddr) -> serde_json::Value {
+    request(
+        addr,
+        "POST",
+        "/v2/repository/drain",
+        &[],
+        br#"{"refuse": true}"#,
+    )
+    .unwrap()
+    .json()
+}
+
 fn digits_request() -> serde_json::Value {
     json!({ "inputs": [{ "name": "x", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5; 64] }] })
 }
@@ -83,15 +97,7 @@ fn a_refusing_drain_closes_new_inference_requests_unanswered_and_finishes_the_re
     host.wait_for_health("the request running", Duration::from_secs(5), |h| {
         h["instances"]["busy"] == 1
     });
-    let drained = request(
-        addr,
-        "POST",
-        "/v2/repository/drain",
-        &[],
-        br#"{"refuse": true}"#,
-    )
-    .unwrap()
-    .json();
+    let drained = refusing_drain(addr);
     assert_eq!(
         (&drained["refusing"], &drained["in_flight"]),
         (&json!(true), &json!(1)),
@@ -155,15 +161,7 @@ fn a_request_still_sending_its_body_is_in_flight_so_a_drain_waits_for_it_and_it_
         (&json!(false), &json!(1)),
         "the drain counts the request that has not finished its body: {drained}"
     );
-    let refusing = request(
-        addr,
-        "POST",
-        "/v2/repository/drain",
-        &[],
-        br#"{"refuse": true}"#,
-    )
-    .unwrap()
-    .json();
+    let refusing = refusing_drain(addr);
     assert_eq!(refusing["in_flight"], 1, "{refusing}");
     let refused = Client::connect(addr)
         .unwrap()
