@@ -17,6 +17,7 @@
 mod alloc;
 mod corrected;
 mod describe;
+mod extrema;
 mod ml;
 
 use std::sync::OnceLock;
@@ -72,9 +73,15 @@ fn load(onnx: Vec<u8>, name: String, version: String) -> Result<String, String> 
         .map_err(|err| format!("cannot read the graph: {}", one_line(&err)))?;
     drop(proto);
     name_unknown_dimensions(&mut model, &input_names)?;
-    let typed = model.into_typed().map_err(|err| {
+    let mut typed = model.into_typed().map_err(|err| {
         format!(
             "cannot resolve the graph's types and shapes: {}",
+            one_line(&err)
+        )
+    })?;
+    extrema::make_exact(&mut typed).map_err(|err| {
+        format!(
+            "cannot correct the graph's ReduceMax/ReduceMin: {}",
             one_line(&err)
         )
     })?;

@@ -24,9 +24,11 @@ SUBSET = 80
 # when operators are added.
 PASS_RATE_FLOOR = 0.62
 # Cases that were wrong answers once (tract's Celu dropped its alpha; its BitShift masked shift
-# counts instead of saturating): always in the subset, so a regression is a failure here.
+# counts instead of saturating; its ReduceMax of a row of -inf was -3.4e38, so the Attention
+# function's fully masked rows stayed NaN): always in the subset, so a regression fails here.
 ONCE_WRONG = re.compile(r"^test_(celu|celu_float16|bitshift_(left|right)_int(8|32)_"
-                        r"(shift_ge_width|negative_shift))$")
+                        r"(shift_ge_width|negative_shift)"
+                        r"|attention_23_boolmask_fullymasked_row_nan_robustness_expanded)$")
 
 
 @pytest.fixture(scope="module")
