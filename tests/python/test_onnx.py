@@ -11,15 +11,20 @@
   units in the last place: tract's kernels round a batch of rows a little differently from one
   row), in fewer calls than requests.
 - A model whose 16 MiB of weights do not fit `--memory-limit 32MiB` is refused at pack time.
+- On a terminal, `pack` shows each step as it runs and its time; piped, it shows none of them.
 
 Each test's host uses one compile cache for the session, so the ONNX runner compiles once.
 """
 
 import importlib.util
 import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -221,6 +226,69 @@ def test_weights_larger_than_the_memory_limit_are_refused_at_pack_time(models, w
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "needs more than the memory limit of 32 MiB" in lines[0], lines[0]
     assert not out.exists()
+
+
+def pack_on_a_terminal(model, out, env, *extra):
+    """`wasm-host pack` with its standard error on a pseudo-terminal, as a person runs it:
+    (exit code, standard output, each line the terminal ends up showing)."""
+    primary, replica = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(HOST), "pack", str(model), "-o", str(out), *extra], cwd=ROOT,
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=replica)
+    finally:
+        os.close(replica)
+    shown, deadline = bytearray(), time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([primary], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the pack exited and closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+    stdout, _ = proc.communicate(timeout=60)
+    # A finished step rewrites its line after a carriage return: keep what is left visible.
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", shown.decode())
+    lines = [line.split("\r")[-1] for line in shown.split("\r\n")]
+    return proc.returncode, stdout.decode(), [line for line in lines if line.strip()]
+
+
+STEP_DONE = re.compile(r"^  (reading|preparing the ONNX runner|loading the graph|taking the snapshot"
+                       r"|checking the result)\b.*: (.*, )?\d+\.\d s$")
+
+
+def test_a_pack_on_a_terminal_shows_each_step_and_its_time(packed_digits, workdir, env):
+    """Piped, a pack shows no step: the refusal tests here and in test_sklearn see one line."""
+    code, stdout, lines = pack_on_a_terminal(DIGITS_ONNX, workdir / "digits-tty.wasm", env,
+                                             "--name", "digits-onnx", "--version", "3")
+    assert code == 0, lines
+    steps = [STEP_DONE.match(line) for line in lines]
+    assert [m.group(1) for m in steps if m] == [
+        "reading", "preparing the ONNX runner", "loading the graph", "taking the snapshot",
+        "checking the result"], lines
+    assert re.search(r"digits_mlp\.onnx: \d+ KB, ", lines[0]), lines
+    assert stdout.startswith("packed "), stdout
+
+
+def test_a_refused_pack_on_a_terminal_ends_its_step_and_prints_the_error_on_its_own_line(
+    models, workdir, env
+):
+    code, _, lines = pack_on_a_terminal(models["big"], workdir / "big-tty.wasm", env,
+                                        "--memory-limit", "32MiB")
+    assert code == 3, lines
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "needs more than the memory limit of 32 MiB" in errors[0], lines
+    # The step that failed was left without a time, and nothing follows the error.
+    assert lines[-1] == errors[0], lines
+    assert lines[-2].startswith("  loading the graph") and not STEP_DONE.match(lines[-2]), lines
 
 
 def test_a_model_with_160_mib_of_weights_packs_and_matches_onnxruntime(workdir, env):

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::Failure;
 use crate::commands::cli::PackArgs;
 use crate::model;
-use crate::model::pack::{self, PackOptions};
+use crate::model::pack::{self, PackOptions, Progress};
 use crate::runtime::cache::CompileCache;
 
 pub async fn run(args: PackArgs) -> Result<(), Failure> {
@@ -21,6 +21,7 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
         name: args.name.clone(),
         version: args.model_version.clone(),
         memory_limit,
+        progress: Progress::on_terminal(),
     };
     let packed = pack::pack(&engine, &args.model, &runner, &options, &cache)
         .await
@@ -29,6 +30,9 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
     // so serving it here starts at once), instantiate it under the memory
     // limit and read its metadata, as `serve` will.
     let shown = args.output.display().to_string();
+    let checking = options
+        .progress
+        .step("checking the result (compile and instantiate it as serve will)");
     let wasm = bytes::Bytes::from(packed.wasm);
     let model::Code { component, .. } = model::compile(&engine, wasm.clone(), &cache, &shown)
         .await
@@ -36,6 +40,7 @@ pub async fn run(args: PackArgs) -> Result<(), Failure> {
     model::prepare(&engine, &linker, &component, memory_limit, &shown)
         .await
         .map_err(super::model_failure)?;
+    checking.done("");
     pack::write_file(&args.output, &wasm).map_err(|err| {
         Failure::new(
             Failure::OTHER,

@@ -30,9 +30,11 @@ use crate::runtime::cache::CompileCache;
 use crate::runtime::root_cause;
 use crate::runtime::sandbox::GuestState;
 
+mod progress;
 mod section;
 mod wire;
 
+pub use progress::Progress;
 use section::append_custom_section;
 pub use section::provenance;
 pub use wire::graph_nodes;
@@ -109,6 +111,8 @@ pub struct PackOptions {
     pub version: Option<String>,
     /// The memory cap the model is loaded (and will be served) under.
     pub memory_limit: usize,
+    /// Whether each step is shown as it runs.
+    pub progress: Progress,
 }
 
 /// A packed component and what was recorded about it.
@@ -149,7 +153,9 @@ pub async fn pack(
     options: &PackOptions,
     cache: &CompileCache,
 ) -> Result<Packed> {
+    let reading = options.progress.step(format!("reading {}", path.display()));
     let onnx = read_onnx(path).await?;
+    reading.done(&progress::size(onnx.len()));
     pack_bytes(engine, path, onnx, runner, options, cache).await
 }
 
@@ -186,13 +192,21 @@ async fn pack_bytes(
     // bytes), but must survive the rewrite: wizer drops its init function
     // from the output unless told to keep it.
     wizer.init_func("load").keep_init_func(true);
+    let preparing = options
+        .progress
+        .step("preparing the ONNX runner (compiled once per host, then cached)");
     let (context, instrumented) = wizer.instrument_component(runner).map_err(|err| {
         anyhow!(
             "the ONNX runner is not a valid component: {}",
             root_cause(&err)
         )
     })?;
-    let component = compile_cached(engine, instrumented, cache).await?;
+    let (component, cached) = compile_cached(engine, instrumented, cache).await?;
+    preparing.done(if cached { "from the cache" } else { "compiled" });
+
+    let loading = options
+        .progress
+        .step("loading the graph (parse, check, optimise, run once on zeros)");
 
     let mut store = crate::runtime::instance::new_store(engine, options.memory_limit);
     store.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
@@ -252,6 +266,8 @@ async fn pack_bytes(
         }
     };
 
+    loading.done("");
+
     // wizer reads the whole linear memory back in one call: allow that call
     // to copy as much as the memory cap lets the guest hold (wasmtime's
     // default, 128 MiB, panicked the pack of any model with more weights).
@@ -261,6 +277,7 @@ async fn pack_bytes(
         instance,
         failed: None,
     };
+    let snapshotting = options.progress.step("taking the snapshot");
     let snapshot = wizer
         .snapshot_component(&context, &mut reading)
         .await
@@ -269,6 +286,7 @@ async fn pack_bytes(
         bail!("{shown}: cannot snapshot the loaded model: {why}");
     }
     drop(store);
+    snapshotting.done(&progress::size(snapshot.len()));
 
     let mut provenance: serde_json::Value =
         serde_json::from_str(&guest_provenance).context("the ONNX runner's provenance")?;
@@ -292,18 +310,23 @@ async fn pack_bytes(
 
 /// Compiling the instrumented runner (16 MB of tract) takes Cranelift seconds;
 /// it is the same for every model, so it goes through the compile cache.
-/// Hashing, the cache's read and the compile all run off the runtime.
-async fn compile_cached(engine: &Engine, wasm: Vec<u8>, cache: &CompileCache) -> Result<Component> {
+/// Hashing, the cache's read and the compile all run off the runtime; the
+/// flag says whether the cache had it.
+async fn compile_cached(
+    engine: &Engine,
+    wasm: Vec<u8>,
+    cache: &CompileCache,
+) -> Result<(Component, bool)> {
     let (engine, cache) = (engine.clone(), cache.clone());
     tokio::task::spawn_blocking(move || {
         let sha256 = crate::runtime::cache::sha256(&wasm);
         if let Some(component) = cache.load(&engine, &sha256) {
-            return Ok(component);
+            return Ok((component, true));
         }
         let component = Component::new(&engine, &wasm)
             .map_err(|err| anyhow!("the ONNX runner failed to compile: {}", root_cause(&err)))?;
         cache.store(&engine, &sha256, &component);
-        Ok(component)
+        Ok((component, false))
     })
     .await
     .expect("the compile task panicked")
@@ -432,6 +455,7 @@ pub async fn packed_for_serving(
         name: None,
         version: None,
         memory_limit,
+        progress: Progress::Quiet,
     };
     let packed = pack_bytes(engine, path, onnx, &runner, &options, cache).await?;
     tracing::info!(
