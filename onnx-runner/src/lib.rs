@@ -19,6 +19,7 @@ mod corrected;
 mod describe;
 mod extrema;
 mod ml;
+mod reduce_axes;
 
 use std::sync::OnceLock;
 

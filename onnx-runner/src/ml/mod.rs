@@ -34,6 +34,7 @@ pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     register(&mut onnx.op_register);
     crate::corrected::register(&mut onnx.op_register);
+    crate::reduce_axes::register(&mut onnx.op_register);
     onnx
 }
 
