@@ -15,6 +15,7 @@
 //! (the bytes arrive as an argument, not from a file).
 
 mod alloc;
+mod attention;
 mod corrected;
 mod describe;
 mod extrema;

@@ -35,6 +35,7 @@ pub fn onnx() -> tract_onnx::Onnx {
     register(&mut onnx.op_register);
     crate::corrected::register(&mut onnx.op_register);
     crate::reduce_axes::register(&mut onnx.op_register);
+    crate::attention::register(&mut onnx.op_register);
     onnx
 }
 
