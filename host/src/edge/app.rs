@@ -251,7 +251,7 @@ impl App {
     }
 
     /// Counts an inference request until the guard is dropped.
-    pub fn inference_begins(&self) -> InferenceGuard<'_> {
+    fn inference_begins(&self) -> InferenceGuard<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InferenceGuard(&self.in_flight)

@@ -338,7 +338,11 @@ async fn resize_only(app: &App, name: &str, request: &LoadRequest) -> Result<boo
     {
         return Ok(false);
     }
-    let digest: [u8; 32] = Sha256::digest(&request.bytes).into();
+    // Off the runtime: an upload may be hundreds of MB.
+    let bytes = request.bytes.clone();
+    let digest = tokio::task::spawn_blocking(move || crate::runtime::cache::sha256(&bytes))
+        .await
+        .expect("hashing does not panic");
     let same_component = match &served.source {
         crate::lifecycle::served::Source::File { digest: d, .. }
         | crate::lifecycle::served::Source::Uploaded { digest: d } => *d == digest,

@@ -37,16 +37,19 @@ pub(crate) async fn handle(
     plane: Plane,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Refused> {
-    if app.refusing()
-        && plane.serves_public()
+    // The one gate for inference, as over gRPC: a refusing drain turns the
+    // request away, else it counts as in flight from before its body is
+    // read until its answer is built, so a drain waits for it.
+    let inference = plane.serves_public()
         && matches!(
             Route::parse(request.uri().path()),
             Some(Route::Infer(..) | Route::Predict)
-        )
-    {
-        app.refused_one();
-        return Err(Refused);
-    }
+        );
+    let _admitted = if inference {
+        Some(app.admit_inference()?)
+    } else {
+        None
+    };
     if spans::on() {
         return Ok(traced(app, plane, request).await);
     }
@@ -214,7 +217,6 @@ async fn route_request(
             ))
         }
         Route::Infer(name, version) => {
-            let _counted = app.inference_begins();
             // A registered model that is not resident loads here (boxed:
             // only a cold request pays for the load's future).
             let (served, cold) = match model(&name, version) {
@@ -236,7 +238,6 @@ async fn route_request(
             response
         }
         Route::Predict => {
-            let _counted = app.inference_begins();
             let served = app.registry.only().map_err(|served| {
                 ApiError::not_found(format!(
                     "/predict serves a host with one model, and this one serves {}: use \

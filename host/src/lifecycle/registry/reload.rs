@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::{LoadRequest, Registry};
 use crate::core::name::ModelName;
 use crate::lifecycle::served::{ServedModel, Source};
@@ -29,7 +27,11 @@ impl Registry {
                     continue;
                 }
             };
-            if Sha256::digest(&bytes).as_slice() == digest.as_slice() {
+            let hashed = bytes.clone();
+            let now = tokio::task::spawn_blocking(move || crate::runtime::cache::sha256(&hashed))
+                .await
+                .expect("hashing does not panic");
+            if now == *digest {
                 continue;
             }
             changed += 1;
