@@ -111,6 +111,10 @@ pub enum Command {
     /// Measure the model's latency on this machine and size the pool for a request rate.
     Plan(PlanArgs),
     /// Pack an ONNX model into a sandboxed, pre-initialised model component.
+    ///
+    /// On a terminal, each step (read, prepare the runner, load the graph, snapshot, check) is
+    /// shown on standard error with its time; piped, only the result or one `error:` line is
+    /// printed. A model that cannot be served exactly is refused here, with exit code 3.
     Pack(PackArgs),
 }
 
